@@ -1,0 +1,46 @@
+// One audit record per blocked attempt (docs/audit-log.md documents every field). Records are
+// written by the host, from files the sentry wrote, into the run's `audit.jsonl`: the agent
+// never mounts either.
+
+export type AuditKind = 'packet' | 'dns' | 'loss';
+
+export interface AuditRecord {
+  /** UTC time the sentry saw the attempt, ISO 8601 with milliseconds. */
+  time: string;
+  runId: string;
+  task: string | null;
+  iteration: number | null;
+  /** Which sandbox role the attempt is attributed to (the namespace owner): `agent`. */
+  role: string;
+  kind: AuditKind;
+  /** `tcp`, `udp`, `icmp`, `icmpv6`, or the IP protocol number as a string; `dns` for queries. */
+  protocol: string | null;
+  family: 'ipv4' | 'ipv6' | null;
+  direction: 'out' | 'in' | null;
+  src: string | null;
+  srcPort: number | null;
+  dst: string | null;
+  dstPort: number | null;
+  /** uid of the sending process inside the sandbox, when the kernel knows it. */
+  uid: number | null;
+  /** DNS query name and type, for `kind: dns`. */
+  query: string | null;
+  queryType: string | null;
+  icmpType: number | null;
+  /** `rejected` (firewall), `nxdomain` (DNS), `lost` (records the logger dropped). */
+  verdict: 'rejected' | 'nxdomain' | 'lost';
+  /** The firewall rule (NFLOG prefix) or `dns`; for `loss`, the counters that show it. */
+  rule: string;
+  /** Number of attempts this record stands for: 1, except for `loss` records. */
+  count: number;
+}
+
+/** Per-sandbox totals, kept in the iteration record rather than logged per packet. */
+export interface SandboxTraffic {
+  allowedPackets: number;
+  allowedBytes: number;
+  blockedPackets: number;
+  dnsBlocked: number;
+  dnsAnswered: number;
+  lostRecords: number;
+}

@@ -1,0 +1,242 @@
+// commander wiring only: parse options, call the library, print. No process.exit here.
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { formatAuditTable, formatTable, queryAudit } from '../audit/log.js';
+import { ConfigError, LoopboxError } from '../common/errors.js';
+import { isSafeName, newRunId } from '../common/ids.js';
+import { runDir } from '../common/paths.js';
+import { packageVersion } from '../common/version.js';
+import { loadConfig } from '../config/load.js';
+import { parseDuration } from '../config/units.js';
+import { doctor } from '../doctor.js';
+import { buildImages } from '../images/builder.js';
+import { IMAGE_NAMES, type ImageName } from '../images/catalog.js';
+import { ensureFixtureModel } from '../model/fixture.js';
+import { MODEL_CONTAINER, modelDown, modelStatus, modelUp } from '../model/server.js';
+import { gc } from '../runs/gc.js';
+import { createRun, finishRun } from '../runs/registry.js';
+import { runSandbox } from '../sandbox/sandbox.js';
+import { type CliContext, err, out } from './context.js';
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+function duration(value: string): number {
+  const ms = parseDuration(value);
+  if (ms === undefined) throw new InvalidArgumentError(`expected a duration like "90s" or "20m", got "${value}"`);
+  return ms;
+}
+
+function example(text: string): string {
+  return `\nExample:\n  ${text}\n`;
+}
+
+export interface ProgramResult {
+  exitCode: number;
+}
+
+export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
+  const program = new Command('loopbox')
+    .description('Run coding-agent loops in hardened Docker sandboxes against a local model, with verified commits and an egress audit log.')
+    .version(packageVersion())
+    .option('-c, --config <file>', 'config file (default: ./loopbox.yaml)')
+    .showHelpAfterError()
+    .addHelpText('after', example('loopbox doctor'));
+
+  const configFile = (): string | undefined => program.opts<{ config?: string }>().config;
+
+  program
+    .command('doctor')
+    .description('report the Docker engine (version, API, storage driver), NVIDIA runtime, and which project images exist')
+    .option('--json', 'print JSON')
+    .addHelpText('after', example('loopbox doctor --json'))
+    .action(async (opts: { json?: boolean }) => {
+      const report = await doctor(ctx.docker);
+      if (opts.json) return out(JSON.stringify(report, null, 2));
+      const e = report.engine;
+      out(
+        [
+          `engine:          Docker ${e.serverVersion} (API ${e.apiVersion}), ${e.operatingSystem}`,
+          `storage driver:  ${e.storageDriver}`,
+          `cgroup:          v${e.cgroupVersion || '?'}`,
+          `nvidia runtime:  ${report.nvidiaRuntime ? 'present (GPU model server possible)' : 'absent (CPU model server)'}`,
+          'images:',
+          ...report.images.map((i) => `  ${i.present ? 'ok     ' : 'missing'} ${i.ref}`),
+          ...(report.images.every((i) => i.present) ? [] : ['run `loopbox images build` to build the missing images']),
+        ].join('\n'),
+      );
+    });
+
+  const images = program.command('images').description('build and list the project images');
+  images
+    .command('build')
+    .description('build every project image (sentry, agent, llama-cpu), skipping those whose inputs are unchanged')
+    .option('--ca-cert <file>', 'extra CA certificate (PEM) for build steps that fetch packages; repeatable; never left in the image', collect, [])
+    .option('--offline', 'never try a registry: make missing base images with debootstrap')
+    .option('--mirror <url>', 'Debian mirror for debootstrap (default: this machine\'s apt sources)')
+    .addOption(new Option('--only <name>', 'build only this image; repeatable').choices([...IMAGE_NAMES]).argParser(collect))
+    .option('--force', 'rebuild even when inputs are unchanged')
+    .addHelpText('after', example('loopbox images build --ca-cert /etc/ssl/certs/corp-proxy.pem --offline'))
+    .action(async (opts: { caCert: string[]; offline?: boolean; mirror?: string; only?: ImageName[]; force?: boolean }) => {
+      const { config } = await loadConfig({ file: configFile() });
+      const built = await buildImages(ctx.docker, {
+        caCerts: [...config.images.caCerts, ...opts.caCert],
+        offline: opts.offline ?? false,
+        mirror: opts.mirror ?? config.images.mirror,
+        only: opts.only,
+        force: opts.force ?? false,
+        onLine: (line) => err(line),
+      });
+      out(formatTable(['IMAGE', 'STATUS', 'SECONDS'], built.map((b) => [b.ref, b.status, b.seconds.toFixed(1)])));
+    });
+
+  program
+    .command('gc')
+    .description('remove containers, networks and volumes left by runs that are no longer alive (only loopbox-labelled ones)')
+    .option('--dry-run', 'list what would be removed')
+    .option('--all', 'remove everything loopbox labelled, live runs and the model server included')
+    .addHelpText('after', example('loopbox gc --dry-run'))
+    .action(async (opts: { dryRun?: boolean; all?: boolean }) => {
+      const res = await gc(ctx.docker, { dryRun: opts.dryRun ?? false, all: opts.all ?? false });
+      const verb = opts.dryRun ? 'would remove' : 'removed';
+      for (const r of res.removed) out(`${verb} ${r.kind} ${r.name} (run ${r.labels['loopbox.run-id'] ?? '?'})`);
+      for (const f of res.failed) err(`could not remove ${f.resource.kind} ${f.resource.name}: ${f.error}`);
+      err(`${verb} ${res.removed.length}, kept ${res.kept.length}${res.failed.length ? `, failed ${res.failed.length}` : ''}`);
+      if (res.failed.length) result.exitCode = 1;
+    });
+
+  const sandbox = program.command('sandbox').description('run commands in a sandbox exactly as an agent iteration runs');
+  sandbox
+    .command('run')
+    .description('run one command in a fresh sandbox (sentry + agent), stream its output, exit with its exit code')
+    .argument('<cmd...>', 'command and arguments (put them after --)')
+    .option('--run-id <id>', 'run id (default: a new one)')
+    .option('--image <image>', 'agent image (default: loopbox/agent:<version>)')
+    .option('--attach-network <net>', 'also attach the sentry to this Docker network (tests, diagnosis); repeatable', collect, [])
+    .option('--mount <host:container[:ro]>', 'bind-mount a host path; repeatable', collect, [])
+    .option('--workdir <dir>', 'working directory inside the sandbox')
+    .option('--timeout <duration>', 'kill the command after this long', duration)
+    .option('--task <name>', 'task name for labels and the audit log')
+    .addOption(new Option('--no-firewall', 'TEST ONLY: start the sentry without firewall rules').hideHelp())
+    .addHelpText('after', example('loopbox sandbox run --mount "$PWD:/workspace" --workdir /workspace -- bash -lc "npm test"'))
+    .action(async (cmd: string[], opts: { runId?: string; image?: string; attachNetwork: string[]; mount: string[]; workdir?: string; timeout?: number; task?: string; firewall: boolean }) => {
+      const runId = opts.runId ?? newRunId();
+      if (!isSafeName(runId)) throw new ConfigError(`--run-id ${JSON.stringify(runId)} must be lowercase letters, digits, '.', '_' or '-'.`);
+      if (opts.task !== undefined && !isSafeName(opts.task)) throw new ConfigError(`--task ${JSON.stringify(opts.task)} must be lowercase letters, digits, '.', '_' or '-'.`);
+      const { config } = await loadConfig({ file: configFile() });
+      const binds = opts.mount.map(parseMount);
+      const record = await createRun({ runId, kind: 'sandbox', task: opts.task });
+      err(`loopbox: run ${runId}`);
+      try {
+        const res = await runSandbox(ctx.docker, {
+          runId,
+          task: opts.task,
+          cmd,
+          image: opts.image ?? config.sandbox.image,
+          auditDir: path.join(runDir(runId), 'sandbox'),
+          binds,
+          workingDir: opts.workdir,
+          limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+          allow: config.sandbox.allow,
+          attachNetworks: opts.attachNetwork,
+          noFirewall: !opts.firewall,
+          timeoutMs: opts.timeout,
+          signal: ctx.signal,
+          stdout: process.stdout,
+          stderr: process.stderr,
+        });
+        const blocked = res.records.reduce((n, r) => n + r.count, 0);
+        err(
+          `loopbox: run ${runId} exit ${res.exitCode}${res.timedOut ? ' (timed out)' : ''}; ${blocked} blocked attempt(s) in the audit log` +
+            `${res.traffic.lostRecords ? `, ${res.traffic.lostRecords} LOST` : ''}${res.modelReachable ? '' : '; no model server running'}`,
+        );
+        if (res.aborted) throw new LoopboxError('Stopped by signal');
+        result.exitCode = res.timedOut ? 124 : res.exitCode;
+      } finally {
+        await finishRun(record);
+      }
+    });
+
+  program
+    .command('audit')
+    .description('show blocked egress attempts from the audit logs')
+    .option('--run <id>', 'only this run')
+    .option('--task <name>', 'only this task')
+    .option('--since <time>', 'only records at or after this time (ISO 8601, or a duration ago like 2h)')
+    .option('--json', 'print JSON lines')
+    .addHelpText('after', example('loopbox audit --since 2h --json | jq .query'))
+    .action(async (opts: { run?: string; task?: string; since?: string; json?: boolean }) => {
+      const records = await queryAudit({ runId: opts.run, task: opts.task, since: opts.since ? parseSince(opts.since) : undefined });
+      if (opts.json) {
+        for (const r of records) out(JSON.stringify(r));
+        return;
+      }
+      out(records.length ? formatAuditTable(records) : 'no blocked attempts recorded');
+    });
+
+  const model = program.command('model').description('the managed llama-server on the internal model network');
+  model
+    .command('up')
+    .description('start llama-server (GPU image with the NVIDIA runtime, else the CPU image) and wait until healthy')
+    .option('--gguf <file>', 'GGUF model file (default: model.gguf from the config)')
+    .option('--fixture', 'use the generated tiny fixture model (tests, demo)')
+    .addHelpText('after', example('loopbox model up --gguf ~/models/qwen3-coder-30b-q4_k_m.gguf'))
+    .action(async (opts: { gguf?: string; fixture?: boolean }) => {
+      const { config } = await loadConfig({ file: configFile() });
+      const gguf = opts.fixture ? await ensureFixtureModel(ctx.docker) : (opts.gguf ?? config.model.gguf);
+      if (!gguf) throw new ConfigError('No model file given.', [], { hint: 'Pass --gguf FILE, set model.gguf in loopbox.yaml, or use --fixture.' });
+      const up = await modelUp(ctx.docker, {
+        gguf,
+        ctxSize: config.model.ctxSize,
+        parallel: config.model.parallel,
+        gpuLayers: config.model.gpuLayers,
+        gpus: config.model.gpus,
+        image: config.model.image,
+        startTimeoutMs: config.model.startTimeout,
+      });
+      out(`${up.reused ? 'already running' : 'started'}: ${MODEL_CONTAINER} at ${up.ip}:${up.port} (sandboxes reach it as http://model:8080/v1)`);
+    });
+  model
+    .command('down')
+    .description('stop and remove the model server')
+    .action(async () => {
+      out((await modelDown(ctx.docker)) ? 'removed the model server' : 'no model server was running');
+    });
+  model
+    .command('status')
+    .description('model name, busy/total slots and throughput counters')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const s = await modelStatus(ctx.docker);
+      if (opts.json) return out(JSON.stringify(s, null, 2));
+      if (!s.running) return out('model server: not running (loopbox model up)');
+      out(`model server: running at ${s.ip}:8080, model ${s.model ?? '?'}, slots ${s.slots ? `${s.slots.busy}/${s.slots.total} busy` : '?'}`);
+      const m = s.metrics ?? {};
+      const keys = ['llamacpp:prompt_tokens_total', 'llamacpp:tokens_predicted_total', 'llamacpp:prompt_tokens_seconds', 'llamacpp:predicted_tokens_seconds'];
+      for (const k of keys) if (m[k] !== undefined) out(`  ${k.replace('llamacpp:', '')}: ${m[k]}`);
+    });
+  model
+    .command('logs')
+    .description('the model server\'s last log lines')
+    .option('-n, --lines <n>', 'number of lines', (v) => Number(v), 50)
+    .action(async (opts: { lines: number }) => {
+      out(await ctx.docker.logs(MODEL_CONTAINER, opts.lines));
+    });
+
+  return program;
+}
+
+function parseMount(spec: string): { host: string; container: string; readOnly: boolean } {
+  const parts = spec.split(':');
+  if (parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1]?.startsWith('/') || (parts[2] && parts[2] !== 'ro' && parts[2] !== 'rw')) {
+    throw new ConfigError(`--mount ${JSON.stringify(spec)}: expected HOST:CONTAINER[:ro], with an absolute container path.`);
+  }
+  return { host: path.resolve(parts[0]), container: parts[1], readOnly: parts[2] === 'ro' };
+}
+
+function parseSince(value: string): Date {
+  const ms = parseDuration(value);
+  if (ms !== undefined) return new Date(Date.now() - ms);
+  const date = new Date(value);
+  if (Number.isNaN(date.getTime())) throw new ConfigError(`--since ${JSON.stringify(value)}: expected an ISO time or a duration like 2h.`);
+  return date;
+}

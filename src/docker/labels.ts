@@ -1,0 +1,46 @@
+// Labels are the source of truth for what loopbox owns: every container, network, volume and
+// image it creates carries them, so `loopbox gc` can find what a crash left behind and never
+// touches anything else.
+
+export const LABEL_PREFIX = 'loopbox';
+export const LABELS = {
+  managed: 'loopbox.managed',
+  runId: 'loopbox.run-id',
+  task: 'loopbox.task',
+  iteration: 'loopbox.iteration',
+  role: 'loopbox.role',
+  image: 'loopbox.image',
+  inputsHash: 'loopbox.inputs-hash',
+} as const;
+
+export type Role = 'sentry' | 'agent' | 'verify' | 'model' | 'network' | 'decoy' | 'test';
+
+/** Run id of resources shared by all runs (the model network, the model server). */
+export const SHARED_RUN_ID = 'shared';
+
+export interface LabelInput {
+  runId: string;
+  role: Role;
+  task?: string | undefined;
+  iteration?: number | undefined;
+}
+
+export type Labels = Record<string, string>;
+
+export function resourceLabels(input: LabelInput): Labels {
+  const labels: Labels = {
+    [LABELS.managed]: 'true',
+    [LABELS.runId]: input.runId,
+    [LABELS.role]: input.role,
+  };
+  if (input.task !== undefined) labels[LABELS.task] = input.task;
+  if (input.iteration !== undefined) labels[LABELS.iteration] = String(input.iteration);
+  return labels;
+}
+
+/** Docker API label filter for everything loopbox manages, optionally one run. */
+export function managedFilter(runId?: string): { label: string[] } {
+  const label = [`${LABELS.managed}=true`];
+  if (runId) label.push(`${LABELS.runId}=${runId}`);
+  return { label };
+}

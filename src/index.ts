@@ -1,0 +1,25 @@
+// The public library API. The CLI (src/cli) is a thin layer over these.
+export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnavailableError, AbortedError } from './common/errors.js';
+export { newRunId } from './common/ids.js';
+export { stateDir, runDir } from './common/paths.js';
+export { loadConfig, parseConfig, CONFIG_FILE } from './config/load.js';
+export type { Config, ConfigInput } from './config/schema.js';
+export { DockerClient } from './docker/client.js';
+export type { ContainerSpec, Bind, ManagedResource } from './docker/client.js';
+export { LABELS, resourceLabels, managedFilter } from './docker/labels.js';
+export { buildImages, imageStatus } from './images/builder.js';
+export type { BuildImagesOptions, BuiltImage } from './images/builder.js';
+export { IMAGE_NAMES, imageRef } from './images/catalog.js';
+export { runSandbox } from './sandbox/sandbox.js';
+export type { SandboxOptions, SandboxResult } from './sandbox/sandbox.js';
+export { agentSpec, sentrySpec } from './sandbox/specs.js';
+export { ingestSandboxAudit } from './egress/ingest.js';
+export { queryAudit, appendAudit, auditFile } from './audit/log.js';
+export type { AuditRecord, SandboxTraffic } from './audit/record.js';
+export { modelUp, modelDown, modelStatus } from './model/server.js';
+export { ensureFixtureModel } from './model/fixture.js';
+export { MODEL_NETWORK, findModelServer } from './model/network.js';
+export { gc } from './runs/gc.js';
+export type { GcOptions, GcResult } from './runs/gc.js';
+export { createRun, finishRun, readRun, listRuns, isRunAlive } from './runs/registry.js';
+export { doctor } from './doctor.js';

@@ -1,0 +1,155 @@
+// The managed llama-server: one container on the internal model network, reachable by the
+// sandboxes as `model:8080`, with no route out. GGUF mounted read-only from the host.
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError, ContainerError, LoopboxError } from '../common/errors.js';
+import { type ContainerSpec, type DockerClient, sleep } from '../docker/client.js';
+import { SHARED_RUN_ID, resourceLabels } from '../docker/labels.js';
+import { imageRef } from '../images/catalog.js';
+import { MODEL_HOSTNAME, MODEL_NETWORK, MODEL_PORT, ensureNetwork, findModelServer, type ModelEndpoint } from './network.js';
+
+export const MODEL_CONTAINER = 'loopbox-model';
+/** The upstream CUDA build of llama-server, used when the engine has the NVIDIA runtime. */
+export const CUDA_IMAGE = 'ghcr.io/ggml-org/llama.cpp:server-cuda';
+
+export interface ModelServerOptions {
+  gguf: string;
+  ctxSize: number;
+  parallel: number;
+  gpuLayers: number;
+  gpus: 'auto' | 'all' | 'none' | string[];
+  image?: string | undefined;
+  startTimeoutMs: number;
+  /** Extra llama-server flags (tests: `--metrics`). */
+  extraArgs?: string[];
+}
+
+export function llamaServerArgs(options: Pick<ModelServerOptions, 'ctxSize' | 'parallel' | 'gpuLayers' | 'extraArgs'>, modelFile: string, gpu: boolean): string[] {
+  return [
+    '--host', '0.0.0.0',
+    // Pinned: upstream is moving the default port away from 8080.
+    '--port', String(MODEL_PORT),
+    '-m', modelFile,
+    '--ctx-size', String(options.ctxSize),
+    '--parallel', String(options.parallel),
+    '--jinja',
+    '--metrics',
+    '--slots',
+    ...(gpu ? ['--n-gpu-layers', String(options.gpuLayers)] : []),
+    ...(options.extraArgs ?? []),
+  ];
+}
+
+export async function modelUp(docker: DockerClient, options: ModelServerOptions): Promise<ModelEndpoint & { reused: boolean }> {
+  const existing = await findModelServer(docker);
+  if (existing) return { ...existing, reused: true };
+  const gguf = path.resolve(options.gguf);
+  const info = await stat(gguf).catch(() => undefined);
+  if (!info?.isFile()) {
+    throw new ConfigError(`Model file ${gguf} does not exist.`, [], { hint: 'Set model.gguf in loopbox.yaml, or `loopbox model pull` one.' });
+  }
+  const engine = await docker.info();
+  const gpu = options.gpus === 'none' ? false : options.gpus === 'auto' ? engine.runtimes.includes('nvidia') : true;
+  const image = options.image ?? (gpu ? CUDA_IMAGE : imageRef('llama-cpu'));
+  if (!(await docker.findImage(image))) {
+    throw new LoopboxError(`Model server image ${image} is not present.`, {
+      hint: gpu ? `docker pull ${image}, or set model.gpus: none to use the CPU build.` : 'Run `loopbox images build`.',
+    });
+  }
+  await ensureNetwork(docker, MODEL_NETWORK, true);
+  // Remove a stopped leftover of the same name (a crash, a reboot).
+  await docker.remove(MODEL_CONTAINER);
+  const spec: ContainerSpec = {
+    name: MODEL_CONTAINER,
+    image,
+    cmd: llamaServerArgs(options, `/models/${path.basename(gguf)}`, gpu),
+    labels: resourceLabels({ runId: SHARED_RUN_ID, role: 'model' }),
+    networkMode: MODEL_NETWORK,
+    aliases: [MODEL_HOSTNAME],
+    binds: [{ host: gguf, container: `/models/${path.basename(gguf)}`, readOnly: true }],
+    capDrop: ['ALL'],
+    securityOpt: ['no-new-privileges'],
+    exposedPorts: [MODEL_PORT],
+    ...(gpu ? { gpus: Array.isArray(options.gpus) ? options.gpus : ('all' as const) } : {}),
+  };
+  const id = await docker.createContainer(spec);
+  try {
+    await docker.start(id);
+    await waitHealthy(docker, id, image, options.startTimeoutMs);
+  } catch (error) {
+    await docker.remove(id);
+    throw error;
+  }
+  const endpoint = await findModelServer(docker);
+  if (!endpoint) throw new LoopboxError('The model server started but has no address on the model network.');
+  return { ...endpoint, reused: false };
+}
+
+/** Polls `/health` from inside the container (the host has no route into the internal network). */
+async function waitHealthy(docker: DockerClient, id: string, image: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const state = (await docker.inspect(id)).State;
+    if (!state.Running) {
+      throw new ContainerError('The model server exited while starting', { image, containerId: id, role: 'model', exitCode: state.ExitCode, logTail: await docker.logs(id, 20) });
+    }
+    const probe = await docker.exec(id, ['curl', '-sf', '-o', '/dev/null', '-w', '%{http_code}', `http://127.0.0.1:${MODEL_PORT}/health`]).catch(() => undefined);
+    if (probe?.exitCode === 0) return;
+    if (Date.now() > deadline) {
+      throw new ContainerError(`The model server was not healthy within ${Math.round(timeoutMs / 1000)} s`, {
+        image,
+        containerId: id,
+        role: 'model',
+        timedOut: true,
+        logTail: await docker.logs(id, 20),
+      });
+    }
+    await sleep(250);
+  }
+}
+
+export async function modelDown(docker: DockerClient): Promise<boolean> {
+  const existing = await docker.inspect(MODEL_CONTAINER).catch(() => undefined);
+  if (!existing) return false;
+  await docker.remove(MODEL_CONTAINER);
+  return true;
+}
+
+export interface ModelStatus {
+  running: boolean;
+  containerId?: string;
+  ip?: string;
+  model?: string;
+  slots?: { busy: number; total: number };
+  metrics?: Record<string, number>;
+}
+
+/** Model name, busy/total slots (`/slots`) and throughput counters (`/metrics`). */
+export async function modelStatus(docker: DockerClient): Promise<ModelStatus> {
+  const endpoint = await findModelServer(docker);
+  if (!endpoint) return { running: false };
+  const get = async (p: string): Promise<string | undefined> => {
+    const r = await docker.exec(endpoint.containerId, ['curl', '-sf', `http://127.0.0.1:${MODEL_PORT}${p}`]).catch(() => undefined);
+    return r?.exitCode === 0 ? r.stdout : undefined;
+  };
+  const status: ModelStatus = { running: true, containerId: endpoint.containerId, ip: endpoint.ip };
+  const models = await get('/v1/models');
+  if (models) status.model = (JSON.parse(models) as { data?: Array<{ id: string }> }).data?.[0]?.id;
+  const slots = await get('/slots');
+  if (slots) {
+    const list = JSON.parse(slots) as Array<{ is_processing?: boolean }>;
+    status.slots = { busy: list.filter((s) => s.is_processing).length, total: list.length };
+  }
+  const metrics = await get('/metrics');
+  if (metrics) status.metrics = parsePrometheus(metrics);
+  return status;
+}
+
+export function parsePrometheus(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)\s+([-+\d.eE]+|NaN)$/.exec(line.trim());
+    if (m) out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}

@@ -1,0 +1,53 @@
+// `loopbox gc`: removes containers, networks and volumes whose run is not alive (or, with
+// `all`, everything labelled). Never touches anything without the `loopbox.managed` label.
+import type { DockerClient, ManagedResource } from '../docker/client.js';
+import { LABELS, SHARED_RUN_ID, managedFilter } from '../docker/labels.js';
+import { isRunAlive, readRun } from './registry.js';
+
+export interface GcOptions {
+  all?: boolean;
+  dryRun?: boolean;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface GcResult {
+  removed: ManagedResource[];
+  kept: ManagedResource[];
+  failed: Array<{ resource: ManagedResource; error: string }>;
+}
+
+export async function gc(docker: DockerClient, options: GcOptions = {}): Promise<GcResult> {
+  const resources = await docker.listManaged(managedFilter());
+  const alive = new Map<string, boolean>();
+  const result: GcResult = { removed: [], kept: [], failed: [] };
+  const doomed: ManagedResource[] = [];
+  for (const resource of resources) {
+    const runId = resource.labels[LABELS.runId] ?? '';
+    let remove: boolean;
+    if (options.all) remove = true;
+    else if (runId === SHARED_RUN_ID) remove = false; // the model network/server: `--all` or `model down`
+    else {
+      if (!alive.has(runId)) alive.set(runId, isRunAlive(await readRun(runId, options.env)));
+      remove = !alive.get(runId);
+    }
+    (remove ? doomed : result.kept).push(resource);
+  }
+  // Containers first: a network cannot go while a container is attached to it.
+  const order = { container: 0, volume: 1, network: 2 } as const;
+  doomed.sort((a, b) => order[a.kind] - order[b.kind]);
+  for (const resource of doomed) {
+    if (options.dryRun) {
+      result.removed.push(resource);
+      continue;
+    }
+    try {
+      if (resource.kind === 'container') await docker.remove(resource.id);
+      else if (resource.kind === 'network') await docker.removeNetwork(resource.id);
+      else await docker.removeVolume(resource.name);
+      result.removed.push(resource);
+    } catch (error) {
+      result.failed.push({ resource, error: error instanceof Error ? error.message : String(error) });
+    }
+  }
+  return result;
+}

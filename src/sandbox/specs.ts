@@ -1,0 +1,110 @@
+// Container specs for a sandbox: pure functions, so the hardening is easy to read and unit-test.
+import type { Bind, ContainerSpec } from '../docker/client.js';
+import { resourceLabels } from '../docker/labels.js';
+import { MODEL_HOSTNAME, MODEL_NETWORK, MODEL_PORT } from '../model/network.js';
+
+export const AGENT_UID = 1000;
+export const AGENT_HOME = '/home/agent';
+export const SENTRY_READY = /^loopbox-sentry: ready$/m;
+
+export interface SandboxIdentity {
+  runId: string;
+  task?: string | undefined;
+  iteration?: number | undefined;
+}
+
+export interface SentrySpecInput extends SandboxIdentity {
+  image: string;
+  auditDir: string;
+  /** TCP `ip:port` the namespace may reach (the model and user extras). */
+  allow: string[];
+  /** Names the sentry's DNS answers, `name -> ip`; everything else is NXDOMAIN. */
+  dnsHosts: Record<string, string>;
+  /** Test-only: start without firewall rules, to show the internal network is a wall too. */
+  noFirewall?: boolean;
+}
+
+export function sentrySpec(input: SentrySpecInput): ContainerSpec {
+  const env: Record<string, string> = {
+    LOOPBOX_ALLOW: input.allow.join(' '),
+    LOOPBOX_DNS_HOSTS: Object.entries(input.dnsHosts)
+      .map(([name, ip]) => `${name}=${ip}`)
+      .join(' '),
+  };
+  if (input.noFirewall) env.LOOPBOX_NO_FIREWALL = '1';
+  return {
+    name: containerName(input, 'sentry'),
+    image: input.image,
+    labels: resourceLabels({ ...input, role: 'sentry' }),
+    networkMode: MODEL_NETWORK,
+    env,
+    capDrop: ['ALL'],
+    // NET_ADMIN: install the firewall and read NFLOG; NET_BIND_SERVICE: DNS on :53;
+    // SETUID/SETGID: dnsmasq drops to its own user after binding.
+    capAdd: ['NET_ADMIN', 'NET_BIND_SERVICE', 'SETUID', 'SETGID'],
+    securityOpt: ['no-new-privileges'],
+    // Docker's embedded resolver (127.0.0.11) forwards unknown names to this server, from
+    // inside the namespace: our DNS responder on loopback, which logs and answers NXDOMAIN.
+    dns: ['127.0.0.1'],
+    // Let unprivileged ping sockets exist so an ICMP attempt reaches the firewall and is logged.
+    sysctls: { 'net.ipv4.ping_group_range': '0 2147483647' },
+    binds: [{ host: input.auditDir, container: '/audit', readOnly: false }],
+    readonlyRootfs: false,
+    pidsLimit: 64,
+    memoryBytes: 128 * 1024 ** 2,
+  };
+}
+
+export interface AgentSpecInput extends SandboxIdentity {
+  image: string;
+  sentryId: string;
+  cmd: string[];
+  env?: Record<string, string> | undefined;
+  binds: Bind[];
+  workingDir?: string | undefined;
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+  role?: 'agent';
+}
+
+export function agentSpec(input: AgentSpecInput): ContainerSpec {
+  return {
+    name: containerName(input, 'agent'),
+    image: input.image,
+    cmd: input.cmd,
+    labels: resourceLabels({ ...input, role: 'agent' }),
+    // The agent has no network of its own: it lives in the sentry's namespace and its rules.
+    networkMode: `container:${input.sentryId}`,
+    user: `${AGENT_UID}:${AGENT_UID}`,
+    env: {
+      HOME: AGENT_HOME,
+      LOOPBOX_MODEL_URL: `http://${MODEL_HOSTNAME}:${MODEL_PORT}/v1`,
+      LOOPBOX_RUN_ID: input.runId,
+      ...(input.task ? { LOOPBOX_TASK: input.task } : {}),
+      ...(input.iteration !== undefined ? { LOOPBOX_ITERATION: String(input.iteration) } : {}),
+      ...input.env,
+    },
+    workingDir: input.workingDir,
+    capDrop: ['ALL'],
+    securityOpt: ['no-new-privileges'],
+    readonlyRootfs: true,
+    tmpfs: {
+      '/tmp': 'rw,nosuid,nodev,size=512m',
+      [AGENT_HOME]: `rw,nosuid,nodev,size=512m,uid=${AGENT_UID},gid=${AGENT_UID},mode=0700`,
+    },
+    binds: input.binds,
+    pidsLimit: input.pids,
+    memoryBytes: input.memoryBytes,
+    nanoCpus: Math.round(input.cpus * 1e9),
+    init: true,
+  };
+}
+
+export function containerName(id: SandboxIdentity, role: string): string {
+  const parts = ['loopbox', id.runId];
+  if (id.task) parts.push(id.task);
+  if (id.iteration !== undefined) parts.push(`i${id.iteration}`);
+  parts.push(role);
+  return parts.join('-').replace(/[^a-zA-Z0-9_.-]/g, '_');
+}
