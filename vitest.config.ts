@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 // Two projects: `unit` needs no Docker; `docker` runs against the real engine, images and model
@@ -20,6 +21,8 @@ export default defineConfig({
           testTimeout: 240_000,
           hookTimeout: 900_000,
           fileParallelism: false,
+          // Tests keep their run records, audit logs and the fixture model out of ~/.local/state.
+          env: { LOOPBOX_STATE_DIR: path.resolve(import.meta.dirname, '.loopbox', 'test-state') },
         },
       },
     ],

@@ -15,7 +15,7 @@ import { ensureFixtureModel } from '../model/fixture.js';
 import { MODEL_CONTAINER, modelDown, modelStatus, modelUp } from '../model/server.js';
 import { gc } from '../runs/gc.js';
 import { createRun, finishRun } from '../runs/registry.js';
-import { runSandbox } from '../sandbox/sandbox.js';
+import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { type CliContext, err, out } from './context.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -116,23 +116,33 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     .option('--workdir <dir>', 'working directory inside the sandbox')
     .option('--timeout <duration>', 'kill the command after this long', duration)
     .option('--task <name>', 'task name for labels and the audit log')
+    .option('--iteration <n>', 'iteration number for labels and the audit log', (v) => {
+      if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`expected a non-negative integer, got "${v}"`);
+      return Number(v);
+    })
+    .option('-e, --env <KEY=VALUE>', 'environment variable for the command; repeatable', collect, [])
+    .option('--entrypoint <path>', 'override the image entrypoint (diagnosis with other images)')
     .addOption(new Option('--no-firewall', 'TEST ONLY: start the sentry without firewall rules').hideHelp())
     .addHelpText('after', example('loopbox sandbox run --mount "$PWD:/workspace" --workdir /workspace -- bash -lc "npm test"'))
-    .action(async (cmd: string[], opts: { runId?: string; image?: string; attachNetwork: string[]; mount: string[]; workdir?: string; timeout?: number; task?: string; firewall: boolean }) => {
+    .action(async (cmd: string[], opts: { runId?: string; image?: string; attachNetwork: string[]; mount: string[]; workdir?: string; timeout?: number; task?: string; iteration?: number; env: string[]; entrypoint?: string; firewall: boolean }) => {
       const runId = opts.runId ?? newRunId();
       if (!isSafeName(runId)) throw new ConfigError(`--run-id ${JSON.stringify(runId)} must be lowercase letters, digits, '.', '_' or '-'.`);
       if (opts.task !== undefined && !isSafeName(opts.task)) throw new ConfigError(`--task ${JSON.stringify(opts.task)} must be lowercase letters, digits, '.', '_' or '-'.`);
       const { config } = await loadConfig({ file: configFile() });
       const binds = opts.mount.map(parseMount);
+      const env = Object.fromEntries(opts.env.map(parseEnv));
       const record = await createRun({ runId, kind: 'sandbox', task: opts.task });
       err(`loopbox: run ${runId}`);
       try {
         const res = await runSandbox(ctx.docker, {
           runId,
           task: opts.task,
+          iteration: opts.iteration,
           cmd,
+          entrypoint: opts.entrypoint === undefined ? undefined : [opts.entrypoint],
+          env,
           image: opts.image ?? config.sandbox.image,
-          auditDir: path.join(runDir(runId), 'sandbox'),
+          auditDir: sandboxAuditDir(runDir(runId), opts.iteration),
           binds,
           workingDir: opts.workdir,
           limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
@@ -231,6 +241,14 @@ function parseMount(spec: string): { host: string; container: string; readOnly: 
     throw new ConfigError(`--mount ${JSON.stringify(spec)}: expected HOST:CONTAINER[:ro], with an absolute container path.`);
   }
   return { host: path.resolve(parts[0]), container: parts[1], readOnly: parts[2] === 'ro' };
+}
+
+function parseEnv(spec: string): [string, string] {
+  const eq = spec.indexOf('=');
+  if (eq <= 0 || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(spec.slice(0, eq))) {
+    throw new ConfigError(`--env ${JSON.stringify(spec)}: expected KEY=VALUE with a shell-style KEY.`);
+  }
+  return [spec.slice(0, eq), spec.slice(eq + 1)];
 }
 
 function parseSince(value: string): Date {

@@ -71,7 +71,8 @@ function toUtc(value: string | null): string {
   return Number.isNaN(date.getTime()) ? new Date().toISOString() : date.toISOString();
 }
 
-const DNS_QUERY = /^(\w{3})\s+(\d+)\s+(\d\d:\d\d:\d\d)\s+dnsmasq\[\d+\]:\s+(?:\d+\s+)?(\S+?)(?:\/(\d+))?\s+query\[(\w+)\]\s+(\S+)\s+from\s+(\S+)/;
+// The name may hold spaces (dnsmasq logs it as sent): take everything up to the last " from ".
+const DNS_QUERY = /^(\w{3})\s+(\d+)\s+(\d\d:\d\d:\d\d)\s+dnsmasq\[\d+\]:\s+(?:\d+\s+)?(\S+?)(?:\/(\d+))?\s+query\[(\w+)\]\s+(.+)\s+from\s+(\S+)\s*$/;
 
 export interface DnsQuery {
   time: string;

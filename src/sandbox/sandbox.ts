@@ -25,6 +25,7 @@ export interface SandboxLimits {
 
 export interface SandboxOptions extends SandboxIdentity {
   cmd: string[];
+  entrypoint?: string[] | undefined;
   /** Host folder for this sandbox's audit files (the sentry writes; the agent never sees it). */
   auditDir: string;
   image?: string | undefined;
@@ -111,6 +112,7 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
         image,
         sentryId: sentry,
         cmd: options.cmd,
+        entrypoint: options.entrypoint,
         env: options.env,
         binds: options.binds ?? [],
         workingDir: options.workingDir,

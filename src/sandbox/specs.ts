@@ -39,15 +39,15 @@ export function sentrySpec(input: SentrySpecInput): ContainerSpec {
     networkMode: MODEL_NETWORK,
     env,
     capDrop: ['ALL'],
-    // NET_ADMIN: install the firewall and read NFLOG; NET_BIND_SERVICE: DNS on :53;
-    // SETUID/SETGID: dnsmasq drops to its own user after binding.
-    capAdd: ['NET_ADMIN', 'NET_BIND_SERVICE', 'SETUID', 'SETGID'],
+    // NET_ADMIN only: install the firewall and read NFLOG. The namespace's unprivileged port
+    // floor (below) lets dnsmasq bind :53 without NET_BIND_SERVICE.
+    capAdd: ['NET_ADMIN'],
     securityOpt: ['no-new-privileges'],
     // Docker's embedded resolver (127.0.0.11) forwards unknown names to this server, from
     // inside the namespace: our DNS responder on loopback, which logs and answers NXDOMAIN.
     dns: ['127.0.0.1'],
     // Let unprivileged ping sockets exist so an ICMP attempt reaches the firewall and is logged.
-    sysctls: { 'net.ipv4.ping_group_range': '0 2147483647' },
+    sysctls: { 'net.ipv4.ping_group_range': '0 2147483647', 'net.ipv4.ip_unprivileged_port_start': '0' },
     binds: [{ host: input.auditDir, container: '/audit', readOnly: false }],
     readonlyRootfs: false,
     pidsLimit: 64,
@@ -59,6 +59,7 @@ export interface AgentSpecInput extends SandboxIdentity {
   image: string;
   sentryId: string;
   cmd: string[];
+  entrypoint?: string[] | undefined;
   env?: Record<string, string> | undefined;
   binds: Bind[];
   workingDir?: string | undefined;
@@ -73,6 +74,7 @@ export function agentSpec(input: AgentSpecInput): ContainerSpec {
     name: containerName(input, 'agent'),
     image: input.image,
     cmd: input.cmd,
+    ...(input.entrypoint ? { entrypoint: input.entrypoint } : {}),
     labels: resourceLabels({ ...input, role: 'agent' }),
     // The agent has no network of its own: it lives in the sentry's namespace and its rules.
     networkMode: `container:${input.sentryId}`,

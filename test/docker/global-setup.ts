@@ -1,0 +1,28 @@
+// Once per `vitest --project docker` run: build the project images (cached by inputs hash),
+// make the fixture model, start the model server. Torn down at the end, leaving nothing.
+import { existsSync } from 'node:fs';
+import { DockerClient } from '../../src/docker/client.js';
+import { buildImages } from '../../src/images/builder.js';
+import { ensureFixtureModel } from '../../src/model/fixture.js';
+import { modelDown, modelUp } from '../../src/model/server.js';
+import { MODEL_NETWORK } from '../../src/model/network.js';
+
+export async function setup(): Promise<void> {
+  const docker = new DockerClient();
+  await docker.ping();
+  const ca = process.env.NODE_EXTRA_CA_CERTS ?? process.env.SSL_CERT_FILE;
+  const started = Date.now();
+  await buildImages(docker, {
+    caCerts: ca && existsSync(ca) ? [ca] : [],
+    onLine: (line) => process.stderr.write(`${line}\n`),
+  });
+  const gguf = await ensureFixtureModel(docker);
+  await modelUp(docker, { gguf, ctxSize: 8192, parallel: 2, gpuLayers: 0, gpus: 'none', startTimeoutMs: 60_000 });
+  process.stderr.write(`docker test setup: images, fixture model and model server ready in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+}
+
+export async function teardown(): Promise<void> {
+  const docker = new DockerClient();
+  await modelDown(docker);
+  await docker.removeNetwork(MODEL_NETWORK).catch(() => undefined);
+}

@@ -1,0 +1,199 @@
+// The foundation's security claims, shown against the real engine: a hostile script in a
+// sandbox tries every way out; each attempt fails for it AND is in the audit log with the
+// right run, task, iteration and role; the model stays reachable; nothing is left behind.
+import { chmod, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AuditRecord } from '../../src/audit/record.js';
+import { imageRef } from '../../src/images/catalog.js';
+import { findModelServer } from '../../src/model/network.js';
+import { auditFile } from '../../src/audit/log.js';
+import type { RunRecord } from '../../src/runs/registry.js';
+import { type Decoy, beginTestRun, cli, docker, endTestRun, parseJsonLines, remaining, repoRoot, startDecoy, testRunId } from './helpers.js';
+
+interface Attempt {
+  name: string;
+  blocked: boolean;
+  detail: string;
+}
+
+const fixtures = path.join(repoRoot, 'test', 'fixtures');
+
+describe('sandbox run (real Docker, real firewall)', () => {
+  const runId = testRunId('sbx');
+  let record: RunRecord;
+  let decoy: Decoy;
+  let workspace: string;
+  let modelIp: string;
+
+  beforeAll(async () => {
+    record = await beginTestRun(runId);
+    decoy = await startDecoy(runId);
+    workspace = await mkdtemp(path.join(tmpdir(), 'lbx-ws-'));
+    // The agent runs as uid 1000; this stands in for a worktree it may write.
+    await chmod(workspace, 0o777);
+    const model = await findModelServer(docker);
+    expect(model, 'the global setup starts a model server').toBeDefined();
+    modelIp = model!.ip;
+  });
+
+  afterAll(async () => {
+    await rm(workspace, { recursive: true, force: true });
+    if (record) await endTestRun(record);
+  });
+
+  it('blocks and logs every escape a hostile script tries, while the model stays reachable', async () => {
+    const sandboxRun = `${runId}-hostile`;
+    const dnsName = `exfil-${runId}.invalid`;
+    const res = await cli([
+      'sandbox', 'run', '--run-id', sandboxRun, '--task', 'hostile', '--iteration', '3',
+      '--attach-network', decoy.network,
+      '--mount', `${fixtures}:/loopbox:ro`, '--mount', `${workspace}:/workspace`, '--workdir', '/workspace',
+      '-e', `DECOY_V4=${decoy.v4}`, '-e', `DECOY_V6=${decoy.v6 ?? ''}`, '-e', `DECOY_PORT=${decoy.port}`,
+      '-e', `DNS_NAME=${dnsName}`, '-e', `MODEL_IP=${modelIp}`, '-e', 'WORKSPACE=/workspace',
+      '-e', `AUDIT_FILE=${auditFile(sandboxRun)}`,
+      '--', 'node', '/loopbox/hostile.mjs',
+    ]);
+    expect(res.exitCode, res.all).toBe(0);
+    expect(res.stderr).toContain(`run ${sandboxRun}`);
+    const attempts = parseJsonLines<Attempt>(res.stdout).filter((a) => a.name);
+    const byName = new Map(attempts.map((a) => [a.name, a]));
+
+    // The model is reachable before and after the attack.
+    expect(byName.get('model-before')).toMatchObject({ blocked: false, detail: 'HTTP 200' });
+    expect(byName.get('model-after')).toMatchObject({ blocked: false, detail: 'HTTP 200' });
+    // Positive control: the worktree mount is writable and the write lands on the host.
+    expect(byName.get('write-workspace')?.blocked).toBe(false);
+    expect(await readFile(path.join(workspace, 'from-agent.txt'), 'utf8')).toBe('ok');
+
+    const mustBlock = [
+      'tcp-decoy', 'udp-decoy', 'icmp-decoy', 'udp53-decoy', 'tcp6-decoy', 'dns-lookup', 'dns-direct-embedded', 'model-other-port',
+      'write:/etc/loopbox-pwned', 'write:/usr/loopbox-pwned', 'write:/loopbox-pwned', 'write:/loopbox/pwned',
+      `read:${auditFile(sandboxRun)}`, 'read:/audit/packets.jsonl', 'read:/audit/dns.log',
+      'docker-socket:/var/run/docker.sock', 'docker-socket:/run/docker.sock',
+    ];
+    for (const name of mustBlock) {
+      expect(byName.get(name), `attempt ${name}: ${JSON.stringify(byName.get(name))}`).toMatchObject({ blocked: true });
+    }
+    // TCP fails fast with a reset, not a timeout.
+    expect(byName.get('tcp-decoy')?.detail).toBe('ECONNREFUSED');
+    expect(byName.get('dns-lookup')?.detail).toBe('ENOTFOUND');
+    expect(await readdir(fixtures)).not.toContain('pwned');
+
+    // Every network attempt is in the audit log, attributed exactly.
+    const audit = await cli(['audit', '--run', sandboxRun, '--json']);
+    expect(audit.exitCode, audit.all).toBe(0);
+    const records = parseJsonLines<AuditRecord>(audit.stdout);
+    for (const r of records) expect(r).toMatchObject({ runId: sandboxRun, task: 'hostile', iteration: 3, role: 'agent' });
+    const has = (what: Partial<AuditRecord>): boolean => records.some((r) => Object.entries(what).every(([k, v]) => r[k as keyof AuditRecord] === v));
+    expect(has({ kind: 'packet', protocol: 'tcp', dst: decoy.v4, dstPort: decoy.port, uid: 1000, verdict: 'rejected', family: 'ipv4' }), 'tcp decoy').toBe(true);
+    expect(has({ kind: 'packet', protocol: 'udp', dst: decoy.v4, dstPort: decoy.port + 1, uid: 1000 }), 'udp decoy').toBe(true);
+    expect(has({ kind: 'packet', protocol: 'udp', dst: decoy.v4, dstPort: 53 }), 'udp/53 decoy').toBe(true);
+    expect(has({ kind: 'packet', protocol: 'icmp', dst: decoy.v4, icmpType: 8 }), 'icmp echo').toBe(true);
+    expect(has({ kind: 'packet', protocol: 'tcp', dst: modelIp, dstPort: 8081 }), 'model ip, other port').toBe(true);
+    expect(decoy.v6, 'the decoy network has IPv6').toBeTruthy();
+    expect(has({ kind: 'packet', family: 'ipv6', protocol: 'tcp', dst: decoy.v6!, dstPort: decoy.port }), 'ipv6').toBe(true);
+    expect(has({ kind: 'dns', query: dnsName, verdict: 'nxdomain' }), 'dns name').toBe(true);
+    expect(has({ kind: 'dns', query: `direct-${dnsName}` }), 'dns via 127.0.0.11').toBe(true);
+    expect(records.some((r) => r.kind === 'loss'), 'no records lost').toBe(false);
+    // The model's own traffic is allowed and not logged per packet.
+    expect(records.some((r) => r.dst === modelIp && r.dstPort === 8080)).toBe(false);
+
+    // The table view shows the same records.
+    const table = await cli(['audit', '--run', sandboxRun]);
+    expect(table.stdout).toContain(dnsName);
+    expect(table.stdout).toContain(`${decoy.v4}:${decoy.port}`);
+
+    expect(await remaining(sandboxRun)).toEqual([]);
+  });
+
+  it('denies changing the firewall from inside, and the rules still hold after the attempt', async () => {
+    const sandboxRun = `${runId}-fw`;
+    // The sentry image has iptables and bash; run it as the agent (uid 1000, no capabilities).
+    const script = [
+      'iptables -F OUTPUT; echo "flush rc=$?"',
+      'iptables -P OUTPUT ACCEPT; echo "policy rc=$?"',
+      `(exec 3<>/dev/tcp/${decoy.v4}/${decoy.port}) 2>/dev/null && echo decoy=connected || echo decoy=blocked`,
+    ].join('; ');
+    const res = await cli([
+      'sandbox', 'run', '--run-id', sandboxRun, '--task', 'firewall', '--image', imageRef('sentry'),
+      '--entrypoint', '/bin/bash', '--attach-network', decoy.network, '--', '-c', script,
+    ]);
+    expect(res.exitCode, res.all).toBe(0);
+    expect(res.all).toMatch(/Permission denied|Operation not permitted/);
+    expect(res.stdout).toMatch(/flush rc=[1-9]/);
+    expect(res.stdout).toContain('decoy=blocked');
+    const audit = parseJsonLines<AuditRecord>((await cli(['audit', '--run', sandboxRun, '--json'])).stdout);
+    expect(audit.some((r) => r.protocol === 'tcp' && r.dst === decoy.v4 && r.task === 'firewall')).toBe(true);
+    expect(await remaining(sandboxRun)).toEqual([]);
+  });
+
+  it('with the firewall rules absent, the internal network alone still keeps the decoy out', async () => {
+    const sandboxRun = `${runId}-nofw`;
+    const probe = `
+      const net = require('net');
+      const s = net.connect({ host: '${decoy.v4}', port: ${decoy.port} });
+      s.setTimeout(4000, () => { console.log('decoy=timeout'); process.exit(0); });
+      s.on('connect', () => { console.log('decoy=connected'); process.exit(0); });
+      s.on('error', (e) => { console.log('decoy=' + e.code); process.exit(0); });`;
+    const res = await cli(['sandbox', 'run', '--run-id', sandboxRun, '--no-firewall', '--', 'node', '-e', probe]);
+    expect(res.exitCode, res.all).toBe(0);
+    expect(res.stdout).toMatch(/decoy=(ENETUNREACH|EHOSTUNREACH|timeout)/);
+    expect(await remaining(sandboxRun)).toEqual([]);
+  });
+
+  it('contains a fork bomb with the pids limit while the host stays responsive', async () => {
+    const sandboxRun = `${runId}-bomb`;
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-cfg-'));
+    const config = path.join(dir, 'loopbox.yaml');
+    await writeFile(config, 'sandbox:\n  pids: 64\n  memory: 256m\n  cpus: 1\n');
+    const bomb = cli(['--config', config, 'sandbox', 'run', '--run-id', sandboxRun, '--timeout', '25s', '--', 'bash', '-c', 'b(){ b | b & }; b; sleep 60'], { timeoutMs: 90_000 });
+    // While it runs: the engine answers, and the container never holds more than its limit.
+    let peak = 0;
+    let engineAnswers = 0;
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      const agents = await docker.api.listContainers({ filters: JSON.stringify({ label: [`loopbox.run-id=${sandboxRun}`, 'loopbox.role=agent'] }) });
+      if (agents[0]) {
+        const top = await docker.api.getContainer(agents[0].Id).top().catch(() => undefined);
+        if (top) peak = Math.max(peak, top.Processes?.length ?? 0);
+        const info = await docker.inspect(agents[0].Id).catch(() => undefined);
+        if (info) expect(info.HostConfig.PidsLimit).toBe(64);
+      }
+      await docker.ping();
+      engineAnswers += 1;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const res = await bomb;
+    await rm(dir, { recursive: true, force: true });
+    expect(peak, 'the bomb did fork').toBeGreaterThan(5);
+    expect(peak).toBeLessThanOrEqual(64);
+    expect(engineAnswers).toBeGreaterThan(10);
+    expect(res.exitCode, res.all).toBe(124);
+    expect(res.stderr).toContain('timed out');
+    expect(await remaining(sandboxRun)).toEqual([]);
+  });
+
+  it('works with no model server (nothing allowed out) and passes the exit code through', async () => {
+    const sandboxRun = `${runId}-nomodel`;
+    const model = await findModelServer(docker);
+    const gguf = model ? (await docker.inspect(model.containerId)).HostConfig.Binds?.[0]?.split(':')[0] : undefined;
+    await cli(['model', 'down']);
+    try {
+      const res = await cli(['sandbox', 'run', '--run-id', sandboxRun, '--', 'bash', '-c', 'echo hello-from-sandbox; exit 7']);
+      expect(res.stdout).toContain('hello-from-sandbox');
+      expect(res.exitCode, res.all).toBe(7);
+      expect(res.stderr).toContain('no model server running');
+      expect(await remaining(sandboxRun)).toEqual([]);
+    } finally {
+      if (gguf) {
+        const dir = await mkdtemp(path.join(tmpdir(), 'lbx-cfg-'));
+            await writeFile(path.join(dir, 'loopbox.yaml'), 'model:\n  ctxSize: 8192\n  parallel: 2\n  gpus: none\n');
+        const up = await cli(['--config', path.join(dir, 'loopbox.yaml'), 'model', 'up', '--gguf', gguf]);
+        expect(up.exitCode, up.all).toBe(0);
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
+  });
+});
