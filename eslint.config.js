@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'scripts/**', 'examples/**'] },
+  { ignores: ['dist/**', 'node_modules/**', 'scripts/**', 'examples/**', 'test/fixtures/**', '.loopbox/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

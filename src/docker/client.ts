@@ -107,13 +107,14 @@ export class DockerClient {
         this.api.info() as Promise<Record<string, unknown>>,
         this.api.version(),
       ]);
+      const text = (value: unknown): string => (typeof value === 'string' ? value : '');
       return {
-        serverVersion: String(info.ServerVersion ?? version.Version),
+        serverVersion: text(info.ServerVersion) || version.Version,
         apiVersion: version.ApiVersion,
-        storageDriver: String(info.Driver ?? ''),
+        storageDriver: text(info.Driver),
         runtimes: Object.keys((info.Runtimes as Record<string, unknown> | undefined) ?? {}),
-        operatingSystem: String(info.OperatingSystem ?? ''),
-        cgroupVersion: String(info.CgroupVersion ?? ''),
+        operatingSystem: text(info.OperatingSystem),
+        cgroupVersion: text(info.CgroupVersion),
       };
     } catch (error) {
       throw new DockerUnavailableError(error);
@@ -264,7 +265,7 @@ export class DockerClient {
 
   async logs(id: string, tail = 30): Promise<string> {
     try {
-      const buffer = (await this.api.getContainer(id).logs({ stdout: true, stderr: true, tail, follow: false })) as unknown as Buffer;
+      const buffer = await this.api.getContainer(id).logs({ stdout: true, stderr: true, tail, follow: false });
       return demuxBuffer(buffer);
     } catch {
       return '';
@@ -341,7 +342,7 @@ export class DockerClient {
 
   async findNetwork(name: string): Promise<Docker.NetworkInspectInfo | undefined> {
     try {
-      return (await this.api.getNetwork(name).inspect()) as Docker.NetworkInspectInfo;
+      return (await this.api.getNetwork(name).inspect());
     } catch (error) {
       if (isGone(error)) return undefined;
       throw wrapApiError(error, `inspecting network ${name}`);
@@ -538,7 +539,7 @@ class RecentText {
 }
 
 function statusCode(error: unknown): number | undefined {
-  return typeof error === 'object' && error !== null && 'statusCode' in error ? Number((error as { statusCode: unknown }).statusCode) : undefined;
+  return typeof error === 'object' && error !== null && 'statusCode' in error ? Number((error).statusCode) : undefined;
 }
 
 export function isGone(error: unknown): boolean {

@@ -1,6 +1,7 @@
 // `loopbox images build`: builds every project image, tagged with the package version, and
 // skips one whose inputs (Dockerfile dir, base image id, build args, extra CA) are unchanged.
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -107,6 +108,17 @@ async function readCaCerts(files: string[]): Promise<string> {
     parts.push(text.trim());
   }
   return parts.length ? `${parts.join('\n')}\n` : '';
+}
+
+/**
+ * The CA bundle this host's own tools trust (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE, or Debian's
+ * bundle): behind a TLS-intercepting proxy, that is what npm inside a build needs too.
+ */
+export function hostCaBundle(env: NodeJS.ProcessEnv = process.env): string[] {
+  for (const file of [env.NODE_EXTRA_CA_CERTS, env.SSL_CERT_FILE, '/etc/ssl/certs/ca-certificates.crt']) {
+    if (file && existsSync(file)) return [file];
+  }
+  return [];
 }
 
 /** Hash of everything that decides an image's content. */

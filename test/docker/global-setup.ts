@@ -1,8 +1,7 @@
 // Once per `vitest --project docker` run: build the project images (cached by inputs hash),
 // make the fixture model, start the model server. Torn down at the end, leaving nothing.
-import { existsSync } from 'node:fs';
 import { DockerClient } from '../../src/docker/client.js';
-import { buildImages } from '../../src/images/builder.js';
+import { buildImages, hostCaBundle } from '../../src/images/builder.js';
 import { ensureFixtureModel } from '../../src/model/fixture.js';
 import { modelDown, modelUp } from '../../src/model/server.js';
 import { MODEL_NETWORK } from '../../src/model/network.js';
@@ -10,10 +9,9 @@ import { MODEL_NETWORK } from '../../src/model/network.js';
 export async function setup(): Promise<void> {
   const docker = new DockerClient();
   await docker.ping();
-  const ca = process.env.NODE_EXTRA_CA_CERTS ?? process.env.SSL_CERT_FILE;
   const started = Date.now();
   await buildImages(docker, {
-    caCerts: ca && existsSync(ca) ? [ca] : [],
+    caCerts: hostCaBundle(),
     onLine: (line) => process.stderr.write(`${line}\n`),
   });
   const gguf = await ensureFixtureModel(docker);

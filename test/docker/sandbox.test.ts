@@ -156,7 +156,7 @@ describe('sandbox run (real Docker, real firewall)', () => {
     while (Date.now() < deadline) {
       const agents = await docker.api.listContainers({ filters: JSON.stringify({ label: [`loopbox.run-id=${sandboxRun}`, 'loopbox.role=agent'] }) });
       if (agents[0]) {
-        const top = await docker.api.getContainer(agents[0].Id).top().catch(() => undefined);
+        const top = (await docker.api.getContainer(agents[0].Id).top().catch(() => undefined)) as { Processes?: unknown[] } | undefined;
         if (top) peak = Math.max(peak, top.Processes?.length ?? 0);
         const info = await docker.inspect(agents[0].Id).catch(() => undefined);
         if (info) expect(info.HostConfig.PidsLimit).toBe(64);
