@@ -17,6 +17,9 @@ import { gc } from '../runs/gc.js';
 import { createRun, finishRun } from '../runs/registry.js';
 import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { type CliContext, err, out } from './context.js';
+import { printLoopEvent, registerRun, summaryTable } from './run.js';
+import { runDemo } from '../demo/demo.js';
+import { initProject } from '../config/init.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -181,6 +184,46 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
         return;
       }
       out(records.length ? formatAuditTable(records) : 'no blocked attempts recorded');
+    });
+
+  registerRun(program, ctx, result, configFile);
+
+  program
+    .command('demo')
+    .description('the whole product on this machine: images, a model server, an example repo, two loops (one ends done, one is stopped by a brake)')
+    .option('--gguf <file>', 'use a real GGUF model; then both tasks run OpenCode')
+    .option('--ca-cert <file>', 'extra CA certificate for image builds; repeatable (default: this host\'s bundle)', collect, [])
+    .option('--keep-model', 'leave the model server running afterwards')
+    .option('--json', 'print one JSON event per line on stdout')
+    .addHelpText('after', example('npm run demo   # = loopbox demo'))
+    .action(async (opts: { gguf?: string; caCert: string[]; keepModel?: boolean; json?: boolean }) => {
+      const res = await runDemo(ctx.docker, {
+        gguf: opts.gguf,
+        caCerts: opts.caCert.length ? opts.caCert : undefined,
+        signal: ctx.signal,
+        keepModel: opts.keepModel ?? false,
+        say: (line) => err(line),
+        onEvent: (e) => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e)),
+      });
+      err(`\n${summaryTable(res.summaries)}\n`);
+      const [first, second] = res.summaries;
+      const lines = ['Where to look:', `  example repo:     ${res.repo}`];
+      if (first) lines.push(`  verified commit:  git -C ${res.repo} log --format='%h %s%n%b' ${first.branch}`, `  iterations:       ${first.runDir}/iterations.jsonl`);
+      if (second) lines.push(`  blocked egress:   loopbox audit --run ${second.runId}`, `  OpenCode run:     ${second.runDir}`);
+      err(lines.join('\n'));
+      if (second) err(`\nBlocked egress of ${second.task}:\n${res.auditTable}`);
+      result.exitCode = first?.endState === 'done' && second && second.endState !== 'error' ? 0 : 1;
+    });
+
+  program
+    .command('init')
+    .description('write a commented loopbox.yaml, an AGENTS.md skill file and tasks/example.md')
+    .option('--dir <dir>', 'where to write them', '.')
+    .option('--force', 'overwrite existing files')
+    .addHelpText('after', example('loopbox init && $EDITOR tasks/example.md'))
+    .action(async (opts: { dir: string; force?: boolean }) => {
+      const res = await initProject(opts.dir, { force: opts.force ?? false });
+      for (const f of res.written) out(`wrote ${path.join(opts.dir, f)}`);
     });
 
   const model = program.command('model').description('the managed llama-server on the internal model network');

@@ -56,11 +56,59 @@ export const imagesSchema = z
   })
   .prefault({});
 
+const argv = z.array(z.string()).min(1, 'expected a non-empty argv list like ["npm", "test"]');
+
+export const agentSchema = z
+  .strictObject({
+    type: z.enum(['opencode', 'command']).default('opencode'),
+    /** argv for `type: command`; gets LOOPBOX_MODEL_URL, LOOPBOX_TASK_FILE, LOOPBOX_ITERATION... */
+    command: argv.optional(),
+    timeout: duration.prefault('20m'),
+    /** Extra instructions appended to the built-in OpenCode prompt. */
+    prompt: z.string().optional(),
+    /** OpenCode's view of the model's limits (its first prompt alone is ~30k tokens). */
+    contextLimit: z.number().int().min(1024).default(65536),
+    outputLimit: z.number().int().min(256).default(4096),
+  })
+  .prefault({});
+
+export const verifySchema = z
+  .strictObject({
+    /** The verify command, from the host's config only (never from the worktree). */
+    command: argv.optional(),
+    image: z.string().min(1).optional().describe('default: the agent image'),
+    timeout: duration.prefault('10m'),
+  })
+  .prefault({});
+
+export const loopSchema = z
+  .strictObject({
+    maxIterations: z.number().int().min(1).max(10_000).default(10),
+    /** Stop when the tree is unchanged for this many iterations in a row. */
+    noProgress: z.number().int().min(1).default(2),
+    /** Stop when a tree repeats one seen within the last N iterations (oscillation). */
+    oscillationWindow: z.number().int().min(2).default(6),
+    /** Wall-clock budget per task. */
+    budget: duration.optional(),
+    /** Token budget per task (prompt + completion, from the model server's counters). */
+    tokenBudget: z.number().int().min(1).optional(),
+  })
+  .prefault({});
+
+export const DEFAULT_PROTECTED = ['loopbox.yaml', 'AGENTS.md', '.loopbox/**', 'tasks/**'];
+
 export const configSchema = z
   .strictObject({
     sandbox: sandboxSchema,
     model: modelSchema,
     images: imagesSchema,
+    agent: agentSchema,
+    verify: verifySchema,
+    loop: loopSchema,
+    /** Globs (relative to the repo root) the agent may not change: reverted, reported, never committed. */
+    protectedPaths: z.array(z.string().min(1)).default([]),
+    /** Task files (globs) `loopbox run` uses when given none. */
+    tasks: z.array(z.string().min(1)).default(['tasks/*.md']),
   })
   .prefault({});
 

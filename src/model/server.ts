@@ -145,6 +145,18 @@ export async function modelStatus(docker: DockerClient): Promise<ModelStatus> {
   return status;
 }
 
+/**
+ * Prompt + generated tokens the server has processed so far (`/metrics`). The loop takes the
+ * difference around an iteration; with several loops on one server the figure is per server.
+ */
+export async function readTokenTotals(docker: DockerClient, containerId: string): Promise<number | undefined> {
+  const r = await docker.exec(containerId, ['curl', '-sf', `http://127.0.0.1:${MODEL_PORT}/metrics`]).catch(() => undefined);
+  if (r?.exitCode !== 0) return undefined;
+  const m = parsePrometheus(r.stdout);
+  // Before the first request the counters may be absent: that is zero, not unknown.
+  return (m['llamacpp:prompt_tokens_total'] ?? 0) + (m['llamacpp:tokens_predicted_total'] ?? 0);
+}
+
 export function parsePrometheus(text: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const line of text.split('\n')) {

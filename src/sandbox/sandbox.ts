@@ -26,6 +26,8 @@ export interface SandboxLimits {
 export interface SandboxOptions extends SandboxIdentity {
   cmd: string[];
   entrypoint?: string[] | undefined;
+  /** `uid:gid` the agent runs as (non-root); default 1000:1000. */
+  user?: string | undefined;
   /** Host folder for this sandbox's audit files (the sentry writes; the agent never sees it). */
   auditDir: string;
   image?: string | undefined;
@@ -113,6 +115,7 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
         sentryId: sentry,
         cmd: options.cmd,
         entrypoint: options.entrypoint,
+        user: options.user,
         env: options.env,
         binds: options.binds ?? [],
         workingDir: options.workingDir,

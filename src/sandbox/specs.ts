@@ -60,6 +60,7 @@ export interface AgentSpecInput extends SandboxIdentity {
   sentryId: string;
   cmd: string[];
   entrypoint?: string[] | undefined;
+  user?: string | undefined;
   env?: Record<string, string> | undefined;
   binds: Bind[];
   workingDir?: string | undefined;
@@ -70,6 +71,8 @@ export interface AgentSpecInput extends SandboxIdentity {
 }
 
 export function agentSpec(input: AgentSpecInput): ContainerSpec {
+  const user = input.user ?? `${AGENT_UID}:${AGENT_UID}`;
+  const [uid, gid = uid] = user.split(':');
   return {
     name: containerName(input, 'agent'),
     image: input.image,
@@ -78,7 +81,7 @@ export function agentSpec(input: AgentSpecInput): ContainerSpec {
     labels: resourceLabels({ ...input, role: 'agent' }),
     // The agent has no network of its own: it lives in the sentry's namespace and its rules.
     networkMode: `container:${input.sentryId}`,
-    user: `${AGENT_UID}:${AGENT_UID}`,
+    user,
     env: {
       HOME: AGENT_HOME,
       LOOPBOX_MODEL_URL: `http://${MODEL_HOSTNAME}:${MODEL_PORT}/v1`,
@@ -93,7 +96,8 @@ export function agentSpec(input: AgentSpecInput): ContainerSpec {
     readonlyRootfs: true,
     tmpfs: {
       '/tmp': 'rw,nosuid,nodev,size=512m',
-      [AGENT_HOME]: `rw,nosuid,nodev,size=512m,uid=${AGENT_UID},gid=${AGENT_UID},mode=0700`,
+      // Owned by the agent's uid: a root-owned HOME breaks agents that write ~/.local.
+      [AGENT_HOME]: `rw,nosuid,nodev,size=512m,uid=${uid},gid=${gid},mode=0700`,
     },
     binds: input.binds,
     pidsLimit: input.pids,

@@ -1,0 +1,342 @@
+// The Ralph loop: run the agent in a fresh sandbox, read what it left with hardened git,
+// revert protected paths, verify in a clean container, commit from the host, feed failures
+// back, and stop on a brake — never on the agent's word.
+import { createWriteStream } from 'node:fs';
+import { chown, lstat, mkdir, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError, LoopboxError, describe } from '../common/errors.js';
+import { newRunId } from '../common/ids.js';
+import { createLogger } from '../common/logger.js';
+import { runDir } from '../common/paths.js';
+import type { Config } from '../config/schema.js';
+import { DEFAULT_PROTECTED } from '../config/schema.js';
+import type { DockerClient } from '../docker/client.js';
+import { commitSnapshot, ensureTaskWorktree, isDirtyRepo, matchesAny, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex } from '../git/index.js';
+import { imageRef } from '../images/catalog.js';
+import { findModelServer } from '../model/network.js';
+import { readTokenTotals } from '../model/server.js';
+import { createRun, finishRun, type RunRecord } from '../runs/registry.js';
+import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
+import { AGENT_UID } from '../sandbox/specs.js';
+import { runVerify, type VerifyResult } from '../verify/verify.js';
+import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
+import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
+import { type IterationRecord, type LoopState, appendIteration, loadState, saveState } from './state.js';
+import { loadTask } from './task.js';
+
+export interface LoopOptions {
+  repo: string;
+  taskFile?: string;
+  config: Config;
+  runId?: string;
+  /** Continue this run (its state.json) instead of starting a new one. */
+  resume?: string;
+  allowDirty?: boolean;
+  trigger?: string;
+  signal?: AbortSignal;
+  onEvent?: (event: LoopEvent) => void;
+  stateEnv?: NodeJS.ProcessEnv;
+}
+
+export type LoopEvent =
+  | { type: 'loop-start'; runId: string; task: string; branch: string; worktree: string; resumedAt: number }
+  | { type: 'iteration-start'; runId: string; task: string; iteration: number }
+  | { type: 'iteration-end'; runId: string; task: string; record: IterationRecord }
+  | { type: 'loop-end'; summary: LoopSummary };
+
+export interface LoopSummary {
+  runId: string;
+  task: string;
+  endState: EndState;
+  reason: string;
+  exitCode: number;
+  iterations: number;
+  wallMs: number;
+  tokens: number;
+  blocked: number;
+  branch: string;
+  worktree: string;
+  lastCommit: string | null;
+  verifiedCommit: string | null;
+  runDir: string;
+}
+
+const AUTHOR = { name: 'loopbox', email: 'loopbox@localhost' };
+
+export async function runLoop(docker: DockerClient, options: LoopOptions): Promise<LoopSummary> {
+  const { config } = options;
+  const repo = path.resolve(options.repo);
+  if (!config.verify.command) {
+    throw new ConfigError('verify.command is not set.', [], {
+      hint: 'A loop ends on a test the harness runs, never on the agent\'s word: set verify.command in loopbox.yaml, e.g. ["npm", "test"].',
+    });
+  }
+  if (config.agent.type === 'command' && !config.agent.command) {
+    throw new ConfigError('agent.type is "command" but agent.command is not set.', [], { hint: 'Give the agent\'s argv, e.g. ["codex", "exec", "--full-auto"].' });
+  }
+  const previous = options.resume ? await loadState(runDir(options.resume, options.stateEnv)) : undefined;
+  if (options.resume && !previous) throw new ConfigError(`No loop state for run ${options.resume}.`, [], { hint: 'List runs with `loopbox status`; only loop runs can be resumed.' });
+  if (previous?.endState) throw new ConfigError(`Run ${options.resume} already ended (${previous.endState}); start a new run.`);
+  const taskFile = previous?.taskFile ?? options.taskFile;
+  if (!taskFile) throw new ConfigError('No task file given.', [], { hint: 'loopbox run tasks/<task>.md' });
+  const task = await loadTask(taskFile);
+  if (!previous && !options.allowDirty && (await isDirtyRepo(repo))) {
+    throw new ConfigError(`${repo} has uncommitted changes; the task branch starts from the last commit and would not include them.`, [], {
+      hint: 'Commit or stash them first, or pass --allow-dirty.',
+    });
+  }
+  const model = await findModelServer(docker);
+  if (!model && !config.model.endpoint) {
+    throw new LoopboxError('No model server is running.', { hint: 'Start one with `loopbox model up` (or set model.endpoint to an OpenAI-compatible server).' });
+  }
+
+  const runId = previous?.runId ?? options.runId ?? newRunId();
+  const dir = runDir(runId, options.stateEnv);
+  const record: RunRecord = await createRun({ runId, kind: 'loop', task: task.name, trigger: options.trigger ?? previous?.trigger ?? 'manual' }, options.stateEnv);
+  const log = createLogger({ file: path.join(dir, 'loop.log'), level: 'debug' });
+  const started = Date.now();
+  let state: LoopState | undefined = previous;
+  try {
+    const worktreeDir = previous?.worktree ?? path.join(repo, '.loopbox', 'worktrees', task.name);
+    const wt = await ensureTaskWorktree(repo, task.name, worktreeDir);
+    state ??= {
+      runId,
+      task: task.name,
+      taskFile: task.file,
+      repo,
+      branch: wt.branch,
+      worktree: wt.dir,
+      baseTree: (await snapshotWorktree(repo, wt.dir)).tree,
+      trees: [],
+      iteration: 0,
+      tokens: 0,
+      elapsedMs: 0,
+      trigger: options.trigger ?? 'manual',
+    };
+    await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+    await saveState(dir, state);
+    options.onEvent?.({ type: 'loop-start', runId, task: task.name, branch: state.branch, worktree: state.worktree, resumedAt: state.iteration });
+    log.info({ runId, task: task.name, branch: state.branch, resumedAt: state.iteration }, 'loop start');
+
+    const mountDir = path.join(dir, 'mount');
+    const notesDir = path.join(dir, 'notes');
+    const gitMask = path.join(dir, 'git-mask');
+    await mkdir(path.join(mountDir, 'notes'), { recursive: true });
+    await mkdir(notesDir, { recursive: true });
+    await mkdir(path.join(dir, 'sandboxes'), { recursive: true });
+    await writeFile(gitMask, '');
+    const agentUid = agentUidFor();
+    const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
+    let feedback = '';
+    let lastCommit: string | null = null;
+    let verifiedCommit: string | null = null;
+    let blocked = 0;
+    let decision: { state: EndState; reason: string } | undefined;
+
+    while (!decision) {
+      const iteration: number = state.iteration + 1;
+      options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
+      const iterStart = new Date();
+      const invocation = agentInvocation(config, iteration);
+      await writeFile(path.join(mountDir, 'task.md'), task.text);
+      await writeFile(path.join(mountDir, 'feedback.md'), feedback || 'No feedback yet: this is the first iteration.\n');
+      for (const [name, content] of Object.entries(invocation.files)) await writeFile(path.join(mountDir, name), content);
+      // Run as root, the host lends the worktree to the agent's uid for the iteration and takes
+      // it back after, so that git (safe.directory) and the user see their own files between.
+      const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
+      if (lend) {
+        await chownTree(state.worktree, agentUid);
+        await chownTree(notesDir, agentUid);
+      }
+      const agentLog = createWriteStream(path.join(sandboxAuditDir(dir, iteration), '..', `i${iteration}.agent.log`));
+      const tokensBefore = model ? await readTokenTotals(docker, model.containerId) : undefined;
+      const sandbox = await runSandbox(docker, {
+        runId,
+        task: task.name,
+        iteration,
+        cmd: invocation.cmd,
+        env: invocation.env,
+        user: `${agentUid}:${agentUid}`,
+        image: config.sandbox.image,
+        auditDir: sandboxAuditDir(dir, iteration),
+        binds: [
+          { host: state.worktree, container: '/workspace', readOnly: false },
+          // The worktree's `.git` pointer is masked: the agent never reaches the repository.
+          { host: gitMask, container: '/workspace/.git', readOnly: true },
+          { host: mountDir, container: LOOP_MOUNT, readOnly: true },
+          { host: notesDir, container: NOTES_MOUNT, readOnly: false },
+        ],
+        workingDir: '/workspace',
+        limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+        allow: [...config.sandbox.allow, ...(config.model.endpoint ? [endpointOf(config.model.endpoint)] : [])],
+        timeoutMs: config.agent.timeout,
+        signal: options.signal,
+        logger: log,
+        stateEnv: options.stateEnv,
+        stdout: agentLog,
+        stderr: agentLog,
+      }).finally(() => agentLog.end());
+      if (lend) await chownTree(state.worktree, 0);
+      const tokensAfter = model ? await readTokenTotals(docker, model.containerId) : undefined;
+      const tokens = tokensBefore && tokensAfter ? Math.max(0, tokensAfter - tokensBefore) : 0;
+      blocked += sandbox.traffic.blockedPackets + sandbox.traffic.dnsBlocked;
+
+      // Read what the agent left; put protected paths back before anything else sees them.
+      const head = await branchHead(repo, state.branch);
+      let snap = await snapshotWorktree(repo, state.worktree);
+      const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
+      if (violations.length) {
+        await restorePaths(repo, state.worktree, head, violations);
+        snap = await snapshotWorktree(repo, state.worktree);
+      }
+      let verify: VerifyResult | null = null;
+      if (!sandbox.aborted) {
+        verify = await runVerify(docker, {
+          runId,
+          task: task.name,
+          iteration,
+          image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
+          command: config.verify.command,
+          worktree: state.worktree,
+          timeoutMs: config.verify.timeout,
+          limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+          signal: options.signal,
+        });
+      }
+      const verified = verify?.passed === true;
+      let commit: string | null = null;
+      if (verified || snap.changed.length > 0) {
+        commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, config.verify.command), AUTHOR);
+        await syncWorktreeIndex(repo, state.worktree);
+        lastCommit = commit;
+        if (verified) verifiedCommit = commit;
+      }
+      const iterRecord: IterationRecord = {
+        iteration,
+        startedAt: iterStart.toISOString(),
+        endedAt: new Date().toISOString(),
+        agent: { exitCode: sandbox.exitCode, timedOut: sandbox.timedOut, durationMs: sandbox.durationMs },
+        tree: snap.tree,
+        filesChanged: snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
+        protectedViolations: violations,
+        skipped: snap.skipped,
+        verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail },
+        commit,
+        verified,
+        tokens,
+        audit: { ...sandbox.traffic, records: sandbox.records.length },
+      };
+      await appendIteration(dir, iterRecord);
+      state = {
+        ...state,
+        iteration,
+        trees: [...state.trees, snap.tree],
+        tokens: state.tokens + tokens,
+        elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
+      };
+      feedback = feedbackText(iterRecord, config.verify.command, config.agent.timeout);
+      log.info({ iteration, tree: snap.tree, verified, commit, violations, agent: iterRecord.agent }, 'iteration end');
+      options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
+      if (sandbox.aborted || options.signal?.aborted) decision = { state: 'aborted', reason: 'stopped by signal; work in progress committed' };
+      else {
+        decision = checkBrakes(
+          {
+            maxIterations: config.loop.maxIterations,
+            noProgress: config.loop.noProgress,
+            oscillationWindow: config.loop.oscillationWindow,
+            budgetMs: config.loop.budget,
+            tokenBudget: config.loop.tokenBudget,
+          },
+          { baseTree: state.baseTree, trees: state.trees, verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
+        );
+      }
+      if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
+      await saveState(dir, state);
+    }
+    const summary: LoopSummary = {
+      runId,
+      task: task.name,
+      endState: decision.state,
+      reason: decision.reason,
+      exitCode: END_STATE_EXIT[decision.state],
+      iterations: state.iteration,
+      wallMs: state.elapsedMs,
+      tokens: state.tokens,
+      blocked,
+      branch: state.branch,
+      worktree: state.worktree,
+      lastCommit,
+      verifiedCommit,
+      runDir: dir,
+    };
+    log.info(summary, 'loop end');
+    options.onEvent?.({ type: 'loop-end', summary });
+    return summary;
+  } catch (error) {
+    log.error({ error: describe(error) }, 'loop error');
+    if (state) await saveState(dir, { ...state, endState: 'error', endReason: describe(error) }).catch(() => undefined);
+    throw error;
+  } finally {
+    await finishRun(record, options.stateEnv);
+    log.flush();
+  }
+}
+
+function commitMessage(task: string, runId: string, iteration: number, verify: VerifyResult | null, command: string[]): string {
+  const status = verify?.passed ? 'verified' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
+  return [
+    `loopbox(${task}): iteration ${iteration} ${status}`,
+    '',
+    `Loopbox-Run: ${runId}`,
+    `Loopbox-Iteration: ${iteration}`,
+    `Loopbox-Verified: ${verify?.passed ? 'yes' : 'no'}`,
+    `Loopbox-Verify-Command: ${JSON.stringify(command)}`,
+  ].join('\n');
+}
+
+/** What the next iteration reads in /loopbox/feedback.md. */
+export function feedbackText(record: IterationRecord, command: string[], agentTimeoutMs: number): string {
+  const lines = [`# Feedback from iteration ${record.iteration}`, ''];
+  if (record.agent.timedOut) lines.push(`- The agent was stopped after its time limit (${Math.round(agentTimeoutMs / 1000)} s).`);
+  if (record.protectedViolations.length) {
+    lines.push(`- These paths are protected; your changes to them were reverted: ${record.protectedViolations.join(', ')}`);
+  }
+  if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
+  if (record.verify) {
+    lines.push(
+      record.verify.passed
+        ? `- Verification \`${command.join(' ')}\` passed.`
+        : `- Verification \`${command.join(' ')}\` failed (${record.verify.timedOut ? 'timed out' : `exit code ${record.verify.exitCode}`}). Its last output lines:`,
+    );
+    if (!record.verify.passed) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function agentUidFor(): number {
+  const uid = process.getuid?.();
+  return uid === undefined || uid === 0 ? AGENT_UID : uid;
+}
+
+/** Gives the agent's uid ownership of the tree it may edit, without following links. */
+async function chownTree(dir: string, uid: number, top = true): Promise<void> {
+  const st = await lstat(dir);
+  if (st.uid !== uid) await chown(dir, uid, uid);
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (top && entry.name === '.git') continue;
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) await chownTree(full, uid, false);
+    else if (entry.isFile()) {
+      if ((await lstat(full)).uid !== uid) await chown(full, uid, uid);
+    }
+  }
+}
+
+function endpointOf(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
+}
+
+function branchHead(repo: string, branch: string): Promise<string> {
+  return revParse(repo, `refs/heads/${branch}`);
+}

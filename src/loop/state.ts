@@ -1,0 +1,72 @@
+// What a loop keeps on the host, in its run directory, so that a crash loses nothing that was
+// committed and `loopbox run --resume RUN` can continue.
+import { appendFile, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { SandboxTraffic } from '../audit/record.js';
+import { writeJsonAtomic } from '../runs/registry.js';
+import type { EndState } from './brakes.js';
+
+export interface IterationRecord {
+  iteration: number;
+  startedAt: string;
+  endedAt: string;
+  agent: { exitCode: number; timedOut: boolean; durationMs: number };
+  /** Tree id after the iteration (protected paths reverted): the loop's "diff hash". */
+  tree: string;
+  filesChanged: string[];
+  protectedViolations: string[];
+  skipped: Array<{ path: string; reason: string }>;
+  verify: { passed: boolean; exitCode: number; timedOut: boolean; durationMs: number; outputTail: string } | null;
+  commit: string | null;
+  verified: boolean;
+  tokens: number;
+  audit: SandboxTraffic & { records: number };
+}
+
+export interface LoopState {
+  runId: string;
+  task: string;
+  taskFile: string;
+  repo: string;
+  branch: string;
+  worktree: string;
+  baseTree: string;
+  trees: string[];
+  iteration: number;
+  tokens: number;
+  /** Wall time used by earlier sessions of this run (resume adds to it). */
+  elapsedMs: number;
+  endState?: EndState;
+  endReason?: string;
+  trigger: string;
+}
+
+export const STATE_FILE = 'state.json';
+export const ITERATIONS_FILE = 'iterations.jsonl';
+
+export async function saveState(dir: string, state: LoopState): Promise<void> {
+  await writeJsonAtomic(path.join(dir, STATE_FILE), state);
+}
+
+export async function loadState(dir: string): Promise<LoopState | undefined> {
+  try {
+    return JSON.parse(await readFile(path.join(dir, STATE_FILE), 'utf8')) as LoopState;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function appendIteration(dir: string, record: IterationRecord): Promise<void> {
+  await appendFile(path.join(dir, ITERATIONS_FILE), `${JSON.stringify(record)}\n`);
+}
+
+export async function readIterations(dir: string): Promise<IterationRecord[]> {
+  try {
+    return (await readFile(path.join(dir, ITERATIONS_FILE), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as IterationRecord);
+  } catch {
+    return [];
+  }
+}
