@@ -65,7 +65,7 @@ async function debootstrapImport(
     const [repo, tag = 'latest'] = ref.split(':') as [string, string?];
     const tar = execa('tar', ['-C', dir, '-c', '.'], { buffer: false, stdout: 'pipe' });
     await Promise.all([
-      docker.importRootfs(tar.stdout, repo, tag, [`LABEL ${LABELS.managed}=true`, `LABEL ${LABELS.role}=base`, 'CMD ["bash"]']),
+      docker.importRootfs(tar.stdout, repo, tag, [`LABEL ${LABELS.image}=base-${suite}`, 'CMD ["bash"]']),
       tar,
     ]);
   } catch (error) {

@@ -51,7 +51,10 @@ async function buildOne(docker: DockerClient, name: ImageName, ca: string, optio
   const baseId = (await docker.findImage(base))?.id ?? 'unknown';
   const dir = path.join(packageRoot(), 'images', name);
   const buildArgs = { BASE_IMAGE: base };
-  const hash = await inputsHash(dir, { baseId, buildArgs, ca });
+  // Images are marked by `loopbox.image`, never `loopbox.managed`: containers inherit their
+  // image's labels, and `managed` + a run id is what makes a container gc's to remove.
+  const imageLabels = { [LABELS.image]: name };
+  const hash = await inputsHash(dir, { baseId, buildArgs, ca, imageLabels });
   const existing = await docker.findImage(ref);
   if (!options.force && existing?.labels[LABELS.inputsHash] === hash) {
     say(`unchanged (${hash.slice(0, 12)})`);
@@ -66,7 +69,7 @@ async function buildOne(docker: DockerClient, name: ImageName, ca: string, optio
     await writeFile(path.join(context, EXTRA_CA_FILE), ca);
     await docker.build(tar.pack(context) as unknown as Readable, {
       tag: ref,
-      labels: { [LABELS.managed]: 'true', [LABELS.image]: name, [LABELS.inputsHash]: hash },
+      labels: { ...imageLabels, [LABELS.inputsHash]: hash },
       buildArgs,
       onLine: (line) => {
         if (/^Step \d+\/\d+/.test(line) || /^Successfully/.test(line)) say(line);

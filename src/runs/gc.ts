@@ -22,8 +22,11 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
   const result: GcResult = { removed: [], kept: [], failed: [] };
   const doomed: ManagedResource[] = [];
   for (const resource of resources) {
-    const runId = resource.labels[LABELS.runId] ?? '';
+    const runId = resource.labels[LABELS.runId];
     let remove: boolean;
+    // Every resource loopbox creates carries a run id; without one it is not ours (e.g. a
+    // user's container started from a loopbox image).
+    if (!runId) continue;
     if (options.all) remove = true;
     else if (runId === SHARED_RUN_ID) remove = false; // the model network/server: `--all` or `model down`
     else {

@@ -15,11 +15,17 @@ export async function setup(): Promise<void> {
     onLine: (line) => process.stderr.write(`${line}\n`),
   });
   const gguf = await ensureFixtureModel(docker);
-  await modelUp(docker, { gguf, ctxSize: 8192, parallel: 2, gpuLayers: 0, gpus: 'none', startTimeoutMs: 60_000 });
+  // OpenCode's first prompt is ~30k tokens: each of the 2 slots gets 65536.
+  const up = await modelUp(docker, { gguf, ctxSize: 131072, parallel: 2, gpuLayers: 0, gpus: 'none', startTimeoutMs: 60_000 });
+  startedModel = !up.reused;
   process.stderr.write(`docker test setup: images, fixture model and model server ready in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
 }
 
+let startedModel = false;
+
+/** Stops the model server only if this run started it: another process may be using one. */
 export async function teardown(): Promise<void> {
+  if (!startedModel) return;
   const docker = new DockerClient();
   await modelDown(docker);
   await docker.removeNetwork(MODEL_NETWORK).catch(() => undefined);

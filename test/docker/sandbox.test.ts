@@ -189,7 +189,7 @@ describe('sandbox run (real Docker, real firewall)', () => {
     } finally {
       if (gguf) {
         const dir = await mkdtemp(path.join(tmpdir(), 'lbx-cfg-'));
-            await writeFile(path.join(dir, 'loopbox.yaml'), 'model:\n  ctxSize: 8192\n  parallel: 2\n  gpus: none\n');
+            await writeFile(path.join(dir, 'loopbox.yaml'), 'model:\n  ctxSize: 131072\n  parallel: 2\n  gpus: none\n');
         const up = await cli(['--config', path.join(dir, 'loopbox.yaml'), 'model', 'up', '--gguf', gguf]);
         expect(up.exitCode, up.all).toBe(0);
         await rm(dir, { recursive: true, force: true });
