@@ -1,0 +1,78 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DNS_FILE, PACKETS_FILE, ingestSandboxAudit, packetRecord, parseCounters, parseDnsLog } from '../../src/egress/ingest.js';
+
+// Real lines as ulogd2 2.0.8 (JSON output) and dnsmasq (log-queries=extra) wrote them in the sentry.
+const TCP = '{"timestamp": "2026-11-24T18:30:25.655729", "dvc": "Netfilter", "raw.pktlen": 60, "raw.pktcount": 1, "oob.prefix": "out-tcp", "oob.time.sec": 1795545025, "oob.time.usec": 655729, "oob.mark": 0, "oob.ifindex_out": 97, "oob.hook": 3, "oob.family": 2, "oob.protocol": 2048, "oob.uid": 1000, "oob.gid": 1000, "raw.label": 0, "ip.protocol": 6, "src_port": 41974, "dest_port": 9000, "tcp.syn": 1, "oob.in": "", "oob.out": "eth0", "src_ip": "172.20.0.3", "dest_ip": "172.20.0.2"}';
+const ICMP = '{"timestamp": "2026-11-24T18:30:25.664859", "oob.prefix": "out-icmp", "oob.time.sec": 1795545025, "oob.time.usec": 664859, "oob.family": 2, "oob.uid": 1000, "ip.protocol": 1, "icmp.type": 8, "icmp.code": 0, "src_ip": "172.20.0.3", "dest_ip": "172.20.0.2"}';
+const V6 = '{"timestamp": "2026-11-24T18:30:26.685504", "oob.prefix": "out6-tcp", "oob.time.sec": 1795545026, "oob.time.usec": 685504, "oob.family": 10, "oob.uid": 1000, "ip.protocol": 6, "ip6.nexthdr": 6, "src_port": 51610, "dest_port": 9000, "src_ip": "fd42:4242:4242::3", "dest_ip": "fd42:4242:4242::2"}';
+const INBOUND = '{"oob.prefix": "in", "oob.time.sec": 1795545027, "oob.time.usec": 0, "oob.family": 2, "ip.protocol": 17, "src_port": 5000, "dest_port": 6000, "src_ip": "172.20.0.9", "dest_ip": "172.20.0.3"}';
+const DNS = [
+  'Nov 24 18:30:25 dnsmasq[42]: 1 127.0.0.1/40198 query[A] model from 127.0.0.1',
+  'Nov 24 18:30:25 dnsmasq[42]: 1 127.0.0.1/40198 config model is 172.19.0.2',
+  'Nov 24 18:30:26 dnsmasq[42]: 6 127.0.0.1/35322 query[A] foo.invalid from 127.0.0.1',
+  'Nov 24 18:30:26 dnsmasq[42]: 6 127.0.0.1/35322 config foo.invalid is NXDOMAIN',
+  'Nov 24 18:30:27 dnsmasq[42]: 7 127.0.0.1/35323 query[AAAA] we ird.invalid from 127.0.0.1',
+].join('\n');
+
+const id = { runId: 'r1', task: 't', iteration: 2 };
+
+describe('audit ingestion', () => {
+  const dirs: string[] = [];
+  afterEach(async () => {
+    for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+  });
+
+  it('maps ulogd JSON to records with exact time, protocol, family, direction and uid', () => {
+    expect(packetRecord(JSON.parse(TCP) as Record<string, unknown>, id, 'agent')).toMatchObject({
+      time: '2026-11-24T18:30:25.655Z',
+      runId: 'r1', task: 't', iteration: 2, role: 'agent', kind: 'packet',
+      protocol: 'tcp', family: 'ipv4', direction: 'out', src: '172.20.0.3', srcPort: 41974, dst: '172.20.0.2', dstPort: 9000,
+      uid: 1000, verdict: 'rejected', rule: 'out-tcp', count: 1,
+    });
+    expect(packetRecord(JSON.parse(ICMP) as Record<string, unknown>, id, 'agent')).toMatchObject({ protocol: 'icmp', icmpType: 8, dstPort: null });
+    expect(packetRecord(JSON.parse(V6) as Record<string, unknown>, id, 'agent')).toMatchObject({ family: 'ipv6', protocol: 'tcp', dst: 'fd42:4242:4242::2' });
+    expect(packetRecord(JSON.parse(INBOUND) as Record<string, unknown>, id, 'agent')).toMatchObject({ direction: 'in', uid: null, protocol: 'udp' });
+  });
+
+  it('parses dnsmasq query lines, names with spaces included', () => {
+    const queries = parseDnsLog(DNS, 2026);
+    expect(queries.map((q) => [q.name, q.type])).toEqual([
+      ['model', 'A'],
+      ['foo.invalid', 'A'],
+      ['we ird.invalid', 'AAAA'],
+    ]);
+    expect(queries[1]).toMatchObject({ time: '2026-11-24T18:30:26.000Z', from: '127.0.0.1', port: 35322 });
+  });
+
+  it('ingests a sandbox folder: answered names are counted, others logged, and a shortfall becomes a loss record', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+    dirs.push(dir);
+    await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n${ICMP}\nnot json\n`);
+    await writeFile(path.join(dir, DNS_FILE), DNS);
+    const res = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 12, bytes: 900 }, logged: { packets: 5 } }, ['model']);
+    expect(res.records.filter((r) => r.kind === 'packet')).toHaveLength(2);
+    expect(res.records.filter((r) => r.kind === 'dns').map((r) => r.query)).toEqual(['foo.invalid', 'we ird.invalid']);
+    const loss = res.records.find((r) => r.kind === 'loss');
+    // 5 logged by the firewall, 2 arrived, 1 line malformed: 3 + 1 lost.
+    expect(loss).toMatchObject({ verdict: 'lost', count: 4 });
+    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 4 });
+  });
+
+  it('records no loss when every logged packet arrived, and tolerates missing files', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+    dirs.push(dir);
+    const empty = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0 } }, []);
+    expect(empty.records).toEqual([]);
+    await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n`);
+    const one = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 0, bytes: 0 }, logged: { packets: 1 } }, []);
+    expect(one.records.map((r) => r.kind)).toEqual(['packet']);
+  });
+
+  it('reads the counters line and rejects anything else', () => {
+    expect(parseCounters('{"allowed":{"packets":6,"bytes":403},"logged":{"packets":7}}\n')).toEqual({ allowed: { packets: 6, bytes: 403 }, logged: { packets: 7 } });
+    expect(parseCounters('iptables: oops')).toBeUndefined();
+  });
+});

@@ -1,0 +1,69 @@
+import { describe, expect, it } from 'vitest';
+import { agentSpec, containerName, sentrySpec } from '../../src/sandbox/specs.js';
+import { parseDebianMirror } from '../../src/images/base.js';
+import { agentInvocation } from '../../src/loop/agents.js';
+import { parseConfig } from '../../src/config/load.js';
+import { CONFIG_TEMPLATE } from '../../src/config/init.js';
+import { parse } from 'yaml';
+
+describe('sandbox container specs', () => {
+  const agent = agentSpec({ runId: 'r', task: 't', iteration: 1, image: 'img', sentryId: 'abc', cmd: ['true'], binds: [], memoryBytes: 1 << 30, cpus: 1.5, pids: 128 });
+
+  it('the agent has no network of its own, no capabilities, no privilege gain, a read-only root and limits', () => {
+    expect(agent.networkMode).toBe('container:abc');
+    expect(agent.capDrop).toEqual(['ALL']);
+    expect(agent.capAdd).toBeUndefined();
+    expect(agent.securityOpt).toContain('no-new-privileges');
+    expect(agent.user).toBe('1000:1000');
+    expect(agent.readonlyRootfs).toBe(true);
+    expect(Object.keys(agent.tmpfs ?? {})).toEqual(['/tmp', '/home/agent']);
+    expect(agent.tmpfs?.['/home/agent']).toContain('uid=1000');
+    expect(agent).toMatchObject({ pidsLimit: 128, memoryBytes: 1 << 30, nanoCpus: 1.5e9 });
+    expect(agent.binds).toEqual([]);
+    expect(agent.labels).toMatchObject({ 'loopbox.managed': 'true', 'loopbox.run-id': 'r', 'loopbox.task': 't', 'loopbox.iteration': '1', 'loopbox.role': 'agent' });
+  });
+
+  it('the sentry gets only NET_ADMIN, our DNS, and the audit folder', () => {
+    const sentry = sentrySpec({ runId: 'r', image: 'img', auditDir: '/host/audit', allow: ['10.0.0.2:8080'], dnsHosts: { model: '10.0.0.2' } });
+    expect(sentry.capDrop).toEqual(['ALL']);
+    expect(sentry.capAdd).toEqual(['NET_ADMIN']);
+    expect(sentry.dns).toEqual(['127.0.0.1']);
+    expect(sentry.env).toEqual({ LOOPBOX_ALLOW: '10.0.0.2:8080', LOOPBOX_DNS_HOSTS: 'model=10.0.0.2' });
+    expect(sentry.binds).toEqual([{ host: '/host/audit', container: '/audit', readOnly: false }]);
+    expect(sentry.networkMode).toBe('loopbox-model');
+  });
+
+  it('names containers from run, task, iteration and role', () => {
+    expect(containerName({ runId: 'r1', task: 'fix', iteration: 3 }, 'agent')).toBe('loopbox-r1-fix-i3-agent');
+  });
+});
+
+describe('agent adapters', () => {
+  it('opencode: config points at the model, no prompts, project config disabled', () => {
+    const inv = agentInvocation(parseConfig({}), 2);
+    expect(inv.cmd.slice(0, 4)).toEqual(['opencode', 'run', '--auto', '-m']);
+    expect(inv.env).toMatchObject({ OPENCODE_CONFIG: '/loopbox/opencode.json', OPENCODE_DISABLE_PROJECT_CONFIG: '1', LOOPBOX_ITERATION: '2' });
+    const config = JSON.parse(inv.files['opencode.json']!) as { provider: { loopbox: { options: { baseURL: string } } }; permission: Record<string, string> };
+    expect(config.provider.loopbox.options.baseURL).toBe('http://model:8080/v1');
+    expect(config.permission).toMatchObject({ edit: 'allow', bash: 'allow', webfetch: 'deny' });
+  });
+
+  it('command: runs the argv with the loop facts in its environment', () => {
+    const inv = agentInvocation(parseConfig({ agent: { type: 'command', command: ['my-agent', '--go'] } }), 1);
+    expect(inv.cmd).toEqual(['my-agent', '--go']);
+    expect(inv.env).toMatchObject({ LOOPBOX_MODEL_URL: 'http://model:8080/v1', LOOPBOX_TASK_FILE: '/loopbox/task.md', LOOPBOX_FEEDBACK_FILE: '/loopbox/feedback.md' });
+    expect(inv.files).toEqual({});
+  });
+});
+
+describe('odds and ends', () => {
+  it('finds the Debian mirror in one-line and deb822 apt sources', () => {
+    expect(parseDebianMirror('deb http://deb.debian.org/debian bookworm main\ndeb http://security.debian.org/debian-security bookworm-security main')).toBe('http://deb.debian.org/debian');
+    expect(parseDebianMirror('Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm')).toBe('http://mirror.example/debian');
+    expect(parseDebianMirror('# deb http://x/debian bookworm main')).toBeUndefined();
+  });
+
+  it('the init template is a valid config', () => {
+    expect(() => parseConfig(parse(CONFIG_TEMPLATE))).not.toThrow();
+  });
+});
