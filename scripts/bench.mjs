@@ -1,0 +1,236 @@
+#!/usr/bin/env node
+// Benchmark: what one loopbox loop iteration costs on top of the Docker work it must do anyway.
+//
+// One run measures, back to back on the same machine (so the ratios share the same noise):
+//   A. bare        `docker run --rm <agent image> true`, N times (median per run).
+//   B. bash loop   a real bash script doing, per iteration, an agent `docker run` with the
+//                  worktree bind-mounted, a verify `docker run --network none`, and
+//                  `git add -A && git commit --allow-empty` in a plain repo copy.
+//   L. loopbox     runLoop() in this process: a no-op agent (`true`) in a full sandbox (sentry +
+//                  agent), verify `false` in a clean container, N iterations, ends `capped`.
+//                  (verify `true` would end the loop `done` after one iteration; with a failing
+//                  verify and no change loopbox writes no commit, while B commits every time.)
+// It prints per-iteration times, the ratios L/A (target <= 2.5x) and L/B (target <= 1.1x), the
+// orchestrator's peak RSS during L (sampled every 100 ms), and where L's time goes: every
+// Docker API call the loop makes, timed through a wrapped DockerClient; "outside Docker calls"
+// is git, the file system and the audit log. Timings are a report, never asserted. Other
+// Docker work on the machine makes them noisy: compare ratios within one run.
+//
+// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8)
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { execa } from 'execa';
+
+const root = path.resolve(import.meta.dirname, '..');
+// Before the library reads it: the fixture model is cached under <state>/models between runs.
+process.env.LOOPBOX_STATE_DIR = path.join(root, '.loopbox', 'bench-state');
+
+const { DockerClient, buildImages, ensureFixtureModel, findModelServer, modelUp, modelDown, imageRef, parseConfig, runDir, managedFilter, MODEL_NETWORK } =
+  await import('../dist/index.js');
+const { hostCaBundle } = await import('../dist/images/builder.js');
+const { runLoop } = await import('../dist/loop/loop.js');
+const { createExampleRepo } = await import('../dist/demo/example-repo.js');
+
+const N = Number(process.env.BENCH_ITERATIONS ?? 8);
+const runId = `bench-${randomBytes(4).toString('hex')}`;
+const labels = ['--label', 'loopbox.managed=true', '--label', `loopbox.run-id=${runId}`];
+const say = (line) => process.stderr.write(`bench: ${line}\n`);
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const ms = (x) => `${x.toFixed(0)} ms`;
+
+/** A DockerClient that times every top-level call; nested ones (waitForLog's polls) as `outer>inner`. */
+function timedDocker(calls) {
+  const docker = new DockerClient();
+  let parent;
+  const wrap = (name, fn) =>
+    async (...args) => {
+      const label = parent ? `${parent}>${name}` : name;
+      const outer = parent;
+      parent = label;
+      const t0 = performance.now();
+      try {
+        return await fn(...args);
+      } finally {
+        parent = outer;
+        calls.push({ label, nested: outer !== undefined, t0, t1: performance.now(), ms: performance.now() - t0 });
+      }
+    };
+  const methods = ['findImage', 'createContainer', 'start', 'attach', 'wait', 'kill', 'stop', 'remove', 'inspect', 'logs', 'exec', 'waitForLog', 'findNetwork', 'connectNetwork'];
+  for (const m of methods) docker[m] = wrap(m, DockerClient.prototype[m].bind(docker));
+  // findModelServer (network.ts) and putArchive (verify.ts) go to dockerode directly.
+  docker.api.listContainers = wrap('api.listContainers', docker.api.listContainers.bind(docker.api));
+  const getContainer = docker.api.getContainer.bind(docker.api);
+  docker.api.getContainer = (id) => {
+    const c = getContainer(id);
+    c.putArchive = wrap('api.putArchive', c.putArchive.bind(c));
+    return c;
+  };
+  return docker;
+}
+
+async function setup(docker) {
+  await docker.ping();
+  await buildImages(docker, { caCerts: hostCaBundle(), onLine: (l) => say(l) });
+  const gguf = await ensureFixtureModel(docker);
+  if (await findModelServer(docker)) return false;
+  say('no model server running: starting one (stopped again at the end)');
+  // The same settings as the Docker tests' setup, so a test run that reuses it is not surprised.
+  await modelUp(docker, { gguf, ctxSize: 131072, parallel: 2, gpuLayers: 0, gpus: 'none', startTimeoutMs: 60_000 });
+  return true;
+}
+
+async function bareDocker(image) {
+  const times = [];
+  for (let i = 0; i < N; i += 1) {
+    const t0 = performance.now();
+    await execa('docker', ['run', '--rm', ...labels, image, 'true']);
+    times.push(performance.now() - t0);
+  }
+  return times;
+}
+
+const BASH_LOOP = `set -euo pipefail
+now() { date +%s%N; }
+for i in $(seq 1 "$N"); do
+  t0=$(now)
+  docker run --rm $LABELS -v "$WT":/workspace "$IMAGE" true
+  t1=$(now)
+  docker run --rm $LABELS --network none -v "$WT":/workspace "$IMAGE" true
+  t2=$(now)
+  git -C "$WT" add -A && git -C "$WT" -c user.name=bench -c user.email=bench@localhost -c commit.gpgsign=false commit --allow-empty -qm wip
+  t3=$(now)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 )) $(( (t3 - t2) / 1000000 ))"
+done`;
+
+async function bashLoop(image, worktree) {
+  const t0 = performance.now();
+  const { stdout } = await execa('bash', ['-c', BASH_LOOP], { env: { N: String(N), WT: worktree, IMAGE: image, LABELS: labels.join(' ') } });
+  const totalMs = performance.now() - t0;
+  const rows = stdout.trim().split('\n').map((l) => l.split(' ').map(Number));
+  return { totalMs, iters: rows.map((r) => r[0] + r[1] + r[2]), agent: rows.map((r) => r[0]), verify: rows.map((r) => r[1]), git: rows.map((r) => r[2]) };
+}
+
+async function loopbox(docker, repo, calls) {
+  const config = parseConfig({
+    agent: { type: 'command', command: ['true'], timeout: '60s' },
+    verify: { command: ['false'], timeout: '60s' },
+    loop: { maxIterations: N, noProgress: N + 1, oscillationWindow: 2 },
+    sandbox: { memory: '1g', cpus: 1, pids: 256 },
+  });
+  const records = [];
+  let peakRss = process.memoryUsage().rss;
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
+  const t0 = performance.now();
+  try {
+    const summary = await runLoop(docker, {
+      repo,
+      taskFile: path.join(repo, 'tasks', 'fix-add.md'),
+      config,
+      runId,
+      signal: abort.signal,
+      onEvent: (e) => e.type === 'iteration-end' && records.push(e.record),
+    });
+    const totalMs = performance.now() - t0;
+    if (summary.endState !== 'capped') say(`warning: loop ended ${summary.endState} (${summary.reason}), expected capped`);
+    peakRss = Math.max(peakRss, process.memoryUsage().rss);
+    return { totalMs, records, peakRss, calls };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
+function report({ bare, bash, lb }) {
+  const dur = (r) => Date.parse(r.endedAt) - Date.parse(r.startedAt);
+  const lbPer = lb.totalMs / N;
+  const lbMedian = median(lb.records.map(dur));
+  const bareMedian = median(bare);
+  const bashPer = bash.totalMs / N;
+  const out = [];
+  const row = (name, ...cells) => out.push(`${name.padEnd(46)}${cells.map((c) => String(c).padStart(12)).join('')}`);
+  out.push(`loopbox bench: ${N} iterations, ${new Date().toISOString()}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`, '');
+  row('', 'total', 'per iter', 'median');
+  row('A  bare docker run --rm <agent> true', ms(bare.reduce((a, b) => a + b, 0)), ms(bareMedian), ms(bareMedian));
+  row('B  bash loop (2 docker runs + git commit)', ms(bash.totalMs), ms(bashPer), ms(median(bash.iters)));
+  row('     agent docker run', '', '', ms(median(bash.agent)));
+  row('     verify docker run', '', '', ms(median(bash.verify)));
+  row('     git add + commit', '', '', ms(median(bash.git)));
+  row('L  loopbox runLoop (sentry+agent, verify)', ms(lb.totalMs), ms(lbPer), ms(lbMedian));
+  row('     agent sandbox (runSandbox durationMs)', '', '', ms(median(lb.records.map((r) => r.agent.durationMs))));
+  row('     verify (runVerify durationMs)', '', '', ms(median(lb.records.map((r) => r.verify?.durationMs ?? 0))));
+  row('     rest (git, tokens, state, audit)', '', '', ms(median(lb.records.map((r) => dur(r) - r.agent.durationMs - (r.verify?.durationMs ?? 0)))));
+  out.push('');
+  const verdict = (x, target) => `${x.toFixed(2)}x  (target <= ${target}x: ${x <= target ? 'MET' : 'NOT MET'})`;
+  out.push(`L per iteration / A bare docker run:  ${verdict(lbPer / bareMedian, 2.5)}`);
+  out.push(`L per iteration / B bash iteration:   ${verdict(lbPer / bashPer, 1.1)}`);
+  out.push(`L overhead over B:                    ${ms(lbPer - bashPer)} per iteration`);
+  out.push(`orchestrator peak RSS during L:       ${(lb.peakRss / 2 ** 20).toFixed(1)} MiB`, '');
+
+  // Where L's time goes: Docker API calls per iteration (top-level; `a>b` are nested in a).
+  const by = new Map();
+  for (const c of lb.calls) {
+    const e = by.get(c.label) ?? { n: 0, ms: 0, nested: c.nested };
+    e.n += 1;
+    e.ms += c.ms;
+    by.set(c.label, e);
+  }
+  const dockerMs = lb.calls.filter((c) => !c.nested).reduce((a, c) => a + c.ms, 0);
+  out.push(`loopbox time per iteration by Docker API call (${N} iterations, plus loop start-up):`);
+  row('  call', 'calls/iter', 'ms/iter', 'ms/call');
+  for (const [label, e] of [...by].sort((a, b) => b[1].ms - a[1].ms)) {
+    row(`  ${e.nested ? '  ' : ''}${label}`, (e.n / N).toFixed(1), (e.ms / N).toFixed(1), (e.ms / e.n).toFixed(1));
+  }
+  row('  all top-level Docker calls', '', (dockerMs / N).toFixed(1), '');
+  row('  outside Docker calls (git, fs, audit, ...)', '', ((lb.totalMs - dockerMs) / N).toFixed(1), '');
+  // The host idles between wait() returning and its next Docker call while it waits for the
+  // attached stdout to end (sandbox.ts and verify.ts race that against a 1 s timer).
+  const top = lb.calls.filter((c) => !c.nested).sort((a, b) => a.t0 - b.t0);
+  const idle = top.map((c, i) => (c.label === 'wait' && top[i + 1] ? top[i + 1].t0 - c.t1 : 0)).reduce((a, b) => a + b, 0);
+  row('    of which idle right after wait() (drain)', '', (idle / N).toFixed(1), (idle / Math.max(1, top.filter((c) => c.label === 'wait').length)).toFixed(1));
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+async function cleanup(docker, made, startedModel) {
+  for (const dir of made) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  await rm(runDir(runId), { recursive: true, force: true }).catch(() => undefined);
+  const left = await docker.listManaged(managedFilter(runId));
+  for (const r of left.filter((x) => x.kind === 'container')) await docker.remove(r.id);
+  for (const r of left.filter((x) => x.kind === 'network')) await docker.removeNetwork(r.id);
+  if (left.length) say(`removed leftovers: ${left.map((r) => `${r.kind} ${r.name}`).join(', ')}`);
+  if (startedModel) {
+    await modelDown(docker);
+    await docker.removeNetwork(MODEL_NETWORK).catch(() => undefined);
+  }
+}
+
+const abort = new AbortController();
+process.once('SIGINT', () => abort.abort());
+const calls = [];
+const docker = timedDocker(calls);
+const made = [];
+let startedModel = false;
+try {
+  startedModel = await setup(docker);
+  const image = imageRef('agent');
+  const plain = await mkdtemp(path.join(tmpdir(), 'lbx-bench-plain-'));
+  const repo = await mkdtemp(path.join(tmpdir(), 'lbx-bench-loop-'));
+  made.push(plain, repo);
+  await createExampleRepo(plain);
+  await createExampleRepo(repo);
+  await execa('docker', ['run', '--rm', ...labels, image, 'true']); // warm-up, not timed
+  say(`A: bare docker run x${N}`);
+  const bare = await bareDocker(image);
+  say(`B: bash loop x${N}`);
+  const bash = await bashLoop(image, plain);
+  say(`L: loopbox loop x${N}`);
+  calls.length = 0;
+  const lb = await loopbox(docker, repo, calls);
+  report({ bare, bash, lb });
+} finally {
+  await cleanup(docker, made, startedModel);
+}
