@@ -193,17 +193,29 @@ export class DockerClient {
     }
   }
 
-  /** Attach to stdout/stderr before start; returns streams that end when the container does. */
-  async attach(id: string): Promise<{ stdout: Readable; stderr: Readable }> {
+  /**
+   * Attach to stdout/stderr before start. `drained(ms)` resolves once the output has ended
+   * (or after `ms`, for a stream that never ends); it is set up now, so a container that is
+   * already gone when the caller asks does not cost the full wait.
+   */
+  async attach(id: string): Promise<{ stdout: Readable; stderr: Readable; drained: (ms: number) => Promise<void> }> {
     const stream = (await this.api.getContainer(id).attach({ stream: true, stdout: true, stderr: true })) as NodeJS.ReadableStream;
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     this.api.modem.demuxStream(stream, stdout, stderr);
-    stream.on('end', () => {
-      stdout.end();
-      stderr.end();
+    const ended = new Promise<void>((resolve) => {
+      stream.on('end', () => {
+        stdout.end();
+        stderr.end();
+        resolve();
+      });
+      stream.on('close', () => resolve());
     });
-    return { stdout, stderr };
+    const drained = (ms: number): Promise<void> => {
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([ended, new Promise<void>((r) => (timer = setTimeout(r, ms)))]).finally(() => clearTimeout(timer));
+    };
+    return { stdout, stderr, drained };
   }
 
   /** Waits for the container to exit; on timeout kills it and says so. */
@@ -316,7 +328,7 @@ export class DockerClient {
           logTail: text.split('\n').slice(-20).join('\n'),
         });
       }
-      await sleep(100);
+      await sleep(20);
     }
   }
 

@@ -136,13 +136,18 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
     exitCode = result.exitCode;
     timedOut = result.timedOut;
     // Let the attached streams drain what the agent wrote last.
-    await Promise.race([new Promise((r) => streams.stdout.once('end', r)), new Promise((r) => setTimeout(r, 1000))]);
+    await streams.drained(1000);
   } finally {
+    // The agent goes at once; meanwhile the sentry's counters are read and it is stopped
+    // (SIGTERM flushes its logs), then it goes too.
+    const [removeSentry, ...others] = cleanup;
+    const agentGone = Promise.all(others.map((step) => step().catch((error: unknown) => log.warn({ error }, 'cleanup step failed'))));
     if (sentryId) {
       counters = await readCounters(docker, sentryId).catch(() => undefined);
       await docker.stop(sentryId, 5).catch(() => undefined);
     }
-    for (const step of cleanup.reverse()) await step().catch((error: unknown) => log.warn({ error }, 'cleanup step failed'));
+    await agentGone;
+    await removeSentry?.().catch((error: unknown) => log.warn({ error }, 'cleanup step failed'));
   }
   const ingest = await ingestSandboxAudit(options.auditDir, id, 'agent', counters, Object.keys(dnsHosts));
   await appendAudit(options.runId, ingest.records, options.stateEnv);

@@ -75,7 +75,7 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     streams.stderr.on('data', (c: Buffer) => output.push(c.toString('utf8')));
     await docker.start(id);
     const result = await docker.wait(id, options.timeoutMs, options.signal);
-    await Promise.race([new Promise((r) => streams.stdout.once('end', r)), new Promise((r) => setTimeout(r, 1000))]);
+    await streams.drained(1000);
     return {
       passed: result.exitCode === 0 && !result.timedOut && !options.signal?.aborted,
       exitCode: result.exitCode,
