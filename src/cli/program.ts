@@ -17,7 +17,7 @@ import { gc } from '../runs/gc.js';
 import { createRun, finishRun } from '../runs/registry.js';
 import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { type CliContext, err, out } from './context.js';
-import { printLoopEvent, registerRun, summaryTable } from './run.js';
+import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from './run.js';
 import { runDemo } from '../demo/demo.js';
 import { initProject } from '../config/init.js';
 
@@ -187,6 +187,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     });
 
   registerRun(program, ctx, result, configFile);
+  registerStatusAndStop(program, ctx, result);
 
   program
     .command('demo')

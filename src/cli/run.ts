@@ -1,11 +1,16 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
+import path from 'node:path';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import { formatTable } from '../audit/log.js';
 import { ConfigError } from '../common/errors.js';
 import { loadConfig } from '../config/load.js';
-import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
+import { type LoopEvent, type LoopSummary, checkRepoAndModel, runLoop } from '../loop/loop.js';
 import { resolveTaskFiles } from '../loop/tasks.js';
+import { loadTask } from '../loop/task.js';
+import { LoopRunner } from '../schedule/runner.js';
+import { loopStatus, stopLoops } from '../schedule/status.js';
+import { modelStatus } from '../model/server.js';
 import { type CliContext, err, out } from './context.js';
 import type { ProgramResult } from './program.js';
 
@@ -22,6 +27,7 @@ export function registerRun(program: Command, ctx: CliContext, result: ProgramRe
     .option('--repo <dir>', 'the git repository to work on', '.')
     .option('--resume <run>', 'continue a run that crashed or was killed')
     .option('--max-iterations <n>', 'override loop.maxIterations', positiveInt)
+    .option('--concurrency <n>', 'loops at once (default: the model server\'s slots); agents never exceed the slots', positiveInt)
     .option('--allow-dirty', 'start even if the repository has uncommitted changes (they are not part of the task branch)')
     .option('--json', 'print one JSON event per line on stdout')
     .addHelpText(
@@ -33,25 +39,24 @@ Example:
   loopbox run tasks/fix-login.md --max-iterations 8
 `,
     )
-    .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; allowDirty?: boolean; json?: boolean }) => {
+    .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean }) => {
       const { config } = await loadConfig({ file: configFile(), dir: opts.repo });
       if (opts.maxIterations) config.loop.maxIterations = opts.maxIterations;
-      const files = opts.resume ? [undefined] : tasks.length ? tasks : await resolveTaskFiles(opts.repo, config.tasks);
-      if (!files.length) throw new ConfigError('No task files found.', [], { hint: `Pass one (loopbox run tasks/x.md) or add files matching ${config.tasks.join(', ')}; \`loopbox init\` writes an example.` });
-      const summaries: LoopSummary[] = [];
-      for (const taskFile of files) {
-        if (ctx.signal.aborted) break;
-        const summary = await runLoop(ctx.docker, {
-          repo: opts.repo,
-          taskFile,
-          config,
-          resume: opts.resume,
-          allowDirty: opts.allowDirty ?? false,
-          signal: ctx.signal,
-          onEvent: (e) => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e)),
-        });
-        summaries.push(summary);
+      const onEvent = (e: LoopEvent): void => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e));
+      let summaries: LoopSummary[];
+      if (opts.resume) {
+        summaries = [await runLoop(ctx.docker, { repo: opts.repo, config, resume: opts.resume, signal: ctx.signal, onEvent })];
+      } else {
+        const files = tasks.length ? tasks : await resolveTaskFiles(opts.repo, config.tasks);
+        if (!files.length) throw new ConfigError('No task files found.', [], { hint: `Pass one (loopbox run tasks/x.md) or add files matching ${config.tasks.join(', ')}; \`loopbox init\` writes an example.` });
+        // Check every task file before any loop starts: bad input loses nothing.
+        await Promise.all(files.map((f) => loadTask(f)));
+        await checkRepoAndModel(ctx.docker, path.resolve(opts.repo), config, opts.allowDirty ?? false);
+        const runner = await LoopRunner.create(ctx.docker, { repo: opts.repo, config, concurrency: opts.concurrency, allowDirty: opts.allowDirty ?? false, signal: ctx.signal, onEvent });
+        if (files.length > 1 && !opts.json) err(`loopbox: ${files.length} tasks, ${runner.concurrency} at once, ${runner.slots} model slot(s)`);
+        summaries = await runner.runAll(files);
       }
+      for (const s of summaries) if (s.endState === 'error' && !opts.json) err(`[${s.task}] error: ${s.reason}`);
       if (!opts.json) err(`\n${summaryTable(summaries)}`);
       result.exitCode = summaries.reduce((code, s) => Math.max(code, s.exitCode), 0);
     });
@@ -82,6 +87,9 @@ export function printLoopEvent(e: LoopEvent): void {
     case 'loop-end':
       err(`[${e.summary.task}] ${e.summary.endState}: ${e.summary.reason}`);
       break;
+    case 'model-down':
+      err(`[${e.task}] iteration ${e.iteration}: the model server died; pausing (not counted against the agent)`);
+      break;
   }
 }
 
@@ -90,7 +98,7 @@ export function summaryTable(summaries: LoopSummary[]): string {
     ['TASK', 'END STATE', 'ITERATIONS', 'WALL', 'TOKENS', 'BLOCKED', 'VERIFIED COMMIT', 'RUN'],
     summaries.map((s) => [
       s.task,
-      s.endState,
+      s.endState === 'error' && s.iterations === 0 ? `error: ${s.reason}`.slice(0, 60) : s.endState,
       String(s.iterations),
       `${(s.wallMs / 1000).toFixed(1)} s`,
       String(s.tokens),
@@ -99,4 +107,46 @@ export function summaryTable(summaries: LoopSummary[]): string {
       s.runId,
     ]),
   );
+}
+
+export function registerStatusAndStop(program: Command, ctx: CliContext, result: ProgramResult): void {
+  program
+    .command('status')
+    .description('running and queued loops (task, iteration, elapsed, last verify) and the model\'s busy/total slots')
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nExample:\n  watch -n 5 loopbox status\n')
+    .action(async (opts: { json?: boolean }) => {
+      const [loops, model] = await Promise.all([loopStatus(), modelStatus(ctx.docker).catch(() => ({ running: false as const }))]);
+      if (opts.json) return out(JSON.stringify({ loops, model }, null, 2));
+      const slots = model.running && 'slots' in model && model.slots ? `${model.slots.busy}/${model.slots.total} slots busy` : 'slots unknown';
+      out(`model server: ${model.running ? `running, ${slots}` : 'not running'}`);
+      if (!loops.length) return out('no loops running or queued');
+      out(
+        formatTable(
+          ['RUN', 'TASK', 'STATE', 'ITERATION', 'ELAPSED', 'LAST VERIFY', 'TOKENS', 'TRIGGER'],
+          loops.map((l) => [l.runId, l.task, l.state, l.state === 'queued' ? '-' : String(l.iteration), `${Math.round(l.elapsedMs / 1000)} s`, l.lastVerify, String(l.tokens), l.trigger]),
+        ),
+      );
+    });
+
+  program
+    .command('stop')
+    .description('stop loops gracefully, like Ctrl+C (agent stopped, work in progress committed); --force also removes their containers at once')
+    .argument('[run]', 'run id')
+    .option('--task <name>', 'every running loop on this task')
+    .option('--all', 'every running loop')
+    .option('--force', 'remove the loops\' containers now instead of waiting for the iteration to wind down')
+    .addHelpText('after', `
+A cron job can also stop every loop by touching the kill-switch file
+$LOOPBOX_STATE_DIR/STOP (default ~/.local/state/loopbox/STOP); remove it to allow loops again.
+
+Example:
+  loopbox stop --task fix-login
+`)
+    .action(async (run: string | undefined, opts: { task?: string; all?: boolean; force?: boolean }) => {
+      if (!run && !opts.task && !opts.all) throw new ConfigError('Say which loops to stop: a run id, --task NAME, or --all.');
+      const stopped = await stopLoops(ctx.docker, { runId: run, task: opts.task, all: opts.all }, opts.force ?? false);
+      for (const id of stopped) out(`${opts.force ? 'force-stopped' : 'asked to stop'}: ${id}`);
+      result.exitCode = 0;
+    });
 }

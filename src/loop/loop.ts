@@ -1,13 +1,15 @@
 // The Ralph loop: run the agent in a fresh sandbox, read what it left with hardened git,
 // revert protected paths, verify in a clean container, commit from the host, feed failures
 // back, and stop on a brake — never on the agent's word.
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { chown, lstat, mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, LoopboxError, describe } from '../common/errors.js';
 import { newRunId } from '../common/ids.js';
 import { createLogger } from '../common/logger.js';
-import { runDir } from '../common/paths.js';
+import { runDir, stateDir } from '../common/paths.js';
+import { Semaphore } from '../common/semaphore.js';
+import { ModelSupervisor } from '../model/supervisor.js';
 import type { Config } from '../config/schema.js';
 import { DEFAULT_PROTECTED } from '../config/schema.js';
 import type { DockerClient } from '../docker/client.js';
@@ -36,12 +38,17 @@ export interface LoopOptions {
   signal?: AbortSignal;
   onEvent?: (event: LoopEvent) => void;
   stateEnv?: NodeJS.ProcessEnv;
+  /** Shared by parallel loops: at most one agent per model slot runs at a time. */
+  agentSlots?: Semaphore;
+  /** Shared by parallel loops: restarts a dead model server once. */
+  modelSupervisor?: ModelSupervisor;
 }
 
 export type LoopEvent =
   | { type: 'loop-start'; runId: string; task: string; branch: string; worktree: string; resumedAt: number }
   | { type: 'iteration-start'; runId: string; task: string; iteration: number }
   | { type: 'iteration-end'; runId: string; task: string; record: IterationRecord }
+  | { type: 'model-down'; runId: string; task: string; iteration: number }
   | { type: 'loop-end'; summary: LoopSummary };
 
 export interface LoopSummary {
@@ -62,33 +69,23 @@ export interface LoopSummary {
 }
 
 const AUTHOR = { name: 'loopbox', email: 'loopbox@localhost' };
+/** `loopbox stop RUN` writes this file in the run directory. */
+export const STOP_FILE = 'stop';
+/** Touching this file in the state directory stops every loop gracefully. */
+export const KILL_SWITCH_FILE = 'STOP';
 
 export async function runLoop(docker: DockerClient, options: LoopOptions): Promise<LoopSummary> {
   const { config } = options;
   const repo = path.resolve(options.repo);
-  if (!config.verify.command) {
-    throw new ConfigError('verify.command is not set.', [], {
-      hint: 'A loop ends on a test the harness runs, never on the agent\'s word: set verify.command in loopbox.yaml, e.g. ["npm", "test"].',
-    });
-  }
-  if (config.agent.type === 'command' && !config.agent.command) {
-    throw new ConfigError('agent.type is "command" but agent.command is not set.', [], { hint: 'Give the agent\'s argv, e.g. ["codex", "exec", "--full-auto"].' });
-  }
+  const verifyCommand = checkLoopConfig(config);
   const previous = options.resume ? await loadState(runDir(options.resume, options.stateEnv)) : undefined;
   if (options.resume && !previous) throw new ConfigError(`No loop state for run ${options.resume}.`, [], { hint: 'List runs with `loopbox status`; only loop runs can be resumed.' });
   if (previous?.endState) throw new ConfigError(`Run ${options.resume} already ended (${previous.endState}); start a new run.`);
   const taskFile = previous?.taskFile ?? options.taskFile;
   if (!taskFile) throw new ConfigError('No task file given.', [], { hint: 'loopbox run tasks/<task>.md' });
   const task = await loadTask(taskFile);
-  if (!previous && !options.allowDirty && (await isDirtyRepo(repo))) {
-    throw new ConfigError(`${repo} has uncommitted changes; the task branch starts from the last commit and would not include them.`, [], {
-      hint: 'Commit or stash them first, or pass --allow-dirty.',
-    });
-  }
-  const model = await findModelServer(docker);
-  if (!model && !config.model.endpoint) {
-    throw new LoopboxError('No model server is running.', { hint: 'Start one with `loopbox model up` (or set model.endpoint to an OpenAI-compatible server).' });
-  }
+  if (!previous) await checkRepoAndModel(docker, repo, config, options.allowDirty ?? false, options.stateEnv);
+  const supervisor = config.model.endpoint ? undefined : (options.modelSupervisor ?? new ModelSupervisor(docker));
 
   const runId = previous?.runId ?? options.runId ?? newRunId();
   const dir = runDir(runId, options.stateEnv);
@@ -96,6 +93,17 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
   const log = createLogger({ file: path.join(dir, 'loop.log'), level: 'debug' });
   const started = Date.now();
   let state: LoopState | undefined = previous;
+  // This loop's own stop: the caller's signal (Ctrl+C), `loopbox stop` (a file in the run
+  // directory), or the global kill-switch file a cron job can touch.
+  const stop = new AbortController();
+  const onOuterAbort = (): void => stop.abort(options.signal?.reason);
+  options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  if (options.signal?.aborted) stop.abort(options.signal.reason);
+  const stopFiles = [path.join(dir, STOP_FILE), path.join(stateDir(options.stateEnv), KILL_SWITCH_FILE)];
+  const watcher = setInterval(() => {
+    for (const file of stopFiles) if (existsSync(file)) stop.abort(new Error(`stop requested (${path.basename(file)})`));
+  }, 500);
+  const signal = stop.signal;
   try {
     const worktreeDir = previous?.worktree ?? path.join(repo, '.loopbox', 'worktrees', task.name);
     const wt = await ensureTaskWorktree(repo, task.name, worktreeDir);
@@ -135,6 +143,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
 
     while (!decision) {
       const iteration: number = state.iteration + 1;
+      const model = supervisor ? await supervisor.ensureUp() : undefined;
       options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
       const iterStart = new Date();
       const invocation = agentInvocation(config, iteration);
@@ -149,7 +158,15 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         await chownTree(notesDir, agentUid);
       }
       const agentLog = createWriteStream(path.join(sandboxAuditDir(dir, iteration), '..', `i${iteration}.agent.log`));
-      const tokensBefore = model ? await readTokenTotals(docker, model.containerId) : undefined;
+      // Read while the sandbox starts: the agent cannot reach the model before its sentry is up.
+      const tokensBefore = model ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
+      const releaseSlot = options.agentSlots ? await options.agentSlots.acquire(signal).catch(() => undefined) : () => undefined;
+      if (!releaseSlot) {
+        decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
+        state = { ...state, endState: decision.state, endReason: decision.reason };
+        await saveState(dir, state);
+        break;
+      }
       const sandbox = await runSandbox(docker, {
         runId,
         task: task.name,
@@ -170,15 +187,21 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
         allow: [...config.sandbox.allow, ...(config.model.endpoint ? [endpointOf(config.model.endpoint)] : [])],
         timeoutMs: config.agent.timeout,
-        signal: options.signal,
+        signal,
         logger: log,
         stateEnv: options.stateEnv,
         stdout: agentLog,
         stderr: agentLog,
-      }).finally(() => agentLog.end());
+      }).finally(() => {
+        releaseSlot();
+        agentLog.end();
+      });
+      // A model server that died during the iteration voids it: not the agent's failure.
+      const modelDown = supervisor !== undefined && !(await findModelServer(docker));
+      if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
       if (lend) await chownTree(state.worktree, 0);
-      const tokensAfter = model ? await readTokenTotals(docker, model.containerId) : undefined;
-      const tokens = tokensBefore && tokensAfter ? Math.max(0, tokensAfter - tokensBefore) : 0;
+      // Read while the host snapshots and verifies: verification never talks to the model.
+      const tokensAfter = model && !modelDown ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
       blocked += sandbox.traffic.blockedPackets + sandbox.traffic.dnsBlocked;
 
       // Read what the agent left; put protected paths back before anything else sees them.
@@ -190,23 +213,25 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         snap = await snapshotWorktree(repo, state.worktree);
       }
       let verify: VerifyResult | null = null;
-      if (!sandbox.aborted) {
+      if (!sandbox.aborted && !modelDown) {
         verify = await runVerify(docker, {
           runId,
           task: task.name,
           iteration,
           image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
-          command: config.verify.command,
+          command: verifyCommand,
           worktree: state.worktree,
           timeoutMs: config.verify.timeout,
           limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-          signal: options.signal,
+          signal,
         });
       }
+      const [before, after] = await Promise.all([tokensBefore, tokensAfter]);
+      const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
       const verified = verify?.passed === true;
       let commit: string | null = null;
       if (verified || snap.changed.length > 0) {
-        commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, config.verify.command), AUTHOR);
+        commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand), AUTHOR);
         await syncWorktreeIndex(repo, state.worktree);
         lastCommit = commit;
         if (verified) verifiedCommit = commit;
@@ -225,19 +250,22 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         verified,
         tokens,
         audit: { ...sandbox.traffic, records: sandbox.records.length },
+        modelDown,
       };
       await appendIteration(dir, iterRecord);
       state = {
         ...state,
         iteration,
-        trees: [...state.trees, snap.tree],
+        // A voided iteration (model down) does not count towards the brakes.
+        trees: modelDown ? state.trees : [...state.trees, snap.tree],
         tokens: state.tokens + tokens,
         elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
       };
-      feedback = feedbackText(iterRecord, config.verify.command, config.agent.timeout);
+      feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
       log.info({ iteration, tree: snap.tree, verified, commit, violations, agent: iterRecord.agent }, 'iteration end');
       options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
-      if (sandbox.aborted || options.signal?.aborted) decision = { state: 'aborted', reason: 'stopped by signal; work in progress committed' };
+      if (sandbox.aborted || signal.aborted) decision = { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
+      else if (modelDown) decision = undefined;
       else {
         decision = checkBrakes(
           {
@@ -277,8 +305,40 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     if (state) await saveState(dir, { ...state, endState: 'error', endReason: describe(error) }).catch(() => undefined);
     throw error;
   } finally {
+    clearInterval(watcher);
+    options.signal?.removeEventListener('abort', onOuterAbort);
     await finishRun(record, options.stateEnv);
     log.flush();
+  }
+}
+
+/** Config a loop cannot run without; returns the verify command. */
+export function checkLoopConfig(config: Config): string[] {
+  if (!config.verify.command) {
+    throw new ConfigError('verify.command is not set.', [], {
+      hint: 'A loop ends on a test the harness runs, never on the agent\'s word: set verify.command in loopbox.yaml, e.g. ["npm", "test"].',
+    });
+  }
+  if (config.agent.type === 'command' && !config.agent.command) {
+    throw new ConfigError('agent.type is "command" but agent.command is not set.', [], { hint: 'Give the agent\'s argv, e.g. ["codex", "exec", "--full-auto"].' });
+  }
+  return config.verify.command;
+}
+
+/** Checked before any loop starts, so that bad input loses nothing and says what to do. */
+export async function checkRepoAndModel(docker: DockerClient, repo: string, config: Config, allowDirty: boolean, env?: NodeJS.ProcessEnv): Promise<void> {
+  checkLoopConfig(config);
+  const killSwitch = path.join(stateDir(env), KILL_SWITCH_FILE);
+  if (existsSync(killSwitch)) {
+    throw new LoopboxError(`The kill switch ${killSwitch} exists: no loop may run.`, { hint: `Remove it (rm ${killSwitch}) to allow loops again.` });
+  }
+  if (!allowDirty && (await isDirtyRepo(repo))) {
+    throw new ConfigError(`${repo} has uncommitted changes; the task branch starts from the last commit and would not include them.`, [], {
+      hint: 'Commit or stash them first, or pass --allow-dirty.',
+    });
+  }
+  if (!config.model.endpoint && !(await findModelServer(docker))) {
+    throw new LoopboxError('No model server is running.', { hint: 'Start one with `loopbox model up` (or set model.endpoint to an OpenAI-compatible server).' });
   }
 }
 

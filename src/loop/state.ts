@@ -21,6 +21,8 @@ export interface IterationRecord {
   verified: boolean;
   tokens: number;
   audit: SandboxTraffic & { records: number };
+  /** The model server died during this iteration: it does not count towards the brakes. */
+  modelDown: boolean;
 }
 
 export interface LoopState {

@@ -86,7 +86,7 @@ export async function modelUp(docker: DockerClient, options: ModelServerOptions)
 }
 
 /** Polls `/health` from inside the container (the host has no route into the internal network). */
-async function waitHealthy(docker: DockerClient, id: string, image: string, timeoutMs: number): Promise<void> {
+export async function waitHealthy(docker: DockerClient, id: string, image: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const state = (await docker.inspect(id)).State;

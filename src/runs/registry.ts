@@ -17,6 +17,8 @@ export interface RunRecord {
   startedAt: string;
   endedAt?: string;
   trigger?: string;
+  /** Written when a loop is queued; cleared when it starts. */
+  queued?: boolean;
 }
 
 export function processStartTime(pid: number): string | null {

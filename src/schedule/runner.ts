@@ -1,0 +1,140 @@
+// Many loops at once over one model server: a pool of `concurrency` loops, and a semaphore
+// that lets at most one agent per model slot run, so no loop's requests are starved into
+// timeouts. Loops beyond the pool queue (visible in `loopbox status`). One loop failing,
+// hanging or being stopped never affects the others.
+import path from 'node:path';
+import { describe as describeError } from '../common/errors.js';
+import { newRunId } from '../common/ids.js';
+import { Semaphore } from '../common/semaphore.js';
+import type { Config } from '../config/schema.js';
+import type { DockerClient } from '../docker/client.js';
+import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
+import { modelStatus } from '../model/server.js';
+import { ModelSupervisor } from '../model/supervisor.js';
+import { createRun } from '../runs/registry.js';
+import { END_STATE_EXIT } from '../loop/brakes.js';
+import { runDir } from '../common/paths.js';
+
+export interface RunnerOptions {
+  repo: string;
+  config: Config;
+  /** Loops at once; default: the model's slots. */
+  concurrency?: number | undefined;
+  allowDirty?: boolean;
+  signal?: AbortSignal;
+  onEvent?: (event: LoopEvent) => void;
+  stateEnv?: NodeJS.ProcessEnv;
+}
+
+export interface QueuedLoop {
+  runId: string;
+  taskFile: string;
+  task: string;
+  trigger: string;
+  done: Promise<LoopSummary>;
+}
+
+/** How many agents the model can serve at once: its `/slots`, else the configured `--parallel`. */
+export async function modelSlots(docker: DockerClient, config: Config): Promise<number> {
+  if (config.model.endpoint) return config.model.parallel;
+  const status = await modelStatus(docker).catch(() => undefined);
+  return status?.slots?.total && status.slots.total > 0 ? status.slots.total : config.model.parallel;
+}
+
+export class LoopRunner {
+  private readonly pool: Semaphore;
+  private readonly agentSlots: Semaphore;
+  private readonly supervisor: ModelSupervisor;
+  private readonly active = new Map<string, QueuedLoop>();
+
+  private constructor(
+    private readonly docker: DockerClient,
+    private readonly options: RunnerOptions,
+    slots: number,
+  ) {
+    this.pool = new Semaphore(options.concurrency ?? slots);
+    this.agentSlots = new Semaphore(slots);
+    this.supervisor = new ModelSupervisor(docker, { startTimeoutMs: options.config.model.startTimeout });
+  }
+
+  static async create(docker: DockerClient, options: RunnerOptions): Promise<LoopRunner> {
+    return new LoopRunner(docker, options, await modelSlots(docker, options.config));
+  }
+
+  get slots(): number {
+    return this.agentSlots.permits;
+  }
+
+  get concurrency(): number {
+    return this.pool.permits;
+  }
+
+  /** Is a loop for this task queued or running? */
+  busy(task: string): boolean {
+    return [...this.active.values()].some((l) => l.task === task);
+  }
+
+  get size(): number {
+    return this.active.size;
+  }
+
+  /** Queues a loop; it starts when the pool has room. The run record exists from now on. */
+  async enqueue(taskFile: string, trigger = 'manual'): Promise<QueuedLoop> {
+    const runId = newRunId();
+    const task = path.basename(taskFile).replace(/\.(md|txt)$/i, '').toLowerCase();
+    await createRun({ runId, kind: 'loop', task, trigger, queued: true }, this.options.stateEnv);
+    const done = this.runQueued(runId, taskFile, trigger);
+    const entry: QueuedLoop = { runId, taskFile, task, trigger, done };
+    this.active.set(runId, entry);
+    void done.catch(() => undefined).finally(() => this.active.delete(runId));
+    return entry;
+  }
+
+  private async runQueued(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
+    const release = await this.pool.acquire(this.options.signal);
+    try {
+      return await runLoop(this.docker, {
+        repo: this.options.repo,
+        taskFile,
+        config: this.options.config,
+        runId,
+        allowDirty: this.options.allowDirty ?? false,
+        trigger,
+        signal: this.options.signal,
+        onEvent: this.options.onEvent,
+        stateEnv: this.options.stateEnv,
+        agentSlots: this.agentSlots,
+        modelSupervisor: this.supervisor,
+      });
+    } finally {
+      release();
+    }
+  }
+
+  /** Runs one loop per task file and waits for all; a loop that throws ends as `error`. */
+  async runAll(taskFiles: string[], trigger = 'manual'): Promise<LoopSummary[]> {
+    const queued = [];
+    for (const file of taskFiles) queued.push(await this.enqueue(file, trigger));
+    return Promise.all(queued.map((q) => q.done.catch((error: unknown) => errorSummary(q, error, this.options.signal?.aborted ?? false, this.options.stateEnv))));
+  }
+}
+
+function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: NodeJS.ProcessEnv): LoopSummary {
+  const endState = aborted ? 'aborted' : 'error';
+  return {
+    runId: q.runId,
+    task: q.task,
+    endState,
+    reason: aborted ? 'stopped before it started' : (describeError(error).split('\n')[0] ?? 'error'),
+    exitCode: END_STATE_EXIT[endState],
+    iterations: 0,
+    wallMs: 0,
+    tokens: 0,
+    blocked: 0,
+    branch: `loopbox/${q.task}`,
+    worktree: '',
+    lastCommit: null,
+    verifiedCommit: null,
+    runDir: runDir(q.runId, env),
+  };
+}
