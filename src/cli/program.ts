@@ -19,6 +19,7 @@ import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { type CliContext, err, out } from './context.js';
 import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from './run.js';
 import { runDemo } from '../demo/demo.js';
+import { registerTriggers } from './triggers.js';
 import { initProject } from '../config/init.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -188,6 +189,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
 
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);
+  registerTriggers(program, ctx, configFile);
 
   program
     .command('demo')

@@ -1,12 +1,13 @@
 // The `loopbox.yaml` schema. Every key has a default (docs/configuration.md lists them);
 // unknown keys are errors, so a typo never silently falls back to a default.
 import { z } from 'zod';
+import { scheduleSchema, serveSchema } from '../schedule/config.js';
 import { parseDuration, parseSize } from './units.js';
 
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const ms = parseDuration(value);
   if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration like "90s", "20m" or "1h30m", got ${JSON.stringify(value)}` });
+    ctx.addIssue({ code: 'custom', message: 'expected a duration like "90s", "20m" or "1h30m"' });
     return z.NEVER;
   }
   return ms;
@@ -15,7 +16,7 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
 const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
   const bytes = parseSize(value);
   if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a size like "512m" or "4g", got ${JSON.stringify(value)}` });
+    ctx.addIssue({ code: 'custom', message: 'expected a size like "512m" or "4g"' });
     return z.NEVER;
   }
   return bytes;
@@ -109,6 +110,10 @@ export const configSchema = z
     protectedPaths: z.array(z.string().min(1)).default([]),
     /** Task files (globs) `loopbox run` uses when given none. */
     tasks: z.array(z.string().min(1)).default(['tasks/*.md']),
+    /** `loopbox schedule`: cron entries that start loops. */
+    schedule: scheduleSchema,
+    /** `loopbox serve`: the webhook / trigger endpoint. */
+    serve: serveSchema,
   })
   .prefault({});
 

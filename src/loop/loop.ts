@@ -17,13 +17,14 @@ import { commitSnapshot, ensureTaskWorktree, isDirtyRepo, matchesAny, restorePat
 import { imageRef } from '../images/catalog.js';
 import { findModelServer } from '../model/network.js';
 import { readTokenTotals } from '../model/server.js';
-import { createRun, finishRun, type RunRecord } from '../runs/registry.js';
+import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
+import { managedFilter } from '../docker/labels.js';
 import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
 import { runVerify, type VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
-import { type IterationRecord, type LoopState, appendIteration, loadState, saveState } from './state.js';
+import { type IterationRecord, type LoopState, appendIteration, loadState, readIterations, saveState } from './state.js';
 import { loadTask } from './task.js';
 
 export interface LoopOptions {
@@ -76,15 +77,14 @@ export const KILL_SWITCH_FILE = 'STOP';
 
 export async function runLoop(docker: DockerClient, options: LoopOptions): Promise<LoopSummary> {
   const { config } = options;
-  const repo = path.resolve(options.repo);
   const verifyCommand = checkLoopConfig(config);
-  const previous = options.resume ? await loadState(runDir(options.resume, options.stateEnv)) : undefined;
-  if (options.resume && !previous) throw new ConfigError(`No loop state for run ${options.resume}.`, [], { hint: 'List runs with `loopbox status`; only loop runs can be resumed.' });
-  if (previous?.endState) throw new ConfigError(`Run ${options.resume} already ended (${previous.endState}); start a new run.`);
+  const previous = options.resume ? await loadResumable(docker, options.resume, options.stateEnv) : undefined;
+  const repo = path.resolve(previous?.repo ?? options.repo);
   const taskFile = previous?.taskFile ?? options.taskFile;
   if (!taskFile) throw new ConfigError('No task file given.', [], { hint: 'loopbox run tasks/<task>.md' });
   const task = await loadTask(taskFile);
-  if (!previous) await checkRepoAndModel(docker, repo, config, options.allowDirty ?? false, options.stateEnv);
+  // A resumed run continues its own branch: the repo's checkout may have moved on meanwhile.
+  await checkRepoAndModel(docker, repo, config, options.allowDirty ?? previous !== undefined, options.stateEnv);
   const supervisor = config.model.endpoint ? undefined : (options.modelSupervisor ?? new ModelSupervisor(docker));
 
   const runId = previous?.runId ?? options.runId ?? newRunId();
@@ -107,6 +107,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
   try {
     const worktreeDir = previous?.worktree ?? path.join(repo, '.loopbox', 'worktrees', task.name);
     const wt = await ensureTaskWorktree(repo, task.name, worktreeDir);
+    if (state) state = { ...state, endState: undefined, endReason: undefined };
     state ??= {
       runId,
       task: task.name,
@@ -121,7 +122,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       elapsedMs: 0,
       trigger: options.trigger ?? 'manual',
     };
-    await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+    await writeFile(path.join(dir, previous ? `config.resumed-${Date.now()}.json` : 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
     await saveState(dir, state);
     options.onEvent?.({ type: 'loop-start', runId, task: task.name, branch: state.branch, worktree: state.worktree, resumedAt: state.iteration });
     log.info({ runId, task: task.name, branch: state.branch, resumedAt: state.iteration }, 'loop start');
@@ -135,7 +136,8 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     await writeFile(gitMask, '');
     const agentUid = agentUidFor();
     const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
-    let feedback = '';
+    const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
+    let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
     let lastCommit: string | null = null;
     let verifiedCommit: string | null = null;
     let blocked = 0;
@@ -199,7 +201,10 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       // A model server that died during the iteration voids it: not the agent's failure.
       const modelDown = supervisor !== undefined && !(await findModelServer(docker));
       if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
-      if (lend) await chownTree(state.worktree, 0);
+      if (lend) {
+        await chownTree(state.worktree, 0);
+        await chownTree(notesDir, 0);
+      }
       // Read while the host snapshots and verifies: verification never talks to the model.
       const tokensAfter = model && !modelDown ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
       blocked += sandbox.traffic.blockedPackets + sandbox.traffic.dnsBlocked;
@@ -208,12 +213,22 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       const head = await branchHead(repo, state.branch);
       let snap = await snapshotWorktree(repo, state.worktree);
       const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
-      if (violations.length) {
-        await restorePaths(repo, state.worktree, head, violations);
+      // Files the snapshot cannot take (too big, FIFOs, names git reserves) are put back too,
+      // so that what is verified is exactly what is committed.
+      const rejected = snap.skipped.map((k) => k.path);
+      let untrusted: string | undefined;
+      if (violations.length || rejected.length) {
+        try {
+          await restorePaths(repo, state.worktree, head, [...violations, ...rejected]);
+        } catch (error) {
+          untrusted = `could not put back ${[...violations, ...rejected].join(', ')}: ${describe(error)}`;
+        }
         snap = await snapshotWorktree(repo, state.worktree);
+        if (snap.skipped.length) untrusted ??= `the worktree still holds files that cannot be committed: ${snap.skipped.map((k) => k.path).join(', ')}`;
       }
       let verify: VerifyResult | null = null;
-      if (!sandbox.aborted && !modelDown) {
+      if (untrusted) log.warn({ iteration, untrusted }, 'not verifying');
+      if (!sandbox.aborted && !modelDown && !untrusted) {
         verify = await runVerify(docker, {
           runId,
           task: task.name,
@@ -244,7 +259,8 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         tree: snap.tree,
         filesChanged: snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
         protectedViolations: violations,
-        skipped: snap.skipped,
+        skipped: rejected.map((p) => ({ path: p, reason: snap.skipped.find((k) => k.path === p)?.reason ?? 'rejected' })),
+        untrusted: untrusted ?? null,
         verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail },
         commit,
         verified,
@@ -342,6 +358,22 @@ export async function checkRepoAndModel(docker: DockerClient, repo: string, conf
   }
 }
 
+/** A run that may be resumed: it exists, is not alive, and did not end by a brake or `done`. */
+async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.ProcessEnv): Promise<LoopState> {
+  const dir = runDir(runId, env);
+  const state = await loadState(dir);
+  if (!state) throw new ConfigError(`No loop state for run ${runId}.`, [], { hint: 'Only loop runs can be resumed; see the run ids under the state directory or `loopbox status`.' });
+  if (isRunAlive(await readRun(runId, env))) throw new ConfigError(`Run ${runId} is still running.`, [], { hint: 'Stop it first (loopbox stop RUN), or wait for it.' });
+  if (state.endState && state.endState !== 'aborted' && state.endState !== 'error') {
+    throw new ConfigError(`Run ${runId} already ended: ${state.endState} (${state.endReason ?? ''}).`, [], {
+      hint: `Start a new run on the same task: it continues the branch ${state.branch}.`,
+    });
+  }
+  // Whatever the crashed process left (containers of its last iteration) goes first.
+  for (const r of await docker.listManaged(managedFilter(runId))) if (r.kind === 'container') await docker.remove(r.id);
+  return state;
+}
+
 function commitMessage(task: string, runId: string, iteration: number, verify: VerifyResult | null, command: string[]): string {
   const status = verify?.passed ? 'verified' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
   return [
@@ -361,6 +393,10 @@ export function feedbackText(record: IterationRecord, command: string[], agentTi
   if (record.protectedViolations.length) {
     lines.push(`- These paths are protected; your changes to them were reverted: ${record.protectedViolations.join(', ')}`);
   }
+  if (record.skipped.length) {
+    lines.push(`- These files cannot be committed and were put back or removed: ${record.skipped.map((k) => `${k.path} (${k.reason})`).join(', ')}`);
+  }
+  if (record.untrusted) lines.push(`- Not verified: ${record.untrusted}`);
   if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
   if (record.verify) {
     lines.push(

@@ -15,7 +15,10 @@ export interface IterationRecord {
   tree: string;
   filesChanged: string[];
   protectedViolations: string[];
+  /** Files the snapshot could not take, put back before verification. */
   skipped: Array<{ path: string; reason: string }>;
+  /** Why this iteration was not verified although the agent finished (null when it was). */
+  untrusted: string | null;
   verify: { passed: boolean; exitCode: number; timedOut: boolean; durationMs: number; outputTail: string } | null;
   commit: string | null;
   verified: boolean;
@@ -38,8 +41,8 @@ export interface LoopState {
   tokens: number;
   /** Wall time used by earlier sessions of this run (resume adds to it). */
   elapsedMs: number;
-  endState?: EndState;
-  endReason?: string;
+  endState?: EndState | undefined;
+  endReason?: string | undefined;
   trigger: string;
 }
 

@@ -1,7 +1,8 @@
 // One sandbox = one agent container in the network namespace of its own sentry container.
 // Start-up unwinds what it made when a later step fails; teardown always reads the sentry's
 // counters, stops it (flushing its logs), ingests the audit records and removes both.
-import { mkdir, chmod } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -61,6 +62,9 @@ export interface SandboxResult {
   modelReachable: boolean;
 }
 
+/** Written into a sandbox's audit folder once its records are in the run's audit log. */
+const INGESTED_MARK = '.ingested';
+
 export async function runSandbox(docker: DockerClient, options: SandboxOptions): Promise<SandboxResult> {
   const log = options.logger ?? silentLogger;
   const id: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
@@ -82,6 +86,15 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
   const extras = await resolveEndpoints(options.allow ?? []);
   allow.push(...extras);
 
+  // A folder from an attempt that crashed before its records were ingested: ingest them now
+  // (the crash left no counters, so loss cannot be judged), then start clean.
+  if (existsSync(options.auditDir)) {
+    if (!existsSync(path.join(options.auditDir, INGESTED_MARK))) {
+      const leftover = await ingestSandboxAudit(options.auditDir, id, 'agent', undefined, Object.keys(dnsHosts));
+      await appendAudit(options.runId, leftover.records, options.stateEnv);
+    }
+    await rm(options.auditDir, { recursive: true, force: true });
+  }
   await mkdir(options.auditDir, { recursive: true });
   // The sentry runs as root in its container; the folder is the host's, so the host can read
   // and delete what it writes.
@@ -151,6 +164,7 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
   }
   const ingest = await ingestSandboxAudit(options.auditDir, id, 'agent', counters, Object.keys(dnsHosts));
   await appendAudit(options.runId, ingest.records, options.stateEnv);
+  await writeFile(path.join(options.auditDir, INGESTED_MARK), '');
   return {
     exitCode,
     timedOut,

@@ -2,7 +2,7 @@
 // that lets at most one agent per model slot run, so no loop's requests are starved into
 // timeouts. Loops beyond the pool queue (visible in `loopbox status`). One loop failing,
 // hanging or being stopped never affects the others.
-import path from 'node:path';
+import { existsSync } from 'node:fs';
 import { describe as describeError } from '../common/errors.js';
 import { newRunId } from '../common/ids.js';
 import { Semaphore } from '../common/semaphore.js';
@@ -12,6 +12,7 @@ import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { modelStatus } from '../model/server.js';
 import { ModelSupervisor } from '../model/supervisor.js';
 import { createRun } from '../runs/registry.js';
+import { type LoopStarter, type StartRequest, type StartResult, taskNameOf } from './starter.js';
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
 
@@ -24,6 +25,8 @@ export interface RunnerOptions {
   signal?: AbortSignal;
   onEvent?: (event: LoopEvent) => void;
   stateEnv?: NodeJS.ProcessEnv;
+  /** Loops queued or running at most, for triggers (`queue-full` beyond). */
+  maxQueued?: number;
 }
 
 export interface QueuedLoop {
@@ -41,11 +44,13 @@ export async function modelSlots(docker: DockerClient, config: Config): Promise<
   return status?.slots?.total && status.slots.total > 0 ? status.slots.total : config.model.parallel;
 }
 
-export class LoopRunner {
+export class LoopRunner implements LoopStarter {
   private readonly pool: Semaphore;
   private readonly agentSlots: Semaphore;
   private readonly supervisor: ModelSupervisor;
   private readonly active = new Map<string, QueuedLoop>();
+  /** Tasks between the busy check and `active` (enqueue awaits): two triggers at once start one loop. */
+  private readonly pending = new Set<string>();
 
   private constructor(
     private readonly docker: DockerClient,
@@ -71,7 +76,27 @@ export class LoopRunner {
 
   /** Is a loop for this task queued or running? */
   busy(task: string): boolean {
-    return [...this.active.values()].some((l) => l.task === task);
+    return this.pending.has(task) || [...this.active.values()].some((l) => l.task === task);
+  }
+
+  /** For triggers (cron, webhooks): one loop per task at a time, a bounded queue. */
+  async start(request: StartRequest): Promise<StartResult> {
+    const task = taskNameOf(request.taskFile);
+    if (this.busy(task)) return { started: false, reason: 'busy', detail: `a loop for ${task} is running or queued` };
+    if (this.active.size >= (this.options.maxQueued ?? 64)) return { started: false, reason: 'queue-full', detail: `${this.active.size} loops running or queued` };
+    if (!existsSync(request.taskFile)) return { started: false, reason: 'unknown-task', detail: `no task file ${request.taskFile}` };
+    this.pending.add(task);
+    try {
+      const queued = await this.enqueue(request.taskFile, request.trigger);
+      return { started: true, runId: queued.runId };
+    } finally {
+      this.pending.delete(task);
+    }
+  }
+
+  /** Resolves when every queued and running loop has ended. */
+  async idle(): Promise<void> {
+    await Promise.all([...this.active.values()].map((l) => l.done.catch(() => undefined)));
   }
 
   get size(): number {
@@ -81,7 +106,7 @@ export class LoopRunner {
   /** Queues a loop; it starts when the pool has room. The run record exists from now on. */
   async enqueue(taskFile: string, trigger = 'manual'): Promise<QueuedLoop> {
     const runId = newRunId();
-    const task = path.basename(taskFile).replace(/\.(md|txt)$/i, '').toLowerCase();
+    const task = taskNameOf(taskFile);
     await createRun({ runId, kind: 'loop', task, trigger, queued: true }, this.options.stateEnv);
     const done = this.runQueued(runId, taskFile, trigger);
     const entry: QueuedLoop = { runId, taskFile, task, trigger, done };
