@@ -185,7 +185,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     try {
       let stderr = '';
       server.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
-      const url = await waitFor('the server', async () => /listening on (http:\/\/\S+)/.exec(stderr)?.[1], 30_000);
+      const url = await waitFor('the server', () => Promise.resolve(/listening on (http:\/\/\S+)/.exec(stderr)?.[1]), 30_000);
       const body = JSON.stringify({ action: 'completed', workflow_run: { conclusion: 'failure', name: 'CI', head_branch: 'main' } });
       const sign = (b: string): string => `sha256=${createHmac('sha256', secret).update(b).digest('hex')}`;
       const post = (headers: Record<string, string>, b = body) => fetch(`${url}/hooks/github`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-github-event': 'workflow_run', ...headers }, body: b });
