@@ -1,5 +1,7 @@
 // The run's audit log: `<run dir>/audit.jsonl`, one JSON record per line, append-only.
+import { existsSync } from 'node:fs';
 import { appendFile, readFile } from 'node:fs/promises';
+import { ConfigError } from '../common/errors.js';
 import path from 'node:path';
 import { runDir } from '../common/paths.js';
 import { listRuns } from '../runs/registry.js';
@@ -23,6 +25,9 @@ export interface AuditQuery {
 }
 
 export async function queryAudit(query: AuditQuery, env = process.env): Promise<AuditRecord[]> {
+  if (query.runId && !existsSync(runDir(query.runId, env))) {
+    throw new ConfigError(`No run ${query.runId} under ${path.dirname(runDir(query.runId, env))}.`, [], { hint: 'Check the run id (loopbox status lists live ones) and LOOPBOX_STATE_DIR.' });
+  }
   const runIds = query.runId ? [query.runId] : (await listRuns(env)).map((r) => r.runId);
   const out: AuditRecord[] = [];
   for (const runId of runIds) {

@@ -10,9 +10,10 @@ import { loadConfig } from '../config/load.js';
 import { parseDuration } from '../config/units.js';
 import { doctor } from '../doctor.js';
 import { buildImages } from '../images/builder.js';
-import { IMAGE_NAMES, type ImageName } from '../images/catalog.js';
+import { IMAGE_NAMES, type ImageName, imageRef } from '../images/catalog.js';
 import { ensureFixtureModel } from '../model/fixture.js';
 import { MODEL_CONTAINER, modelDown, modelStatus, modelUp } from '../model/server.js';
+import { pullModel } from '../model/pull.js';
 import { gc } from '../runs/gc.js';
 import { createRun, finishRun } from '../runs/registry.js';
 import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
@@ -91,6 +92,21 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
         onLine: (line) => err(line),
       });
       out(formatTable(['IMAGE', 'STATUS', 'SECONDS'], built.map((b) => [b.ref, b.status, b.seconds.toFixed(1)])));
+    });
+
+  images
+    .command('list')
+    .description('the project images: present or missing, inputs hash, size')
+    .option('--json', 'print JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const rows = [];
+      for (const name of IMAGE_NAMES) {
+        const ref = imageRef(name);
+        const found = await ctx.docker.findImage(ref);
+        rows.push({ name, ref, present: Boolean(found), inputsHash: found?.labels['loopbox.inputs-hash']?.slice(0, 12) ?? null });
+      }
+      if (opts.json) return out(JSON.stringify(rows, null, 2));
+      out(formatTable(['IMAGE', 'PRESENT', 'INPUTS'], rows.map((r) => [r.ref, r.present ? 'yes' : 'no (loopbox images build)', r.inputsHash ?? '-'])));
     });
 
   program
@@ -250,6 +266,32 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
         startTimeoutMs: config.model.startTimeout,
       });
       out(`${up.reused ? 'already running' : 'started'}: ${MODEL_CONTAINER} at ${up.ip}:${up.port} (sandboxes reach it as http://model:8080/v1)`);
+    });
+  model
+    .command('pull')
+    .description('download a GGUF into the model directory (the one loopbox step that uses the network)')
+    .argument('<source>', 'a URL, or hf:<owner>/<repo>/<file>.gguf')
+    .option('--dir <dir>', 'where to put it (default: <state dir>/models)')
+    .option('--sha256 <hex>', 'expected SHA-256 of the file')
+    .option('--force', 'download again if the file exists')
+    .addHelpText('after', example('loopbox model pull hf:Qwen/Qwen3-Coder-30B-A3B-Instruct-GGUF/Qwen3-Coder-30B-A3B-Instruct-Q4_K_M.gguf'))
+    .action(async (source: string, opts: { dir?: string; sha256?: string; force?: boolean }) => {
+      let last = 0;
+      const res = await pullModel({
+        source,
+        dir: opts.dir,
+        sha256: opts.sha256,
+        force: opts.force ?? false,
+        signal: ctx.signal,
+        onProgress: (done, total) => {
+          if (Date.now() - last < 1000 && done !== total) return;
+          last = Date.now();
+          const mib = (n: number): string => (n / 1024 ** 2).toFixed(1);
+          err(`loopbox model pull: ${mib(done)} MiB${total ? ` of ${mib(total)} MiB (${Math.floor((100 * done) / total)}%)` : ''}`);
+        },
+      });
+      out(`${res.file} (${res.bytes} bytes, sha256 ${res.sha256})`);
+      err(`use it with: loopbox model up --gguf ${res.file}   (or model.gguf in loopbox.yaml)`);
     });
   model
     .command('down')

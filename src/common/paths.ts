@@ -21,3 +21,8 @@ export function runDir(runId: string, env: NodeJS.ProcessEnv = process.env): str
 export function packageRoot(): string {
   return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 }
+
+/** `~/x` → `<home>/x`, as a shell would (config files are written by people). */
+export function expandHome(file: string): string {
+  return file === '~' ? homedir() : file.startsWith('~/') ? path.join(homedir(), file.slice(2)) : file;
+}

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import tar from 'tar-fs';
 import { ConfigError, ImageBuildError, describe } from '../common/errors.js';
-import { packageRoot } from '../common/paths.js';
+import { expandHome, packageRoot } from '../common/paths.js';
 import { BuildFailure, type DockerClient } from '../docker/client.js';
 import { LABELS } from '../docker/labels.js';
 import { ensureBaseImage } from './base.js';
@@ -101,7 +101,7 @@ async function readCaCerts(files: string[]): Promise<string> {
   for (const file of files) {
     let text: string;
     try {
-      text = await readFile(file, 'utf8');
+      text = await readFile(expandHome(file), 'utf8');
     } catch (error) {
       throw new ConfigError(`Cannot read CA certificate file ${file}: ${describe(error)}`);
     }

@@ -19,9 +19,14 @@ export interface AgentInvocation {
   files: Record<string, string>;
 }
 
+/** The model's URL as the agent sees it: the managed server as `model:8080`, or `model.endpoint` as given. */
+export function modelUrlFor(config: Config): string {
+  return config.model.endpoint ? config.model.endpoint.replace(/\/+$/, '') : `http://${MODEL_HOSTNAME}:${MODEL_PORT}/v1`;
+}
+
 export function agentInvocation(config: Config, iteration: number): AgentInvocation {
   const env: Record<string, string> = {
-    LOOPBOX_MODEL_URL: `http://${MODEL_HOSTNAME}:${MODEL_PORT}/v1`,
+    LOOPBOX_MODEL_URL: modelUrlFor(config),
     LOOPBOX_TASK_FILE: TASK_FILE,
     LOOPBOX_FEEDBACK_FILE: FEEDBACK_FILE,
     LOOPBOX_NOTES_DIR: NOTES_MOUNT,

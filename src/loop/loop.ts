@@ -19,7 +19,8 @@ import { findModelServer } from '../model/network.js';
 import { readTokenTotals } from '../model/server.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
 import { managedFilter } from '../docker/labels.js';
-import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
+import { isIP } from 'node:net';
+import { resolveEndpoints, runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
 import { runVerify, type VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
@@ -135,6 +136,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     await mkdir(path.join(dir, 'sandboxes'), { recursive: true });
     await writeFile(gitMask, '');
     const agentUid = agentUidFor();
+    const external = config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined;
     const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
     const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
     let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
@@ -187,7 +189,8 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         ],
         workingDir: '/workspace',
         limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-        allow: [...config.sandbox.allow, ...(config.model.endpoint ? [endpointOf(config.model.endpoint)] : [])],
+        allow: config.sandbox.allow,
+        modelEndpoint: external,
         timeoutMs: config.agent.timeout,
         signal,
         logger: log,
@@ -428,9 +431,14 @@ async function chownTree(dir: string, uid: number, top = true): Promise<void> {
   }
 }
 
-function endpointOf(url: string): string {
+/** `model.endpoint` resolved on the host; the sentry answers its host name with that address. */
+async function externalEndpoint(url: string): Promise<{ ip: string; port: number; names: string[] }> {
   const u = new URL(url);
-  return `${u.hostname}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
+  const port = Number(u.port || (u.protocol === 'https:' ? 443 : 80));
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const [resolved] = await resolveEndpoints([`${host.includes(':') ? `[${host}]` : host}:${port}`]);
+  const ip = resolved!.slice(0, resolved!.lastIndexOf(':'));
+  return { ip, port, names: isIP(host) ? [] : [host] };
 }
 
 function branchHead(repo: string, branch: string): Promise<string> {

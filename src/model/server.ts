@@ -6,6 +6,7 @@ import { ConfigError, ContainerError, LoopboxError } from '../common/errors.js';
 import { type ContainerSpec, type DockerClient, sleep } from '../docker/client.js';
 import { SHARED_RUN_ID, resourceLabels } from '../docker/labels.js';
 import { imageRef } from '../images/catalog.js';
+import { expandHome } from '../common/paths.js';
 import { MODEL_HOSTNAME, MODEL_NETWORK, MODEL_PORT, ensureNetwork, findModelServer, type ModelEndpoint } from './network.js';
 
 export const MODEL_CONTAINER = 'loopbox-model';
@@ -41,12 +42,18 @@ export function llamaServerArgs(options: Pick<ModelServerOptions, 'ctxSize' | 'p
 }
 
 export async function modelUp(docker: DockerClient, options: ModelServerOptions): Promise<ModelEndpoint & { reused: boolean }> {
+  const gguf = path.resolve(expandHome(options.gguf));
   const existing = await findModelServer(docker);
-  if (existing) return { ...existing, reused: true };
-  const gguf = path.resolve(options.gguf);
+  if (existing) {
+    const serving = (await docker.inspect(existing.containerId)).HostConfig.Binds?.[0]?.split(':')[0];
+    if (serving && serving !== gguf) {
+      throw new LoopboxError(`The model server is already running with ${serving}, not ${gguf}.`, { hint: 'Stop it first with `loopbox model down`, or leave --gguf out to use it.' });
+    }
+    return { ...existing, reused: true };
+  }
   const info = await stat(gguf).catch(() => undefined);
   if (!info?.isFile()) {
-    throw new ConfigError(`Model file ${gguf} does not exist.`, [], { hint: 'Set model.gguf in loopbox.yaml, or `loopbox model pull` one.' });
+    throw new ConfigError(`Model file ${gguf} does not exist.`, [], { hint: 'Set model.gguf in loopbox.yaml, or download one with `loopbox model pull URL`.' });
   }
   const engine = await docker.info();
   const gpu = options.gpus === 'none' ? false : options.gpus === 'auto' ? engine.runtimes.includes('nvidia') : true;

@@ -37,6 +37,8 @@ export interface SandboxOptions extends SandboxIdentity {
   binds?: Bind[];
   workingDir?: string | undefined;
   limits: SandboxLimits;
+  /** An OpenAI-compatible server outside loopbox (`model.endpoint`), resolved on the host. */
+  modelEndpoint?: { ip: string; port: number; names: string[] } | undefined;
   /** Extra `host:port` endpoints the user allows besides the model. */
   allow?: string[];
   /** Docker networks the sentry joins too (tests, diagnosis): a route exists, the firewall holds. */
@@ -76,15 +78,17 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
     }
   }
   await ensureNetwork(docker, MODEL_NETWORK, true);
-  const model = await findModelServer(docker);
+  const model = options.modelEndpoint ?? (await findModelServer(docker));
   const allow: string[] = [];
   const dnsHosts: Record<string, string> = {};
   if (model) {
     allow.push(`${model.ip}:${model.port}`);
     dnsHosts[MODEL_HOSTNAME] = model.ip;
+    for (const name of options.modelEndpoint?.names ?? []) dnsHosts[name] = model.ip;
   }
-  const extras = await resolveEndpoints(options.allow ?? []);
-  allow.push(...extras);
+  // An outside model server needs a route: it counts as an extra endpoint (see below).
+  const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [`${options.modelEndpoint.ip}:${options.modelEndpoint.port}`] : [])];
+  for (const e of extras) if (!allow.includes(e)) allow.push(e);
 
   // A folder from an attempt that crashed before its records were ingested: ingest them now
   // (the crash left no counters, so loss cannot be judged), then start clean.
