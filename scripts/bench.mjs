@@ -17,7 +17,9 @@
 // Docker work on the machine makes them noisy: compare ratios within one run.
 //
 // Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8)
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -32,6 +34,7 @@ const { DockerClient, buildImages, ensureFixtureModel, findModelServer, modelUp,
   await import('../dist/index.js');
 const { hostCaBundle } = await import('../dist/images/builder.js');
 const { runLoop } = await import('../dist/loop/loop.js');
+const { LoopRunner } = await import('../dist/schedule/runner.js');
 const { createExampleRepo } = await import('../dist/demo/example-repo.js');
 
 const N = Number(process.env.BENCH_ITERATIONS ?? 8);
@@ -47,17 +50,16 @@ const ms = (x) => `${x.toFixed(0)} ms`;
 /** A DockerClient that times every top-level call; nested ones (waitForLog's polls) as `outer>inner`. */
 function timedDocker(calls) {
   const docker = new DockerClient();
-  let parent;
+  // The calling call, per async context: calls made concurrently do not nest in each other.
+  const parent = new AsyncLocalStorage();
   const wrap = (name, fn) =>
     async (...args) => {
-      const label = parent ? `${parent}>${name}` : name;
-      const outer = parent;
-      parent = label;
+      const outer = parent.getStore();
+      const label = outer ? `${outer}>${name}` : name;
       const t0 = performance.now();
       try {
-        return await fn(...args);
+        return await parent.run(label, () => fn(...args));
       } finally {
-        parent = outer;
         calls.push({ label, nested: outer !== undefined, t0, t1: performance.now(), ms: performance.now() - t0 });
       }
     };
@@ -161,7 +163,7 @@ function report({ bare, bash, lb }) {
   row('     verify docker run', '', '', ms(median(bash.verify)));
   row('     git add + commit', '', '', ms(median(bash.git)));
   row('L  loopbox runLoop (sentry+agent, verify)', ms(lb.totalMs), ms(lbPer), ms(lbMedian));
-  row('     agent sandbox (runSandbox durationMs)', '', '', ms(median(lb.records.map((r) => r.agent.durationMs))));
+  row('     agent (runAgent durationMs)', '', '', ms(median(lb.records.map((r) => r.agent.durationMs))));
   row('     verify (runVerify durationMs)', '', '', ms(median(lb.records.map((r) => r.verify?.durationMs ?? 0))));
   row('     rest (git, tokens, state, audit)', '', '', ms(median(lb.records.map((r) => dur(r) - r.agent.durationMs - (r.verify?.durationMs ?? 0)))));
   out.push('');
@@ -195,7 +197,34 @@ function report({ bare, bash, lb }) {
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
+/** Parallel loops: the same 4 no-op loops at once (bounded by the model's slots) and one after another. */
+async function parallelLoops(docker, repo, loops, concurrency) {
+  const config = parseConfig({
+    agent: { type: 'command', command: ['true'], timeout: '60s' },
+    verify: { command: ['false'], timeout: '60s' },
+    loop: { maxIterations: P_ITERATIONS, noProgress: P_ITERATIONS + 1, oscillationWindow: 2 },
+    sandbox: { memory: '512m', cpus: 0.5, pids: 128 },
+  });
+  const files = [];
+  for (let i = 1; i <= loops; i += 1) files.push(path.join(repo, 'tasks', `p${i}.md`));
+  let peakRss = process.memoryUsage().rss;
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
+  const runner = await LoopRunner.create(docker, { repo, config, concurrency, allowDirty: true, signal: abort.signal });
+  const t0 = performance.now();
+  try {
+    const summaries = await runner.runAll(files, 'bench');
+    for (const s of summaries) {
+      pRuns.push(s.runId);
+      if (s.endState !== 'capped') say(`warning: ${s.task} ended ${s.endState} (${s.reason})`);
+    }
+    return { ms: performance.now() - t0, peakRss: Math.max(peakRss, process.memoryUsage().rss), slots: runner.slots };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
 async function cleanup(docker, made, startedModel) {
+  for (const id of pRuns) await rm(runDir(id), { recursive: true, force: true }).catch(() => undefined);
   for (const dir of made) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
   await rm(runDir(runId), { recursive: true, force: true }).catch(() => undefined);
   const left = await docker.listManaged(managedFilter(runId));
@@ -208,6 +237,8 @@ async function cleanup(docker, made, startedModel) {
   }
 }
 
+const P_ITERATIONS = Number(process.env.BENCH_PARALLEL_ITERATIONS ?? 3);
+const pRuns = [];
 const abort = new AbortController();
 process.once('SIGINT', () => abort.abort());
 const calls = [];
@@ -231,6 +262,33 @@ try {
   calls.length = 0;
   const lb = await loopbox(docker, repo, calls);
   report({ bare, bash, lb });
+
+  // Many loops: 4 at once vs the same 4 one after another, then 8 queued behind 2 at once.
+  const multi = await mkdtemp(path.join(tmpdir(), 'lbx-bench-par-'));
+  made.push(multi);
+  await createExampleRepo(multi);
+  for (let i = 1; i <= 8; i += 1) await writeFile(path.join(multi, 'tasks', `p${i}.md`), `# p${i}\n`);
+  await execa('git', ['add', '-A'], { cwd: multi });
+  await execa('git', ['-c', 'user.name=bench', '-c', 'user.email=b@localhost', 'commit', '-qm', 'tasks'], { cwd: multi });
+  const plainDocker = new DockerClient();
+  say(`P: 4 loops x${P_ITERATIONS} iterations, one after another`);
+  const seq = await parallelLoops(plainDocker, multi, 4, 1);
+  say(`P: 4 loops x${P_ITERATIONS} iterations, at once`);
+  const par = await parallelLoops(plainDocker, multi, 4, 4);
+  say('Q: 8 loops queued, 2 at once');
+  const queued = await parallelLoops(plainDocker, multi, 8, 2);
+  const ratio = par.ms / seq.ms;
+  process.stdout.write(
+    [
+      '',
+      `parallel loops (${P_ITERATIONS} no-op iterations each, model slots: ${par.slots}; agents never exceed the slots):`,
+      `  4 loops one after another:            ${ms(seq.ms)}`,
+      `  4 loops at once:                      ${ms(par.ms)}`,
+      `  at once / one after another:          ${ratio.toFixed(2)}  (target <= 0.5: ${ratio <= 0.5 ? 'MET' : 'NOT MET'})`,
+      `  8 loops queued (2 at once): ${ms(queued.ms)}, orchestrator peak RSS ${(queued.peakRss / 2 ** 20).toFixed(1)} MiB`,
+      '',
+    ].join('\n'),
+  );
 } finally {
   await cleanup(docker, made, startedModel);
 }

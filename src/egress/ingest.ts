@@ -128,12 +128,30 @@ export function dnsRecord(query: DnsQuery, id: SandboxIdentity, role: string): A
 export interface IngestResult {
   records: AuditRecord[];
   traffic: SandboxTraffic;
+  /** Where the next read of the same folder starts (a sentry serves several iterations). */
+  cursor: AuditCursor;
+}
+
+/** How much of a sentry's files and counters earlier reads already attributed. */
+export interface AuditCursor {
+  packetLines: number;
+  dnsChars: number;
+  counters: SentryCounters;
+}
+
+export const START_CURSOR: AuditCursor = { packetLines: 0, dnsChars: 0, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0 } } };
+
+/** Complete lines only: a line the writer has not finished yet belongs to the next read. */
+function completeLines(text: string): string[] {
+  const end = text.lastIndexOf('\n');
+  return end < 0 ? [] : text.slice(0, end).split('\n');
 }
 
 /**
- * Reads a sandbox's audit folder after its sentry stopped. `counters` (read from the firewall
- * just before) tell how many packets the NFLOG rules saw: if the files hold fewer, the logger
- * lost some, and a `loss` record says how many, so a flood never drops records silently.
+ * Reads what the sentry wrote since `since` and attributes it to `id`. `counters` (read from
+ * the firewall just before) tell how many packets the NFLOG rules saw: if the files hold fewer,
+ * the logger lost some, and a `loss` record says how many, so a flood never drops records
+ * silently. Without counters (a crashed attempt) loss cannot be judged.
  */
 export async function ingestSandboxAudit(
   dir: string,
@@ -141,10 +159,12 @@ export async function ingestSandboxAudit(
   role: string,
   counters: SentryCounters | undefined,
   answeredNames: string[],
+  since: AuditCursor = START_CURSOR,
 ): Promise<IngestResult> {
   const records: AuditRecord[] = [];
   let malformed = 0;
-  for (const line of (await readOptional(path.join(dir, PACKETS_FILE))).split('\n')) {
+  const allLines = completeLines(await readOptional(path.join(dir, PACKETS_FILE)));
+  for (const line of allLines.slice(since.packetLines)) {
     if (!line.trim()) continue;
     try {
       records.push(packetRecord(JSON.parse(line) as Json, id, role));
@@ -152,14 +172,20 @@ export async function ingestSandboxAudit(
       malformed += 1;
     }
   }
-  const packetCount = records.length;
+  const packetCount = records.length + malformed;
   const answered = new Set(answeredNames.map((n) => n.toLowerCase()));
   let dnsAnswered = 0;
-  for (const query of parseDnsLog(await readOptional(path.join(dir, DNS_FILE)))) {
+  const dnsText = (await readOptional(path.join(dir, DNS_FILE))).slice(since.dnsChars);
+  const dnsComplete = dnsText.slice(0, dnsText.lastIndexOf('\n') + 1);
+  for (const query of parseDnsLog(dnsComplete)) {
     if (answered.has(query.name)) dnsAnswered += 1;
     else records.push(dnsRecord(query, id, role));
   }
-  const logged = counters?.logged.packets ?? packetCount;
+  const now = counters ?? {
+    allowed: since.counters.allowed,
+    logged: { packets: since.counters.logged.packets + packetCount },
+  };
+  const logged = Math.max(0, now.logged.packets - since.counters.logged.packets);
   const lost = Math.max(0, logged - packetCount) + malformed;
   if (lost > 0) {
     records.push({
@@ -181,7 +207,7 @@ export async function ingestSandboxAudit(
       queryType: null,
       icmpType: null,
       verdict: 'lost',
-      rule: `firewall logged ${logged} packets, ${packetCount} records arrived${malformed ? `, ${malformed} malformed` : ''}`,
+      rule: `firewall logged ${logged} packets, ${packetCount - malformed} records arrived${malformed ? `, ${malformed} malformed` : ''}`,
       count: lost,
     });
   }
@@ -189,14 +215,24 @@ export async function ingestSandboxAudit(
   return {
     records,
     traffic: {
-      allowedPackets: counters?.allowed.packets ?? 0,
-      allowedBytes: counters?.allowed.bytes ?? 0,
+      allowedPackets: Math.max(0, now.allowed.packets - since.counters.allowed.packets),
+      allowedBytes: Math.max(0, now.allowed.bytes - since.counters.allowed.bytes),
       blockedPackets: logged,
       dnsBlocked: records.filter((r) => r.kind === 'dns').length,
       dnsAnswered,
       lostRecords: lost,
     },
+    cursor: {
+      packetLines: Math.max(allLines.length, since.packetLines),
+      dnsChars: since.dnsChars + dnsComplete.length,
+      counters: now,
+    },
   };
+}
+
+/** How many complete packet records the sentry has written so far. */
+export async function packetLinesWritten(dir: string): Promise<number> {
+  return completeLines(await readOptional(path.join(dir, PACKETS_FILE))).length;
 }
 
 async function readOptional(file: string): Promise<string> {

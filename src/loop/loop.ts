@@ -20,7 +20,7 @@ import { readTokenTotals } from '../model/server.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
 import { managedFilter } from '../docker/labels.js';
 import { isIP } from 'node:net';
-import { resolveEndpoints, runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
+import { Sentry, resolveEndpoints, runAgent } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
 import { runVerify, type VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
@@ -144,161 +144,178 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     let verifiedCommit: string | null = null;
     let blocked = 0;
     let decision: { state: EndState; reason: string } | undefined;
+    let sentry: Sentry | undefined;
+    let sentries = 0;
+    try {
 
-    while (!decision) {
-      const iteration: number = state.iteration + 1;
-      const model = supervisor ? await supervisor.ensureUp() : undefined;
-      options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
-      const iterStart = new Date();
-      const invocation = agentInvocation(config, iteration);
-      await writeFile(path.join(mountDir, 'task.md'), task.text);
-      await writeFile(path.join(mountDir, 'feedback.md'), feedback || 'No feedback yet: this is the first iteration.\n');
-      for (const [name, content] of Object.entries(invocation.files)) await writeFile(path.join(mountDir, name), content);
-      // Run as root, the host lends the worktree to the agent's uid for the iteration and takes
-      // it back after, so that git (safe.directory) and the user see their own files between.
-      const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
-      if (lend) {
-        await chownTree(state.worktree, agentUid);
-        await chownTree(notesDir, agentUid);
-      }
-      const agentLog = createWriteStream(path.join(sandboxAuditDir(dir, iteration), '..', `i${iteration}.agent.log`));
-      // Read while the sandbox starts: the agent cannot reach the model before its sentry is up.
-      const tokensBefore = model ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
-      const releaseSlot = options.agentSlots ? await options.agentSlots.acquire(signal).catch(() => undefined) : () => undefined;
-      if (!releaseSlot) {
-        decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
-        state = { ...state, endState: decision.state, endReason: decision.reason };
-        await saveState(dir, state);
-        break;
-      }
-      const sandbox = await runSandbox(docker, {
-        runId,
-        task: task.name,
-        iteration,
-        cmd: invocation.cmd,
-        env: invocation.env,
-        user: `${agentUid}:${agentUid}`,
-        image: config.sandbox.image,
-        auditDir: sandboxAuditDir(dir, iteration),
-        binds: [
-          { host: state.worktree, container: '/workspace', readOnly: false },
-          // The worktree's `.git` pointer is masked: the agent never reaches the repository.
-          { host: gitMask, container: '/workspace/.git', readOnly: true },
-          { host: mountDir, container: LOOP_MOUNT, readOnly: true },
-          { host: notesDir, container: NOTES_MOUNT, readOnly: false },
-        ],
-        workingDir: '/workspace',
-        limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-        allow: config.sandbox.allow,
-        modelEndpoint: external,
-        timeoutMs: config.agent.timeout,
-        signal,
-        logger: log,
-        stateEnv: options.stateEnv,
-        stdout: agentLog,
-        stderr: agentLog,
-      }).finally(() => {
-        releaseSlot();
-        agentLog.end();
-      });
-      // A model server that died during the iteration voids it: not the agent's failure.
-      const modelDown = supervisor !== undefined && !(await findModelServer(docker));
-      if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
-      if (lend) {
-        await chownTree(state.worktree, 0);
-        await chownTree(notesDir, 0);
-      }
-      // Read while the host snapshots and verifies: verification never talks to the model.
-      const tokensAfter = model && !modelDown ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
-      blocked += sandbox.traffic.blockedPackets + sandbox.traffic.dnsBlocked;
-
-      // Read what the agent left; put protected paths back before anything else sees them.
-      const head = await branchHead(repo, state.branch);
-      let snap = await snapshotWorktree(repo, state.worktree);
-      const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
-      // Files the snapshot cannot take (too big, FIFOs, names git reserves) are put back too,
-      // so that what is verified is exactly what is committed.
-      const rejected = snap.skipped.map((k) => k.path);
-      let untrusted: string | undefined;
-      if (violations.length || rejected.length) {
-        try {
-          await restorePaths(repo, state.worktree, head, [...violations, ...rejected]);
-        } catch (error) {
-          untrusted = `could not put back ${[...violations, ...rejected].join(', ')}: ${describe(error)}`;
+      while (!decision) {
+        const iteration: number = state.iteration + 1;
+        const model = supervisor ? await supervisor.ensureUp() : undefined;
+        options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
+        const iterStart = new Date();
+        const invocation = agentInvocation(config, iteration);
+        await writeFile(path.join(mountDir, 'task.md'), task.text);
+        await writeFile(path.join(mountDir, 'feedback.md'), feedback || 'No feedback yet: this is the first iteration.\n');
+        for (const [name, content] of Object.entries(invocation.files)) await writeFile(path.join(mountDir, name), content);
+        // Run as root, the host lends the worktree to the agent's uid for the iteration and takes
+        // it back after, so that git (safe.directory) and the user see their own files between.
+        const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
+        if (lend) {
+          await chownTree(state.worktree, agentUid);
+          await chownTree(notesDir, agentUid);
         }
-        snap = await snapshotWorktree(repo, state.worktree);
-        if (snap.skipped.length) untrusted ??= `the worktree still holds files that cannot be committed: ${snap.skipped.map((k) => k.path).join(', ')}`;
-      }
-      let verify: VerifyResult | null = null;
-      if (untrusted) log.warn({ iteration, untrusted }, 'not verifying');
-      if (!sandbox.aborted && !modelDown && !untrusted) {
-        verify = await runVerify(docker, {
+        const agentLog = createWriteStream(path.join(dir, 'sandboxes', `i${iteration}.agent.log`));
+        const tokensBefore = model ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
+        // One sentry per run; a new one when the model server came back at another address.
+        if (sentry && model && sentry.modelIp !== model.ip) {
+          await sentry.stop();
+          sentry = undefined;
+        }
+        sentry ??= await Sentry.start(docker, {
           runId,
           task: task.name,
-          iteration,
-          image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
-          command: verifyCommand,
-          worktree: state.worktree,
-          timeoutMs: config.verify.timeout,
-          limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-          signal,
+          auditDir: path.join(dir, 'sandboxes', `sentry-${(sentries += 1)}`),
+          allow: config.sandbox.allow,
+          modelEndpoint: external,
+          logger: log,
+          stateEnv: options.stateEnv,
         });
+        const releaseSlot = options.agentSlots ? await options.agentSlots.acquire(signal).catch(() => undefined) : () => undefined;
+        if (!releaseSlot) {
+          agentLog.end();
+          decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
+          state = { ...state, endState: decision.state, endReason: decision.reason };
+          await saveState(dir, state);
+          break;
+        }
+        const identity = { runId, task: task.name, iteration };
+        // The agent must not reach the model before the "before" count is taken.
+        const before = await tokensBefore;
+        const agentRun = await runAgent(docker, sentry, {
+          ...identity,
+          cmd: invocation.cmd,
+          env: invocation.env,
+          user: `${agentUid}:${agentUid}`,
+          image: config.sandbox.image,
+          binds: [
+            { host: state.worktree, container: '/workspace', readOnly: false },
+            // The worktree's `.git` pointer is masked: the agent never reaches the repository.
+            { host: gitMask, container: '/workspace/.git', readOnly: true },
+            { host: mountDir, container: LOOP_MOUNT, readOnly: true },
+            { host: notesDir, container: NOTES_MOUNT, readOnly: false },
+          ],
+          workingDir: '/workspace',
+          limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+          timeoutMs: config.agent.timeout,
+          signal,
+          stdout: agentLog,
+          stderr: agentLog,
+        }).finally(() => {
+          releaseSlot();
+          agentLog.end();
+        });
+        const sandbox = { ...agentRun, ...(await sentry.collect(identity)) };
+        // A model server that died during the iteration voids it: not the agent's failure.
+        const modelDown = supervisor !== undefined && !(await findModelServer(docker));
+        if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
+        if (lend) {
+          await chownTree(state.worktree, 0);
+          await chownTree(notesDir, 0);
+        }
+        // Read while the host snapshots and verifies: verification never talks to the model.
+        const tokensAfter = model && !modelDown ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
+        blocked += sandbox.traffic.blockedPackets + sandbox.traffic.dnsBlocked;
+
+        // Read what the agent left; put protected paths back before anything else sees them.
+        const head = await branchHead(repo, state.branch);
+        let snap = await snapshotWorktree(repo, state.worktree);
+        const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
+        // Files the snapshot cannot take (too big, FIFOs, names git reserves) are put back too,
+        // so that what is verified is exactly what is committed.
+        const rejected = snap.skipped.map((k) => k.path);
+        let untrusted: string | undefined;
+        if (violations.length || rejected.length) {
+          try {
+            await restorePaths(repo, state.worktree, head, [...violations, ...rejected]);
+          } catch (error) {
+            untrusted = `could not put back ${[...violations, ...rejected].join(', ')}: ${describe(error)}`;
+          }
+          snap = await snapshotWorktree(repo, state.worktree);
+          if (snap.skipped.length) untrusted ??= `the worktree still holds files that cannot be committed: ${snap.skipped.map((k) => k.path).join(', ')}`;
+        }
+        let verify: VerifyResult | null = null;
+        if (untrusted) log.warn({ iteration, untrusted }, 'not verifying');
+        if (!sandbox.aborted && !modelDown && !untrusted) {
+          verify = await runVerify(docker, {
+            runId,
+            task: task.name,
+            iteration,
+            image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
+            command: verifyCommand,
+            worktree: state.worktree,
+            timeoutMs: config.verify.timeout,
+            limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+            signal,
+          });
+        }
+        const after = await tokensAfter;
+        const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
+        const verified = verify?.passed === true;
+        let commit: string | null = null;
+        if (verified || snap.changed.length > 0) {
+          commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand), AUTHOR);
+          await syncWorktreeIndex(repo, state.worktree);
+          lastCommit = commit;
+          if (verified) verifiedCommit = commit;
+        }
+        const iterRecord: IterationRecord = {
+          iteration,
+          startedAt: iterStart.toISOString(),
+          endedAt: new Date().toISOString(),
+          agent: { exitCode: sandbox.exitCode, timedOut: sandbox.timedOut, durationMs: sandbox.durationMs },
+          tree: snap.tree,
+          filesChanged: snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
+          protectedViolations: violations,
+          skipped: rejected.map((p) => ({ path: p, reason: snap.skipped.find((k) => k.path === p)?.reason ?? 'rejected' })),
+          untrusted: untrusted ?? null,
+          verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail },
+          commit,
+          verified,
+          tokens,
+          audit: { ...sandbox.traffic, records: sandbox.records.length },
+          modelDown,
+        };
+        await appendIteration(dir, iterRecord);
+        state = {
+          ...state,
+          iteration,
+          // A voided iteration (model down) does not count towards the brakes.
+          trees: modelDown ? state.trees : [...state.trees, snap.tree],
+          tokens: state.tokens + tokens,
+          elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
+        };
+        feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
+        log.info({ iteration, tree: snap.tree, verified, commit, violations, agent: iterRecord.agent }, 'iteration end');
+        options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
+        if (sandbox.aborted || signal.aborted) decision = { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
+        else if (modelDown) decision = undefined;
+        else {
+          decision = checkBrakes(
+            {
+              maxIterations: config.loop.maxIterations,
+              noProgress: config.loop.noProgress,
+              oscillationWindow: config.loop.oscillationWindow,
+              budgetMs: config.loop.budget,
+              tokenBudget: config.loop.tokenBudget,
+            },
+            { baseTree: state.baseTree, trees: state.trees, verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
+          );
+        }
+        if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
+        await saveState(dir, state);
       }
-      const [before, after] = await Promise.all([tokensBefore, tokensAfter]);
-      const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
-      const verified = verify?.passed === true;
-      let commit: string | null = null;
-      if (verified || snap.changed.length > 0) {
-        commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand), AUTHOR);
-        await syncWorktreeIndex(repo, state.worktree);
-        lastCommit = commit;
-        if (verified) verifiedCommit = commit;
-      }
-      const iterRecord: IterationRecord = {
-        iteration,
-        startedAt: iterStart.toISOString(),
-        endedAt: new Date().toISOString(),
-        agent: { exitCode: sandbox.exitCode, timedOut: sandbox.timedOut, durationMs: sandbox.durationMs },
-        tree: snap.tree,
-        filesChanged: snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
-        protectedViolations: violations,
-        skipped: rejected.map((p) => ({ path: p, reason: snap.skipped.find((k) => k.path === p)?.reason ?? 'rejected' })),
-        untrusted: untrusted ?? null,
-        verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail },
-        commit,
-        verified,
-        tokens,
-        audit: { ...sandbox.traffic, records: sandbox.records.length },
-        modelDown,
-      };
-      await appendIteration(dir, iterRecord);
-      state = {
-        ...state,
-        iteration,
-        // A voided iteration (model down) does not count towards the brakes.
-        trees: modelDown ? state.trees : [...state.trees, snap.tree],
-        tokens: state.tokens + tokens,
-        elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
-      };
-      feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
-      log.info({ iteration, tree: snap.tree, verified, commit, violations, agent: iterRecord.agent }, 'iteration end');
-      options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
-      if (sandbox.aborted || signal.aborted) decision = { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
-      else if (modelDown) decision = undefined;
-      else {
-        decision = checkBrakes(
-          {
-            maxIterations: config.loop.maxIterations,
-            noProgress: config.loop.noProgress,
-            oscillationWindow: config.loop.oscillationWindow,
-            budgetMs: config.loop.budget,
-            tokenBudget: config.loop.tokenBudget,
-          },
-          { baseTree: state.baseTree, trees: state.trees, verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
-        );
-      }
-      if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
-      await saveState(dir, state);
+    } finally {
+      await sentry?.stop();
     }
     const summary: LoopSummary = {
       runId,

@@ -1,8 +1,8 @@
-// One sandbox = one agent container in the network namespace of its own sentry container.
-// Start-up unwinds what it made when a later step fails; teardown always reads the sentry's
-// counters, stops it (flushing its logs), ingests the audit records and removes both.
+// A sandbox = agent containers in the network namespace of a sentry container. The sentry is
+// started (and unwound if a step fails) before any agent, outlives each agent, and on stop
+// flushes its logs; the host ingests its audit records after every agent.
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -12,8 +12,8 @@ import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { silentLogger } from '../common/logger.js';
-import type { Bind, DockerClient } from '../docker/client.js';
-import { ingestSandboxAudit, parseCounters, type SentryCounters } from '../egress/ingest.js';
+import { type Bind, type DockerClient, sleep } from '../docker/client.js';
+import { type AuditCursor, type IngestResult, START_CURSOR, ingestSandboxAudit, packetLinesWritten, parseCounters, type SentryCounters } from '../egress/ingest.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
 import { SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
@@ -64,120 +64,231 @@ export interface SandboxResult {
   modelReachable: boolean;
 }
 
-/** Written into a sandbox's audit folder once its records are in the run's audit log. */
+/** Written into a sentry's audit folder once all its records are in the run's audit log. */
 const INGESTED_MARK = '.ingested';
+/** The sentry's read position, saved after each collect so a crashed run loses no record. */
+const CURSOR_FILE = '.cursor.json';
 
-export async function runSandbox(docker: DockerClient, options: SandboxOptions): Promise<SandboxResult> {
-  const log = options.logger ?? silentLogger;
-  const id: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
+export interface SentryOptions {
+  runId: string;
+  task?: string | undefined;
+  /** Set for a sentry that serves one iteration only (`sandbox run`). */
+  iteration?: number | undefined;
+  auditDir: string;
+  image?: string | undefined;
+  modelEndpoint?: SandboxOptions['modelEndpoint'];
+  allow?: string[] | undefined;
+  attachNetworks?: string[] | undefined;
+  noFirewall?: boolean | undefined;
+  logger?: Logger | undefined;
+  stateEnv?: NodeJS.ProcessEnv | undefined;
+}
+
+export interface AgentRun {
+  exitCode: number;
+  timedOut: boolean;
+  aborted: boolean;
+  durationMs: number;
+}
+
+/**
+ * The network namespace agents run in: its firewall, DNS responder and audit files. A loop
+ * keeps one per run and runs each iteration's agent in it; `collect()` after each agent
+ * attributes exactly what was logged since the last collect (by counters and file offsets,
+ * never by clock) to that iteration.
+ */
+export class Sentry {
+  private cursor: AuditCursor = START_CURSOR;
+  private stopped = false;
+
+  private constructor(
+    private readonly docker: DockerClient,
+    readonly id: string,
+    readonly image: string,
+    readonly auditDir: string,
+    readonly dnsHosts: Record<string, string>,
+    readonly modelIp: string | undefined,
+    private readonly options: SentryOptions,
+  ) {}
+
+  get modelReachable(): boolean {
+    return this.modelIp !== undefined;
+  }
+
+  static async start(docker: DockerClient, options: SentryOptions): Promise<Sentry> {
+    const log = options.logger ?? silentLogger;
+    const image = options.image ?? imageRef('sentry');
+    await requireImage(docker, image);
+    await ensureNetwork(docker, MODEL_NETWORK, true);
+    const model = options.modelEndpoint ?? (await findModelServer(docker));
+    const allow: string[] = [];
+    const dnsHosts: Record<string, string> = {};
+    if (model) {
+      allow.push(`${model.ip}:${model.port}`);
+      dnsHosts[MODEL_HOSTNAME] = model.ip;
+      for (const name of options.modelEndpoint?.names ?? []) dnsHosts[name] = model.ip;
+    }
+    // An outside model server needs a route: it counts as an extra endpoint (see below).
+    const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [`${options.modelEndpoint.ip}:${options.modelEndpoint.port}`] : [])];
+    for (const e of extras) if (!allow.includes(e)) allow.push(e);
+    const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
+    await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv);
+    // The sentry runs as root in its container; the folder is the host's, so the host can read
+    // and delete what it writes.
+    await mkdir(options.auditDir, { recursive: true });
+    await chmod(options.auditDir, 0o777);
+    const id = await docker.createContainer(sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, noFirewall: options.noFirewall }));
+    try {
+      // Endpoints outside the model network need a route: only then does the sentry join a
+      // plain bridge, and the firewall alone decides (docs/security-model.md).
+      if (extras.length) {
+        await ensureNetwork(docker, EGRESS_NETWORK, false);
+        await docker.connectNetwork(EGRESS_NETWORK, id);
+      }
+      for (const network of options.attachNetworks ?? []) await docker.connectNetwork(network, id);
+      await docker.start(id);
+      await docker.waitForLog(id, SENTRY_READY, 30_000, image, 'sentry');
+    } catch (error) {
+      await docker.remove(id);
+      throw error;
+    }
+    log.debug({ sentry: id.slice(0, 12), allow }, 'sentry ready');
+    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, options);
+  }
+
+  /** Attributes what the sentry logged since the last collect to `identity`, into the audit log. */
+  async collect(identity: SandboxIdentity): Promise<IngestResult> {
+    const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
+    // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
+    // announce are written; what never comes is reported as lost.
+    if (counters) {
+      const deadline = Date.now() + 2000;
+      while ((await packetLinesWritten(this.auditDir)) < counters.logged.packets && Date.now() < deadline) await sleep(20);
+    }
+    const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor);
+    await appendAudit(identity.runId, result.records, this.options.stateEnv);
+    this.cursor = result.cursor;
+    await writeFile(path.join(this.auditDir, CURSOR_FILE), JSON.stringify(this.cursor));
+    return result;
+  }
+
+  /** Stops (SIGTERM flushes its logs) and removes the sentry; idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await this.docker.stop(this.id, 5).catch(() => undefined);
+    await this.docker.remove(this.id);
+    await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
+  }
+}
+
+export interface AgentOptions extends SandboxIdentity {
+  cmd: string[];
+  entrypoint?: string[] | undefined;
+  user?: string | undefined;
+  image?: string | undefined;
+  env?: Record<string, string> | undefined;
+  binds?: Bind[];
+  workingDir?: string | undefined;
+  limits: SandboxLimits;
+  timeoutMs?: number | undefined;
+  signal?: AbortSignal | undefined;
+  stdout?: Writable;
+  stderr?: Writable;
+}
+
+/** Runs one agent container in the sentry's namespace, streams its output, removes it. */
+export async function runAgent(docker: DockerClient, sentry: Sentry, options: AgentOptions): Promise<AgentRun> {
   const image = options.image ?? imageRef('agent');
-  const sentryImage = options.sentryImage ?? imageRef('sentry');
-  for (const ref of [image, sentryImage]) {
-    if (!(await docker.findImage(ref))) {
-      throw new LoopboxError(`Image ${ref} is not built.`, { hint: 'Run `loopbox images build` first.' });
-    }
-  }
-  await ensureNetwork(docker, MODEL_NETWORK, true);
-  const model = options.modelEndpoint ?? (await findModelServer(docker));
-  const allow: string[] = [];
-  const dnsHosts: Record<string, string> = {};
-  if (model) {
-    allow.push(`${model.ip}:${model.port}`);
-    dnsHosts[MODEL_HOSTNAME] = model.ip;
-    for (const name of options.modelEndpoint?.names ?? []) dnsHosts[name] = model.ip;
-  }
-  // An outside model server needs a route: it counts as an extra endpoint (see below).
-  const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [`${options.modelEndpoint.ip}:${options.modelEndpoint.port}`] : [])];
-  for (const e of extras) if (!allow.includes(e)) allow.push(e);
-
-  // A folder from an attempt that crashed before its records were ingested: ingest them now
-  // (the crash left no counters, so loss cannot be judged), then start clean.
-  if (existsSync(options.auditDir)) {
-    if (!existsSync(path.join(options.auditDir, INGESTED_MARK))) {
-      const leftover = await ingestSandboxAudit(options.auditDir, id, 'agent', undefined, Object.keys(dnsHosts));
-      await appendAudit(options.runId, leftover.records, options.stateEnv);
-    }
-    await rm(options.auditDir, { recursive: true, force: true });
-  }
-  await mkdir(options.auditDir, { recursive: true });
-  // The sentry runs as root in its container; the folder is the host's, so the host can read
-  // and delete what it writes.
-  await chmod(options.auditDir, 0o777);
-
+  await requireImage(docker, image);
   const started = Date.now();
-  const cleanup: Array<() => Promise<void>> = [];
-  let sentryId: string | undefined;
-  let counters: SentryCounters | undefined;
-  let exitCode = -1;
-  let timedOut = false;
+  const agentId = await docker.createContainer(
+    agentSpec({
+      runId: options.runId,
+      task: options.task,
+      iteration: options.iteration,
+      image,
+      sentryId: sentry.id,
+      cmd: options.cmd,
+      entrypoint: options.entrypoint,
+      user: options.user,
+      env: options.env,
+      binds: options.binds ?? [],
+      workingDir: options.workingDir,
+      memoryBytes: options.limits.memoryBytes,
+      cpus: options.limits.cpus,
+      pids: options.limits.pids,
+    }),
+  );
   try {
-    sentryId = await docker.createContainer(sentrySpec({ ...id, image: sentryImage, auditDir: options.auditDir, allow, dnsHosts, noFirewall: options.noFirewall }));
-    const sentry = sentryId;
-    cleanup.push(() => docker.remove(sentry));
-    // Endpoints outside the model network need a route: only then does the sentry join a plain
-    // bridge, and the firewall alone decides (docs/security-model.md).
-    if (extras.length) {
-      await ensureNetwork(docker, EGRESS_NETWORK, false);
-      await docker.connectNetwork(EGRESS_NETWORK, sentry);
-    }
-    for (const network of options.attachNetworks ?? []) await docker.connectNetwork(network, sentry);
-    await docker.start(sentry);
-    await docker.waitForLog(sentry, SENTRY_READY, 30_000, sentryImage, 'sentry');
-    log.debug({ sentry: sentry.slice(0, 12), allow }, 'sentry ready');
-
-    const agentId = await docker.createContainer(
-      agentSpec({
-        ...id,
-        image,
-        sentryId: sentry,
-        cmd: options.cmd,
-        entrypoint: options.entrypoint,
-        user: options.user,
-        env: options.env,
-        binds: options.binds ?? [],
-        workingDir: options.workingDir,
-        memoryBytes: options.limits.memoryBytes,
-        cpus: options.limits.cpus,
-        pids: options.limits.pids,
-      }),
-    );
-    cleanup.push(() => docker.remove(agentId));
     const streams = await docker.attach(agentId);
     if (options.stdout) streams.stdout.pipe(options.stdout, { end: false });
     else streams.stdout.resume();
     if (options.stderr) streams.stderr.pipe(options.stderr, { end: false });
     else streams.stderr.resume();
-    if (options.signal?.aborted) throw new LoopboxError('aborted before the agent started');
+    if (options.signal?.aborted) return { exitCode: -1, timedOut: false, aborted: true, durationMs: 0 };
     await docker.start(agentId);
     const result = await docker.wait(agentId, options.timeoutMs, options.signal);
-    exitCode = result.exitCode;
-    timedOut = result.timedOut;
     // Let the attached streams drain what the agent wrote last.
     await streams.drained(1000);
+    return { ...result, aborted: options.signal?.aborted ?? false, durationMs: Date.now() - started };
   } finally {
-    // The agent goes at once; meanwhile the sentry's counters are read and it is stopped
-    // (SIGTERM flushes its logs), then it goes too.
-    const [removeSentry, ...others] = cleanup;
-    const agentGone = Promise.all(others.map((step) => step().catch((error: unknown) => log.warn({ error }, 'cleanup step failed'))));
-    if (sentryId) {
-      counters = await readCounters(docker, sentryId).catch(() => undefined);
-      await docker.stop(sentryId, 5).catch(() => undefined);
-    }
-    await agentGone;
-    await removeSentry?.().catch((error: unknown) => log.warn({ error }, 'cleanup step failed'));
+    await docker.remove(agentId);
   }
-  const ingest = await ingestSandboxAudit(options.auditDir, id, 'agent', counters, Object.keys(dnsHosts));
-  await appendAudit(options.runId, ingest.records, options.stateEnv);
-  await writeFile(path.join(options.auditDir, INGESTED_MARK), '');
+}
+
+/** One command in a fresh sandbox (`loopbox sandbox run`): its own sentry, one agent, audit. */
+export async function runSandbox(docker: DockerClient, options: SandboxOptions): Promise<SandboxResult> {
+  const id: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
+  await requireImage(docker, options.image ?? imageRef('agent'));
+  const sentry = await Sentry.start(docker, {
+    ...id,
+    auditDir: options.auditDir,
+    image: options.sentryImage,
+    modelEndpoint: options.modelEndpoint,
+    allow: options.allow,
+    attachNetworks: options.attachNetworks,
+    noFirewall: options.noFirewall,
+    logger: options.logger,
+    stateEnv: options.stateEnv,
+  });
+  let run: AgentRun | undefined;
+  let collected: IngestResult | undefined;
+  try {
+    run = await runAgent(docker, sentry, { ...options, ...id });
+  } finally {
+    collected = await sentry.collect(id).catch(() => undefined);
+    await sentry.stop();
+  }
   return {
-    exitCode,
-    timedOut,
-    aborted: options.signal?.aborted ?? false,
-    durationMs: Date.now() - started,
-    records: ingest.records,
-    traffic: ingest.traffic,
-    modelReachable: Boolean(model),
+    ...run,
+    records: collected?.records ?? [],
+    traffic: collected?.traffic ?? { allowedPackets: 0, allowedBytes: 0, blockedPackets: 0, dnsBlocked: 0, dnsAnswered: 0, lostRecords: 0 },
+    modelReachable: sentry.modelReachable,
   };
+}
+
+async function requireImage(docker: DockerClient, ref: string): Promise<void> {
+  if (!(await docker.findImage(ref))) throw new LoopboxError(`Image ${ref} is not built.`, { hint: 'Run `loopbox images build` first.' });
+}
+
+/**
+ * A folder from a sentry whose run crashed before its records were all ingested: ingest the
+ * rest now (from the saved cursor; with no counters, loss cannot be judged), then start clean.
+ */
+async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv): Promise<void> {
+  if (!existsSync(dir)) return;
+  if (!existsSync(path.join(dir, INGESTED_MARK))) {
+    let cursor = START_CURSOR;
+    try {
+      cursor = JSON.parse(await readFile(path.join(dir, CURSOR_FILE), 'utf8')) as AuditCursor;
+    } catch {
+      // never collected: everything is left over
+    }
+    const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor);
+    await appendAudit(identity.runId, leftover.records, env);
+  }
+  await rm(dir, { recursive: true, force: true });
 }
 
 async function readCounters(docker: DockerClient, sentryId: string): Promise<SentryCounters | undefined> {

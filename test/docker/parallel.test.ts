@@ -105,7 +105,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     const runA = spawnCli(['--config', a.config, 'run', '--repo', a.dir, '--json', path.join(a.dir, 'tasks', 'holder.md')]);
     const holder = await waitFor('the holder agent', async () => (await agentsRunning('holder'))[0]);
     const runIdA = holder.Labels['loopbox.run-id']!;
-    const sentry = await docker.inspect(`loopbox-${runIdA}-holder-i1-sentry`);
+    const sentry = await docker.inspect(`loopbox-${runIdA}-holder-sentry`);
     const sentryIp = sentry.NetworkSettings.Networks[MODEL_NETWORK]!.IPAddress;
     expect(sentryIp).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
 

@@ -15,7 +15,7 @@ const DNS = [
   'Nov 24 18:30:26 dnsmasq[42]: 6 127.0.0.1/35322 query[A] foo.invalid from 127.0.0.1',
   'Nov 24 18:30:26 dnsmasq[42]: 6 127.0.0.1/35322 config foo.invalid is NXDOMAIN',
   'Nov 24 18:30:27 dnsmasq[42]: 7 127.0.0.1/35323 query[AAAA] we ird.invalid from 127.0.0.1',
-].join('\n');
+].join('\n') + '\n';
 
 const id = { runId: 'r1', task: 't', iteration: 2 };
 
@@ -56,9 +56,9 @@ describe('audit ingestion', () => {
     expect(res.records.filter((r) => r.kind === 'packet')).toHaveLength(2);
     expect(res.records.filter((r) => r.kind === 'dns').map((r) => r.query)).toEqual(['foo.invalid', 'we ird.invalid']);
     const loss = res.records.find((r) => r.kind === 'loss');
-    // 5 logged by the firewall, 2 arrived, 1 line malformed: 3 + 1 lost.
-    expect(loss).toMatchObject({ verdict: 'lost', count: 4 });
-    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 4 });
+    // 5 logged by the firewall, 3 lines arrived of which 1 is unreadable: 2 + 1 lost.
+    expect(loss).toMatchObject({ verdict: 'lost', count: 3 });
+    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 3 });
   });
 
   it('records no loss when every logged packet arrived, and tolerates missing files', async () => {
@@ -69,6 +69,22 @@ describe('audit ingestion', () => {
     await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n`);
     const one = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 0, bytes: 0 }, logged: { packets: 1 } }, []);
     expect(one.records.map((r) => r.kind)).toEqual(['packet']);
+  });
+
+  it('attributes each read to its own iteration when one sentry serves several', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+    dirs.push(dir);
+    await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n`);
+    await writeFile(path.join(dir, DNS_FILE), `${DNS.split('\n')[2]}\n`);
+    const first = await ingestSandboxAudit(dir, { ...id, iteration: 1 }, 'agent', { allowed: { packets: 4, bytes: 400 }, logged: { packets: 1 } }, ['model']);
+    expect(first.records.map((r) => [r.kind, r.iteration])).toEqual([['packet', 1], ['dns', 1]]);
+    // Iteration 2 appends one packet (and half a line the writer has not finished).
+    await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n${ICMP}\n{"oob.pre`);
+    await writeFile(path.join(dir, DNS_FILE), `${DNS.split('\n')[2]}\n${DNS.split('\n')[4]}\n`);
+    const second = await ingestSandboxAudit(dir, { ...id, iteration: 2 }, 'agent', { allowed: { packets: 10, bytes: 1000 }, logged: { packets: 2 } }, ['model'], first.cursor);
+    expect(second.records.map((r) => [r.kind, r.iteration, r.protocol])).toEqual([['packet', 2, 'icmp'], ['dns', 2, 'dns']]);
+    expect(second.traffic).toMatchObject({ allowedPackets: 6, allowedBytes: 600, blockedPackets: 1, lostRecords: 0 });
+    expect(second.cursor.packetLines).toBe(2);
   });
 
   it('reads the counters line and rejects anything else', () => {
