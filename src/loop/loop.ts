@@ -165,7 +165,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           await chownTree(notesDir, agentUid);
         }
         const agentLog = createWriteStream(path.join(dir, 'sandboxes', `i${iteration}.agent.log`));
-        const tokensBefore = model ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
+        const tokensBefore = model ? readTokenTotals(docker, model) : Promise.resolve(undefined);
         // One sentry per run; a new one when the model server came back at another address.
         if (sentry && model && sentry.modelIp !== model.ip) {
           await sentry.stop();
@@ -214,7 +214,11 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           releaseSlot();
           agentLog.end();
         });
-        const sandbox = { ...agentRun, ...(await sentry.collect(identity)) };
+        const sandbox = agentRun;
+        // Attribution needs the counters read before the next agent starts, not before verify:
+        // collect while the host snapshots and verifies.
+        const collecting = sentry.collect(identity);
+        collecting.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
         // A model server that died during the iteration voids it: not the agent's failure.
         const modelDown = supervisor !== undefined && !(await findModelServer(docker));
         if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
@@ -223,8 +227,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           await chownTree(notesDir, 0);
         }
         // Read while the host snapshots and verifies: verification never talks to the model.
-        const tokensAfter = model && !modelDown ? readTokenTotals(docker, model.containerId) : Promise.resolve(undefined);
-        blocked += sandbox.traffic.blockedPackets + sandbox.traffic.dnsBlocked;
+        const tokensAfter = model && !modelDown ? readTokenTotals(docker, model) : Promise.resolve(undefined);
 
         // Read what the agent left; put protected paths back before anything else sees them.
         const head = await branchHead(repo, state.branch);
@@ -258,7 +261,8 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
             signal,
           });
         }
-        const after = await tokensAfter;
+        const [after, audit] = await Promise.all([tokensAfter, collecting]);
+        blocked += audit.traffic.blockedPackets + audit.traffic.dnsBlocked;
         const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
         const verified = verify?.passed === true;
         let commit: string | null = null;
@@ -282,7 +286,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           commit,
           verified,
           tokens,
-          audit: { ...sandbox.traffic, records: sandbox.records.length },
+          audit: { ...audit.traffic, records: audit.records.length },
           modelDown,
         };
         await appendIteration(dir, iterRecord);

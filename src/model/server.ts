@@ -131,14 +131,33 @@ export interface ModelStatus {
   metrics?: Record<string, number>;
 }
 
+/** Whether this host reaches the model network directly (Linux: the bridge has an address). */
+let directHttp: boolean | undefined;
+
+/**
+ * GET a path of the managed server. Straight to its address when the host can route to the
+ * internal network (a few ms); otherwise `curl` inside its container (a docker exec, ~60 ms).
+ */
+export async function modelGet(docker: DockerClient, endpoint: ModelEndpoint, p: string): Promise<string | undefined> {
+  if (directHttp !== false) {
+    try {
+      const res = await fetch(`http://${endpoint.ip}:${endpoint.port}${p}`, { signal: AbortSignal.timeout(1000) });
+      directHttp = true;
+      return res.ok ? await res.text() : undefined;
+    } catch {
+      if (directHttp === undefined) directHttp = false;
+      else return undefined;
+    }
+  }
+  const r = await docker.exec(endpoint.containerId, ['curl', '-sf', `http://127.0.0.1:${MODEL_PORT}${p}`]).catch(() => undefined);
+  return r?.exitCode === 0 ? r.stdout : undefined;
+}
+
 /** Model name, busy/total slots (`/slots`) and throughput counters (`/metrics`). */
 export async function modelStatus(docker: DockerClient): Promise<ModelStatus> {
   const endpoint = await findModelServer(docker);
   if (!endpoint) return { running: false };
-  const get = async (p: string): Promise<string | undefined> => {
-    const r = await docker.exec(endpoint.containerId, ['curl', '-sf', `http://127.0.0.1:${MODEL_PORT}${p}`]).catch(() => undefined);
-    return r?.exitCode === 0 ? r.stdout : undefined;
-  };
+  const get = (p: string): Promise<string | undefined> => modelGet(docker, endpoint, p);
   const status: ModelStatus = { running: true, containerId: endpoint.containerId, ip: endpoint.ip };
   const models = await get('/v1/models');
   if (models) status.model = (JSON.parse(models) as { data?: Array<{ id: string }> }).data?.[0]?.id;
@@ -156,10 +175,10 @@ export async function modelStatus(docker: DockerClient): Promise<ModelStatus> {
  * Prompt + generated tokens the server has processed so far (`/metrics`). The loop takes the
  * difference around an iteration; with several loops on one server the figure is per server.
  */
-export async function readTokenTotals(docker: DockerClient, containerId: string): Promise<number | undefined> {
-  const r = await docker.exec(containerId, ['curl', '-sf', `http://127.0.0.1:${MODEL_PORT}/metrics`]).catch(() => undefined);
-  if (r?.exitCode !== 0) return undefined;
-  const m = parsePrometheus(r.stdout);
+export async function readTokenTotals(docker: DockerClient, endpoint: ModelEndpoint): Promise<number | undefined> {
+  const text = await modelGet(docker, endpoint, '/metrics');
+  if (text === undefined) return undefined;
+  const m = parsePrometheus(text);
   // Before the first request the counters may be absent: that is zero, not unknown.
   return (m['llamacpp:prompt_tokens_total'] ?? 0) + (m['llamacpp:tokens_predicted_total'] ?? 0);
 }
