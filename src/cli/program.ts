@@ -226,7 +226,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       });
       err(`\n${summaryTable(res.summaries)}\n`);
       const [first, second] = res.summaries;
-      const lines = ['Where to look:', `  example repo:     ${res.repo}`];
+      const lines = ['Where to look (from this checkout, `loopbox` is `node dist/cli/main.js`, or run `npm link` once):', `  example repo:     ${res.repo}`];
       if (first) lines.push(`  verified commit:  git -C ${res.repo} log --format='%h %s%n%b' ${first.branch}`, `  iterations:       ${first.runDir}/iterations.jsonl`);
       if (second) lines.push(`  blocked egress:   loopbox audit --run ${second.runId}`, `  OpenCode run:     ${second.runDir}`);
       err(lines.join('\n'));

@@ -23,7 +23,9 @@ agent:
 
 verify:
   # Runs in a clean container with no network, from this file only (never from the worktree).
-  command: ["npm", "test"]
+  # The verify image (default: the agent image: git, bash, Node 18, no npm) must hold your
+  # toolchain and the worktree your dependencies; set verify.image for anything else.
+  command: ["node", "--test"]
   timeout: 10m
 
 loop:
@@ -49,7 +51,7 @@ tasks:
 export const AGENTS_TEMPLATE = `# AGENTS.md: how to work in this repository
 
 ## Test command
-\`npm test\` (the loop runs it after every iteration, in a clean container; you cannot skip it)
+\`node --test\` (the loop runs it after every iteration, in a clean container; you cannot skip it)
 
 ## Conventions
 - Keep changes small and focused on the task.
