@@ -108,6 +108,24 @@ describe('sandbox run (real Docker, real firewall)', () => {
     expect(await remaining(sandboxRun)).toEqual([]);
   });
 
+  it('a flood of blocked packets is never lost silently: records + loss counts = what the firewall saw', async () => {
+    const sandboxRun = `${runId}-flood`;
+    const flood = `
+      const dgram = require('dgram');
+      const s = dgram.createSocket('udp4');
+      let sent = 0, done = 0;
+      const N = 3000;
+      for (let i = 0; i < N; i++) s.send(Buffer.from('x'), 9999, '${decoy.v4}', () => { done++; if (done === N) { console.log('sent=' + N); s.close(); } });`;
+    const res = await cli(['sandbox', 'run', '--run-id', sandboxRun, '--task', 'flood', '--attach-network', decoy.network, '--', 'node', '-e', flood], { timeoutMs: 120_000 });
+    expect(res.exitCode, res.all).toBe(0);
+    expect(res.stdout).toContain('sent=3000');
+    const records = parseJsonLines<AuditRecord>((await cli(['audit', '--run', sandboxRun, '--json'])).stdout);
+    const logged = records.filter((r) => r.kind === 'packet' && r.dstPort === 9999).length;
+    const lost = records.filter((r) => r.kind === 'loss').reduce((n, r) => n + r.count, 0);
+    expect(logged + lost).toBe(3000);
+    expect(logged).toBeGreaterThan(0);
+  });
+
   it('denies changing the firewall from inside, and the rules still hold after the attempt', async () => {
     const sandboxRun = `${runId}-fw`;
     // The sentry image has iptables and bash; run it as the agent (uid 1000, no capabilities).
