@@ -118,13 +118,18 @@ async function bashLoop(image, worktree) {
   return { totalMs, iters: rows.map((r) => r[0] + r[1] + r[2]), agent: rows.map((r) => r[0]), verify: rows.map((r) => r[1]), git: rows.map((r) => r[2]) };
 }
 
-async function loopbox(docker, repo, calls) {
-  const config = parseConfig({
+/** A no-op agent, a failing verify, `iterations` iterations: the loop ends `capped`. */
+function noopConfig(iterations, sandbox) {
+  return parseConfig({
     agent: { type: 'command', command: ['true'], timeout: '60s' },
     verify: { command: ['false'], timeout: '60s' },
-    loop: { maxIterations: N, noProgress: N + 1, oscillationWindow: 2 },
-    sandbox: { memory: '1g', cpus: 1, pids: 256 },
+    loop: { maxIterations: iterations, noProgress: iterations + 1, oscillationWindow: 2 },
+    sandbox,
   });
+}
+
+async function loopbox(docker, repo, calls) {
+  const config = noopConfig(N, { memory: '1g', cpus: 1, pids: 256 });
   const records = [];
   let peakRss = process.memoryUsage().rss;
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
@@ -199,12 +204,7 @@ function report({ bare, bash, lb }) {
 
 /** Parallel loops: the same 4 no-op loops at once (bounded by the model's slots) and one after another. */
 async function parallelLoops(docker, repo, loops, concurrency) {
-  const config = parseConfig({
-    agent: { type: 'command', command: ['true'], timeout: '60s' },
-    verify: { command: ['false'], timeout: '60s' },
-    loop: { maxIterations: P_ITERATIONS, noProgress: P_ITERATIONS + 1, oscillationWindow: 2 },
-    sandbox: { memory: '512m', cpus: 0.5, pids: 128 },
-  });
+  const config = noopConfig(P_ITERATIONS, { memory: '512m', cpus: 0.5, pids: 128 });
   const files = [];
   for (let i = 1; i <= loops; i += 1) files.push(path.join(repo, 'tasks', `p${i}.md`));
   let peakRss = process.memoryUsage().rss;

@@ -116,13 +116,18 @@ done
 # -------------------------------------------------------------- firewall ---
 nflog() { echo "-j NFLOG --nflog-group $GROUP --nflog-prefix $1"; }
 
-rules_v4() {
+# Both families start alike: drop by default, loopback and established traffic in.
+rules_head() {
 	echo '*filter'
 	echo ':INPUT DROP [0:0]'
 	echo ':FORWARD DROP [0:0]'
 	echo ':OUTPUT DROP [0:0]'
 	echo '-A INPUT -i lo -j ACCEPT'
 	echo '-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT'
+}
+
+rules_v4() {
+	rules_head
 	echo "-A INPUT $(nflog in)"
 	echo '-A INPUT -j DROP'
 	echo "-A FORWARD $(nflog fwd)"
@@ -151,12 +156,7 @@ rules_v4() {
 ND_TYPES="130 131 132 133 134 135 136 143"
 rules_v6() {
 	local t e
-	echo '*filter'
-	echo ':INPUT DROP [0:0]'
-	echo ':FORWARD DROP [0:0]'
-	echo ':OUTPUT DROP [0:0]'
-	echo '-A INPUT -i lo -j ACCEPT'
-	echo '-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT'
+	rules_head
 	for t in $ND_TYPES; do echo "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type $t -j DROP"; done
 	echo "-A INPUT $(nflog in6)"
 	echo '-A INPUT -j DROP'

@@ -4,6 +4,20 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 
+function taskText(title: string): string {
+  return `# Task: ${title}
+
+## Goal
+\`add(a, b)\` in calc.js returns the sum of its arguments.
+
+## How to check
+\`node test/calc.test.js\`
+
+## Done when
+- [ ] the test passes
+`;
+}
+
 export const FILES: Record<string, string> = {
   'calc.js': `// A tiny library with a bug: add() subtracts.
 export function add(a, b) {
@@ -27,28 +41,8 @@ console.log('all tests passed');
 Test command: \`node test/calc.test.js\`. Do not edit tests (they are protected).
 Definition of done: the test command passes.
 `,
-  'tasks/fix-add.md': `# Task: fix add()
-
-## Goal
-\`add(a, b)\` in calc.js returns the sum of its arguments.
-
-## How to check
-\`node test/calc.test.js\`
-
-## Done when
-- [ ] the test passes
-`,
-  'tasks/opencode-add.md': `# Task: fix add() with OpenCode
-
-## Goal
-\`add(a, b)\` in calc.js returns the sum of its arguments.
-
-## How to check
-\`node test/calc.test.js\`
-
-## Done when
-- [ ] the test passes
-`,
+  'tasks/fix-add.md': taskText('fix add()'),
+  'tasks/opencode-add.md': taskText('fix add() with OpenCode'),
   // A scripted stand-in for a coding agent, run by the \`command\` adapter inside the sandbox:
   // it asks the model (through the sentry) each iteration, makes a naive change first, reads
   // the harness's feedback, then makes the right one.
