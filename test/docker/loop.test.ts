@@ -195,3 +195,53 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
     expect(await remaining(runId!)).toEqual([]);
   });
 });
+
+describe('crash and resume (real Docker, git)', () => {
+  let record: RunRecord;
+  const repos: string[] = [];
+  beforeAll(async () => {
+    record = await beginTestRun(testRunId('crash'));
+  });
+  afterAll(async () => {
+    for (const r of repos) await rm(r, { recursive: true, force: true });
+    await endTestRun(record);
+  });
+
+  it('a SIGKILLed run loses no committed work; gc removes its containers; --resume continues it', async () => {
+    // Iteration 1 is quick; from iteration 2 on the agent hangs until killed by its timeout.
+    const agent = 'date +%s%N > "step-$LOOPBOX_ITERATION.txt"; if [ "$LOOPBOX_ITERATION" -ge 2 ]; then sleep 600; fi';
+    const c = await makeCase(agent, { agent: { type: 'command', command: ['bash', '-c', agent], timeout: '8s' }, loop: { maxIterations: 3, noProgress: 5 } });
+    repos.push(c.repo, c.config);
+    const { docker } = await import('./helpers.js');
+    const child = execa('node', [path.join(import.meta.dirname, '..', '..', 'dist', 'cli', 'main.js'), '--config', c.config, 'run', '--repo', c.repo, '--json', path.join(c.repo, 'tasks', 'fix-add.md')], { reject: false, all: true });
+    let runId: string | undefined;
+    for (let i = 0; i < 150 && !runId; i += 1) {
+      await new Promise((r) => setTimeout(r, 200));
+      const agents = await docker.api.listContainers({ filters: JSON.stringify({ label: ['loopbox.role=agent', 'loopbox.task=fix-add', 'loopbox.iteration=2'] }) });
+      if (agents[0]) runId = agents[0].Labels['loopbox.run-id'];
+    }
+    expect(runId, 'iteration 2 started').toBeDefined();
+    child.kill('SIGKILL');
+    await child;
+    // Iteration 1's commit is on the branch; the dead run's containers are still there.
+    const log = await branchLog(c.repo);
+    expect(log).toHaveLength(2);
+    expect(log[0]).toContain('Loopbox-Iteration: 1');
+    expect((await remaining(runId!)).length).toBeGreaterThan(0);
+    const gc = await cli(['gc']);
+    expect(gc.exitCode, gc.all).toBe(0);
+    expect(await remaining(runId!)).toEqual([]);
+
+    const resumed = await cli(['--config', c.config, 'run', '--repo', c.repo, '--json', '--resume', runId!], { timeoutMs: 120_000 });
+    const events = parseJsonLines<{ type: string; resumedAt?: number; record?: IterationRecord; summary?: { endState: string; runId: string } }>(resumed.stdout);
+    expect(events.find((e) => e.type === 'loop-start')?.resumedAt, resumed.all).toBe(1);
+    expect(events.filter((e) => e.type === 'iteration-end').map((e) => e.record!.iteration)).toEqual([2, 3]);
+    expect(events.find((e) => e.type === 'loop-end')?.summary).toMatchObject({ endState: 'capped', runId });
+    expect(resumed.exitCode).toBe(3);
+    expect(await remaining(runId!)).toEqual([]);
+    // Finished runs are not resumed again.
+    const again = await cli(['--config', c.config, 'run', '--repo', c.repo, '--resume', runId!]);
+    expect(again.exitCode).toBe(2);
+    expect(again.stderr).toMatch(/already ended: capped/);
+  });
+});

@@ -204,6 +204,15 @@ describe('sandbox run (real Docker, real firewall)', () => {
       expect(res.exitCode, res.all).toBe(7);
       expect(res.stderr).toContain('no model server running');
       expect(await remaining(sandboxRun)).toEqual([]);
+      // A model file llama-server cannot load: the start fails with its last log lines.
+      const dir = await mkdtemp(path.join(tmpdir(), 'lbx-badmodel-'));
+      await writeFile(path.join(dir, 'broken.gguf'), 'GGUF but not really');
+      const bad = await cli(['model', 'up', '--gguf', path.join(dir, 'broken.gguf')]);
+      await rm(dir, { recursive: true, force: true });
+      expect(bad.exitCode, bad.all).toBe(1);
+      expect(bad.stderr).toMatch(/model server exited while starting/);
+      expect(bad.stderr).toMatch(/last log lines:\n[\s\S]*\S/);
+      expect((await cli(['model', 'status'])).stdout).toContain('not running');
     } finally {
       if (gguf) {
         const dir = await mkdtemp(path.join(tmpdir(), 'lbx-cfg-'));
