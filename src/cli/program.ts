@@ -96,7 +96,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
 
   images
     .command('list')
-    .description('the project images: present or missing, inputs hash, size')
+    .description('the project images: present or missing, and their inputs hash')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
       const rows = [];
@@ -269,7 +269,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     });
   model
     .command('pull')
-    .description('download a GGUF into the model directory (the one loopbox step that uses the network)')
+    .description('download a GGUF into the model directory (the one step that fetches a model; loops never need egress)')
     .argument('<source>', 'a URL, or hf:<owner>/<repo>/<file>.gguf')
     .option('--dir <dir>', 'where to put it (default: <state dir>/models)')
     .option('--sha256 <hex>', 'expected SHA-256 of the file')

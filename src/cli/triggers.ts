@@ -1,7 +1,7 @@
 // `loopbox schedule` and `loopbox serve`: long-running processes that start loops on cron
 // ticks or webhooks, through the same slot-bounded runner as `loopbox run`.
 import path from 'node:path';
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
 import { stateDir } from '../common/paths.js';
@@ -15,6 +15,16 @@ import { secretFromEnv, startServer } from '../schedule/serve.js';
 import { taskNameOf, type TriggerEvent } from '../schedule/starter.js';
 import { type CliContext, err } from './context.js';
 import { printLoopEvent } from './run.js';
+
+function positiveInt(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
+  return Number(v);
+}
+
+function port(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError(`expected a port 0-65535, got "${v}"`);
+  return Number(v);
+}
 
 async function triggerRunner(ctx: CliContext, repo: string, config: Config, concurrency: number | undefined): Promise<LoopRunner> {
   await checkRepoAndModel(ctx.docker, path.resolve(repo), config, true);
@@ -39,7 +49,7 @@ export function registerTriggers(program: Command, ctx: CliContext, configFile: 
     .command('schedule')
     .description('start loops on the cron entries of the config (`schedule:`); a tick whose task is still running is skipped and logged')
     .option('--repo <dir>', 'the git repository to work on', '.')
-    .option('--concurrency <n>', 'loops at once (default: the model server\'s slots)', (v) => Number(v))
+    .option('--concurrency <n>', 'loops at once (default: the model server\'s slots)', positiveInt)
     .addHelpText('after', '\nConfig:\n  schedule:\n    - cron: "0 2 * * *"     # every night at 2\n      task: tasks/nightly-deps.md\n\nExample:\n  loopbox schedule --repo ~/src/app\n')
     .action(async (opts: { repo: string; concurrency?: number }) => {
       const { config } = await loadConfig({ file: configFile(), dir: opts.repo });
@@ -61,8 +71,8 @@ export function registerTriggers(program: Command, ctx: CliContext, configFile: 
     .description('HTTP endpoint that starts loops on a GitHub webhook for failed CI or a signed JSON trigger (loopback by default)')
     .option('--repo <dir>', 'the git repository to work on', '.')
     .option('--host <host>', 'bind address (default: serve.host, 127.0.0.1)')
-    .option('--port <port>', 'port (default: serve.port, 8787)', (v) => Number(v))
-    .option('--concurrency <n>', 'loops at once (default: the model server\'s slots)', (v) => Number(v))
+    .option('--port <port>', 'port (default: serve.port, 8787; 0 picks a free one)', port)
+    .option('--concurrency <n>', 'loops at once (default: the model server\'s slots)', positiveInt)
     .addHelpText(
       'after',
       '\nThe HMAC secret comes from the environment variable named by serve.secretEnv\n(default LOOPBOX_WEBHOOK_SECRET). Endpoints: POST /hooks/github, POST /trigger, GET /healthz.\n\nExample:\n  LOOPBOX_WEBHOOK_SECRET=$(cat ~/.loopbox-secret) loopbox serve --repo ~/src/app\n',

@@ -2,7 +2,7 @@
 // revert protected paths, verify in a clean container, commit from the host, feed failures
 // back, and stop on a brake — never on the agent's word.
 import { createWriteStream, existsSync } from 'node:fs';
-import { chown, lstat, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { chown, lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, LoopboxError, describe } from '../common/errors.js';
 import { newRunId } from '../common/ids.js';
@@ -15,12 +15,12 @@ import { DEFAULT_PROTECTED } from '../config/schema.js';
 import type { DockerClient } from '../docker/client.js';
 import { commitSnapshot, ensureTaskWorktree, isDirtyRepo, matchesAny, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex } from '../git/index.js';
 import { imageRef } from '../images/catalog.js';
-import { findModelServer } from '../model/network.js';
+import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
 import { readTokenTotals } from '../model/server.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
 import { managedFilter } from '../docker/labels.js';
 import { isIP } from 'node:net';
-import { Sentry, resolveEndpoints, runAgent } from '../sandbox/sandbox.js';
+import { Sentry, recoverAuditDir, resolveEndpoints, runAgent } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
 import { runVerify, type VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
@@ -128,6 +128,18 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     options.onEvent?.({ type: 'loop-start', runId, task: task.name, branch: state.branch, worktree: state.worktree, resumedAt: state.iteration });
     log.info({ runId, task: task.name, branch: state.branch, resumedAt: state.iteration }, 'loop start');
 
+    // A stop request of an earlier session (loopbox stop, then --resume) is spent.
+    await rm(path.join(dir, STOP_FILE), { force: true });
+    const sandboxesDir = path.join(dir, 'sandboxes');
+    // Sentry folders a crashed session left: what was logged after its last read belongs to
+    // the iteration that was running (the one after the last recorded).
+    let sentries = 0;
+    for (const name of await readdir(sandboxesDir).catch(() => [] as string[])) {
+      const n = /^sentry-(\d+)$/.exec(name);
+      if (!n) continue;
+      sentries = Math.max(sentries, Number(n[1]));
+      await recoverAuditDir(path.join(sandboxesDir, name), { runId, task: task.name, iteration: state.iteration + 1 }, [MODEL_HOSTNAME], options.stateEnv);
+    }
     const mountDir = path.join(dir, 'mount');
     const notesDir = path.join(dir, 'notes');
     const gitMask = path.join(dir, 'git-mask');
@@ -145,7 +157,6 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     let blocked = 0;
     let decision: { state: EndState; reason: string } | undefined;
     let sentry: Sentry | undefined;
-    let sentries = 0;
     try {
 
       while (!decision) {
@@ -356,7 +367,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
 export function checkLoopConfig(config: Config): string[] {
   if (!config.verify.command) {
     throw new ConfigError('verify.command is not set.', [], {
-      hint: 'A loop ends on a test the harness runs, never on the agent\'s word: set verify.command in loopbox.yaml, e.g. ["npm", "test"].',
+      hint: 'A loop ends on a test the harness runs, never on the agent\'s word: set verify.command in loopbox.yaml, e.g. ["node", "--test"].',
     });
   }
   if (config.agent.type === 'command' && !config.agent.command) {
@@ -386,7 +397,7 @@ export async function checkRepoAndModel(docker: DockerClient, repo: string, conf
 async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.ProcessEnv): Promise<LoopState> {
   const dir = runDir(runId, env);
   const state = await loadState(dir);
-  if (!state) throw new ConfigError(`No loop state for run ${runId}.`, [], { hint: 'Only loop runs can be resumed; see the run ids under the state directory or `loopbox status`.' });
+  if (!state) throw new ConfigError(`No loop state for run ${runId}.`, [], { hint: `Only loop runs can be resumed; run ids are the folders under ${path.dirname(dir)}.` });
   if (isRunAlive(await readRun(runId, env))) throw new ConfigError(`Run ${runId} is still running.`, [], { hint: 'Stop it first (loopbox stop RUN), or wait for it.' });
   if (state.endState && state.endState !== 'aborted' && state.endState !== 'error') {
     throw new ConfigError(`Run ${runId} already ended: ${state.endState} (${state.endReason ?? ''}).`, [], {
@@ -458,7 +469,7 @@ async function externalEndpoint(url: string): Promise<{ ip: string; port: number
   const port = Number(u.port || (u.protocol === 'https:' ? 443 : 80));
   const host = u.hostname.replace(/^\[|\]$/g, '');
   const [resolved] = await resolveEndpoints([`${host.includes(':') ? `[${host}]` : host}:${port}`]);
-  const ip = resolved!.slice(0, resolved!.lastIndexOf(':'));
+  const ip = resolved!.slice(0, resolved!.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   return { ip, port, names: isIP(host) ? [] : [host] };
 }
 

@@ -52,7 +52,7 @@ export async function pullModel(options: PullOptions): Promise<{ file: string; b
   try {
     response = await fetch(url, { redirect: 'follow', signal: options.signal ?? null });
   } catch (error) {
-    throw new LoopboxError(`Downloading ${url.href} failed: ${describe(error)}`, { hint: 'Check the URL and this machine\'s network or proxy (HTTPS_PROXY).' });
+    throw new LoopboxError(`Downloading ${url.href} failed: ${describe(error)}`, { hint: 'Check the URL and that this machine reaches it.' });
   }
   if (!response.ok || !response.body) throw new LoopboxError(`Downloading ${url.href} failed: HTTP ${response.status} ${response.statusText}`);
   const total = Number(response.headers.get('content-length')) || undefined;

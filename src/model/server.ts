@@ -45,8 +45,9 @@ export async function modelUp(docker: DockerClient, options: ModelServerOptions)
   const gguf = path.resolve(expandHome(options.gguf));
   const existing = await findModelServer(docker);
   if (existing) {
+    // `model up` mounts the file; Compose mounts its folder.
     const serving = (await docker.inspect(existing.containerId)).HostConfig.Binds?.[0]?.split(':')[0];
-    if (serving && serving !== gguf) {
+    if (serving && serving !== gguf && !gguf.startsWith(`${serving}/`)) {
       throw new LoopboxError(`The model server is already running with ${serving}, not ${gguf}.`, { hint: 'Stop it first with `loopbox model down`, or leave --gguf out to use it.' });
     }
     return { ...existing, reused: true };

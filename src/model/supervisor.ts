@@ -1,13 +1,17 @@
 // Keeps the shared model server alive for the loops using it: when it dies mid-run, loops
-// pause (the iteration is not held against the agent), it is restarted once, and they go on;
-// if it stays down, every loop ends in a clear `error`.
+// pause (the iteration is not held against the agent), it is restarted once (per 30 minutes),
+// and they go on; if it stays down, every loop ends in a clear `error`.
 import { LoopboxError } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
 import { findModelServer, type ModelEndpoint } from './network.js';
 import { MODEL_CONTAINER, waitHealthy } from './server.js';
 
+/** A restart older than this no longer counts: a server that runs for hours may die again. */
+const RESTART_WINDOW_MS = 30 * 60_000;
+
 export class ModelSupervisor {
   private restarts = 0;
+  private lastRestart = 0;
   private recovering: Promise<ModelEndpoint> | undefined;
 
   constructor(
@@ -31,6 +35,7 @@ export class ModelSupervisor {
 
   private async recover(): Promise<ModelEndpoint> {
     const max = this.options.maxRestarts ?? 1;
+    if (this.restarts > 0 && Date.now() - this.lastRestart > RESTART_WINDOW_MS) this.restarts = 0;
     const existing = await this.docker.inspect(MODEL_CONTAINER).catch(() => undefined);
     const detail = existing ? `exit code ${existing.State.ExitCode}${existing.State.OOMKilled ? ' (out of memory)' : ''}` : 'container gone';
     this.options.onEvent?.({ type: 'model-down', detail });
@@ -41,6 +46,7 @@ export class ModelSupervisor {
       });
     }
     this.restarts += 1;
+    this.lastRestart = Date.now();
     await this.docker.start(existing.Id);
     await waitHealthy(this.docker, existing.Id, existing.Config.Image, this.options.startTimeoutMs ?? 120_000);
     const endpoint = await findModelServer(this.docker);

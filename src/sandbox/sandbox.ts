@@ -100,6 +100,7 @@ export interface AgentRun {
 export class Sentry {
   private cursor: AuditCursor = START_CURSOR;
   private stopped = false;
+  private lastIdentity: SandboxIdentity | undefined;
 
   private constructor(
     private readonly docker: DockerClient,
@@ -124,12 +125,12 @@ export class Sentry {
     const allow: string[] = [];
     const dnsHosts: Record<string, string> = {};
     if (model) {
-      allow.push(`${model.ip}:${model.port}`);
+      allow.push(endpoint(model.ip, model.port));
       dnsHosts[MODEL_HOSTNAME] = model.ip;
       for (const name of options.modelEndpoint?.names ?? []) dnsHosts[name] = model.ip;
     }
     // An outside model server needs a route: it counts as an extra endpoint (see below).
-    const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [`${options.modelEndpoint.ip}:${options.modelEndpoint.port}`] : [])];
+    const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
     for (const e of extras) if (!allow.includes(e)) allow.push(e);
     const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
     await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv);
@@ -158,6 +159,7 @@ export class Sentry {
 
   /** Attributes what the sentry logged since the last collect to `identity`, into the audit log. */
   async collect(identity: SandboxIdentity): Promise<IngestResult> {
+    this.lastIdentity = identity;
     const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
     // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
     // announce are written; what never comes is reported as lost.
@@ -172,11 +174,19 @@ export class Sentry {
     return result;
   }
 
-  /** Stops (SIGTERM flushes its logs) and removes the sentry; idempotent. */
+  /**
+   * Stops the sentry (SIGTERM flushes its logs), attributes anything that arrived after the
+   * last collect to the last identity, and removes it; idempotent.
+   */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    const counters = await readCounters(this.docker, this.id).catch(() => undefined);
     await this.docker.stop(this.id, 5).catch(() => undefined);
+    if (this.lastIdentity) {
+      const late = await ingestSandboxAudit(this.auditDir, this.lastIdentity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor).catch(() => undefined);
+      if (late) await appendAudit(this.lastIdentity.runId, late.records, this.options.stateEnv).catch(() => undefined);
+    }
     await this.docker.remove(this.id);
     await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
   }
@@ -276,7 +286,7 @@ async function requireImage(docker: DockerClient, ref: string): Promise<void> {
  * A folder from a sentry whose run crashed before its records were all ingested: ingest the
  * rest now (from the saved cursor; with no counters, loss cannot be judged), then start clean.
  */
-async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv): Promise<void> {
+export async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv): Promise<void> {
   if (!existsSync(dir)) return;
   if (!existsSync(path.join(dir, INGESTED_MARK))) {
     let cursor = START_CURSOR;
@@ -296,6 +306,11 @@ async function readCounters(docker: DockerClient, sentryId: string): Promise<Sen
   return result.exitCode === 0 ? parseCounters(result.stdout) : undefined;
 }
 
+/** `ip:port`, with IPv6 addresses in brackets as the sentry expects (`[fd00::1]:8080`). */
+export function endpoint(ip: string, port: number): string {
+  return isIP(ip) === 6 ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
 /** `host:port` → `ip:port`, resolved on the host (the sandbox has no outside DNS). */
 export async function resolveEndpoints(entries: string[]): Promise<string[]> {
   const out: string[] = [];
@@ -306,12 +321,12 @@ export async function resolveEndpoints(entries: string[]): Promise<string[]> {
     const port = Number(m[3]);
     if (port < 1 || port > 65535) throw new ConfigError(`Allowed endpoint ${entry}: port ${port} is out of range.`);
     if (isIP(host)) {
-      out.push(`${host}:${port}`);
+      out.push(endpoint(host, port));
       continue;
     }
     try {
       const { address } = await lookup(host);
-      out.push(`${address}:${port}`);
+      out.push(endpoint(address, port));
     } catch {
       throw new ConfigError(`Allowed endpoint ${entry}: cannot resolve ${host} on this host.`);
     }

@@ -11,7 +11,7 @@ import type { DockerClient } from '../docker/client.js';
 import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { modelStatus } from '../model/server.js';
 import { ModelSupervisor } from '../model/supervisor.js';
-import { createRun } from '../runs/registry.js';
+import { createRun, finishRun, readRun } from '../runs/registry.js';
 import { type LoopStarter, type StartRequest, type StartResult, taskNameOf } from './starter.js';
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
@@ -107,11 +107,17 @@ export class LoopRunner implements LoopStarter {
   async enqueue(taskFile: string, trigger = 'manual'): Promise<QueuedLoop> {
     const runId = newRunId();
     const task = taskNameOf(taskFile);
-    await createRun({ runId, kind: 'loop', task, trigger, queued: true }, this.options.stateEnv);
+    const queuedRecord = await createRun({ runId, kind: 'loop', task, trigger, queued: true }, this.options.stateEnv);
     const done = this.runQueued(runId, taskFile, trigger);
     const entry: QueuedLoop = { runId, taskFile, task, trigger, done };
     this.active.set(runId, entry);
-    void done.catch(() => undefined).finally(() => this.active.delete(runId));
+    void done
+      .catch(async () => {
+        // A loop that failed before it started must not stay "queued" in `loopbox status`.
+        const now = await readRun(runId, this.options.stateEnv);
+        if (now?.queued) await finishRun(queuedRecord, this.options.stateEnv);
+      })
+      .finally(() => this.active.delete(runId));
     return entry;
   }
 

@@ -57,6 +57,15 @@ describe('agent adapters', () => {
 });
 
 describe('odds and ends', () => {
+  it('writes endpoints for the sentry with IPv6 in brackets, resolving nothing for literal addresses', async () => {
+    const { endpoint, resolveEndpoints } = await import('../../src/sandbox/sandbox.js');
+    expect(endpoint('10.0.0.2', 8080)).toBe('10.0.0.2:8080');
+    expect(endpoint('fd00::1', 8080)).toBe('[fd00::1]:8080');
+    expect(await resolveEndpoints(['[fd00::1]:8080', '192.168.7.9:11434'])).toEqual(['[fd00::1]:8080', '192.168.7.9:11434']);
+    await expect(resolveEndpoints(['host-without-port'])).rejects.toThrow(/is not host:port/);
+    await expect(resolveEndpoints(['10.0.0.1:70000'])).rejects.toThrow(/out of range/);
+  });
+
   it('finds the Debian mirror in one-line and deb822 apt sources', () => {
     expect(parseDebianMirror('deb http://deb.debian.org/debian bookworm main\ndeb http://security.debian.org/debian-security bookworm-security main')).toBe('http://deb.debian.org/debian');
     expect(parseDebianMirror('Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm')).toBe('http://mirror.example/debian');
