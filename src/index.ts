@@ -1,5 +1,5 @@
 // The public library API. The CLI (src/cli) is a thin layer over these.
-export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnavailableError, AbortedError } from './common/errors.js';
+export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnavailableError } from './common/errors.js';
 export { newRunId } from './common/ids.js';
 export { stateDir, runDir } from './common/paths.js';
 export { loadConfig, parseConfig, CONFIG_FILE } from './config/load.js';

@@ -77,14 +77,6 @@ export class ImageBuildError extends LoopboxError {
   }
 }
 
-/** The user stopped the work (Ctrl+C, `loopbox stop`). */
-export class AbortedError extends LoopboxError {
-  override readonly exitCode = 130;
-  constructor(message = 'Stopped by signal') {
-    super(message);
-  }
-}
-
 export function describe(error: unknown): string {
   if (error instanceof Error) return error.message;
   return String(error);

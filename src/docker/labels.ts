@@ -2,7 +2,6 @@
 // image it creates carries them, so `loopbox gc` can find what a crash left behind and never
 // touches anything else.
 
-export const LABEL_PREFIX = 'loopbox';
 export const LABELS = {
   managed: 'loopbox.managed',
   runId: 'loopbox.run-id',
