@@ -304,31 +304,42 @@ export class DockerClient {
   }
 
   /** Waits until a line matching `pattern` appears in the container's output. */
+  /**
+   * Waits until a line matching `pattern` appears in the container's output, following the log
+   * stream (no polling: several loops starting at once would keep the daemon busy).
+   */
   async waitForLog(id: string, pattern: RegExp, timeoutMs: number, image: string, role?: string): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const text = await this.logs(id, 200);
-      if (pattern.test(text)) return;
-      const state = (await this.inspect(id)).State;
-      if (!state.Running) {
-        throw new ContainerError(`The ${role ?? 'container'} exited before it was ready`, {
-          image,
-          containerId: id,
-          role,
-          exitCode: state.ExitCode,
-          logTail: text.split('\n').slice(-20).join('\n'),
+    const stream = (await this.api.getContainer(id).logs({ follow: true, stdout: true, stderr: true })) as NodeJS.ReadableStream & { destroy?: () => void };
+    const out = new PassThrough();
+    this.api.modem.demuxStream(stream, out, out);
+    let text = '';
+    const tail = (): string => text.split('\n').slice(-20).join('\n');
+    const what = role ?? 'container';
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          reject(new ContainerError(`The ${what} was not ready within ${Math.round(timeoutMs / 1000)} s`, { image, containerId: id, role, timedOut: true, logTail: tail() }));
+        }, timeoutMs);
+        const settle = (fn: () => void): void => {
+          clearTimeout(timer);
+          fn();
+        };
+        out.on('data', (chunk: Buffer) => {
+          text += chunk.toString('utf8');
+          if (pattern.test(text)) settle(resolve);
         });
-      }
-      if (Date.now() > deadline) {
-        throw new ContainerError(`The ${role ?? 'container'} was not ready within ${Math.round(timeoutMs / 1000)} s`, {
-          image,
-          containerId: id,
-          role,
-          timedOut: true,
-          logTail: text.split('\n').slice(-20).join('\n'),
+        // The follow stream ends when the container stops.
+        stream.on('end', () => {
+          if (pattern.test(text)) return settle(resolve);
+          void this.inspect(id)
+            .then((info) => info.State.ExitCode)
+            .catch(() => undefined)
+            .then((exitCode) => settle(() => reject(new ContainerError(`The ${what} exited before it was ready`, { image, containerId: id, role, exitCode, logTail: tail() }))));
         });
-      }
-      await sleep(20);
+        stream.on('error', (error: Error) => settle(() => reject(error)));
+      });
+    } finally {
+      stream.destroy?.();
     }
   }
 
