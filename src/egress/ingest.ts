@@ -1,7 +1,7 @@
 // Turns what the sentry wrote (ulogd's JSON lines, dnsmasq's query log, the firewall
 // counters) into audit records. Each sandbox has its own sentry and its own audit folder, so
 // attribution to the run, task and iteration is by construction, never by clock.
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
@@ -134,17 +134,39 @@ export interface IngestResult {
 
 /** How much of a sentry's files and counters earlier reads already attributed. */
 export interface AuditCursor {
+  /** Complete packet lines read so far, and the byte offset after them. */
   packetLines: number;
-  dnsChars: number;
+  packetBytes: number;
+  dnsBytes: number;
   counters: SentryCounters;
 }
 
-export const START_CURSOR: AuditCursor = { packetLines: 0, dnsChars: 0, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0 } } };
+export const START_CURSOR: AuditCursor = { packetLines: 0, packetBytes: 0, dnsBytes: 0, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0 } } };
 
-/** Complete lines only: a line the writer has not finished yet belongs to the next read. */
-function completeLines(text: string): string[] {
-  const end = text.lastIndexOf('\n');
-  return end < 0 ? [] : text.slice(0, end).split('\n');
+/**
+ * The complete lines of `file` after byte `offset` (a line the writer has not finished yet
+ * belongs to the next read), and how many bytes they span. Reads only the new part, so a long
+ * run does not re-read its whole log after every iteration.
+ */
+async function newLines(file: string, offset: number): Promise<{ lines: string[]; bytes: number }> {
+  let handle;
+  try {
+    handle = await open(file, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { lines: [], bytes: 0 };
+    throw error;
+  }
+  try {
+    const size = (await handle.stat()).size;
+    if (size <= offset) return { lines: [], bytes: 0 };
+    const buffer = Buffer.alloc(size - offset);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+    const end = buffer.subarray(0, bytesRead).lastIndexOf(0x0a);
+    if (end < 0) return { lines: [], bytes: 0 };
+    return { lines: buffer.subarray(0, end).toString('utf8').split('\n'), bytes: end + 1 };
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
@@ -163,8 +185,8 @@ export async function ingestSandboxAudit(
 ): Promise<IngestResult> {
   const records: AuditRecord[] = [];
   let malformed = 0;
-  const allLines = completeLines(await readOptional(path.join(dir, PACKETS_FILE)));
-  for (const line of allLines.slice(since.packetLines)) {
+  const packets = await newLines(path.join(dir, PACKETS_FILE), since.packetBytes);
+  for (const line of packets.lines) {
     if (!line.trim()) continue;
     try {
       records.push(packetRecord(JSON.parse(line) as Json, id, role));
@@ -175,9 +197,8 @@ export async function ingestSandboxAudit(
   const packetCount = records.length + malformed;
   const answered = new Set(answeredNames.map((n) => n.toLowerCase()));
   let dnsAnswered = 0;
-  const dnsText = (await readOptional(path.join(dir, DNS_FILE))).slice(since.dnsChars);
-  const dnsComplete = dnsText.slice(0, dnsText.lastIndexOf('\n') + 1);
-  for (const query of parseDnsLog(dnsComplete)) {
+  const dns = await newLines(path.join(dir, DNS_FILE), since.dnsBytes);
+  for (const query of parseDnsLog(dns.lines.join('\n'))) {
     if (answered.has(query.name)) dnsAnswered += 1;
     else records.push(dnsRecord(query, id, role));
   }
@@ -223,26 +244,19 @@ export async function ingestSandboxAudit(
       lostRecords: lost,
     },
     cursor: {
-      packetLines: Math.max(allLines.length, since.packetLines),
-      dnsChars: since.dnsChars + dnsComplete.length,
+      packetLines: since.packetLines + packets.lines.length,
+      packetBytes: since.packetBytes + packets.bytes,
+      dnsBytes: since.dnsBytes + dns.bytes,
       counters: now,
     },
   };
 }
 
 /** How many complete packet records the sentry has written so far. */
-export async function packetLinesWritten(dir: string): Promise<number> {
-  return completeLines(await readOptional(path.join(dir, PACKETS_FILE))).length;
+export async function packetLinesWritten(dir: string, since: AuditCursor): Promise<number> {
+  return since.packetLines + (await newLines(path.join(dir, PACKETS_FILE), since.packetBytes)).lines.length;
 }
 
-async function readOptional(file: string): Promise<string> {
-  try {
-    return await readFile(file, 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return '';
-    throw error;
-  }
-}
 
 export function parseCounters(text: string): SentryCounters | undefined {
   try {

@@ -165,7 +165,7 @@ export class Sentry {
     // announce are written; what never comes is reported as lost.
     if (counters) {
       const deadline = Date.now() + 2000;
-      while ((await packetLinesWritten(this.auditDir)) < counters.logged.packets && Date.now() < deadline) await sleep(20);
+      while ((await packetLinesWritten(this.auditDir, this.cursor)) < counters.logged.packets && Date.now() < deadline) await sleep(20);
     }
     const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor);
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
@@ -291,7 +291,7 @@ export async function recoverAuditDir(dir: string, identity: SandboxIdentity, an
   if (!existsSync(path.join(dir, INGESTED_MARK))) {
     let cursor = START_CURSOR;
     try {
-      cursor = JSON.parse(await readFile(path.join(dir, CURSOR_FILE), 'utf8')) as AuditCursor;
+      cursor = { ...START_CURSOR, ...(JSON.parse(await readFile(path.join(dir, CURSOR_FILE), 'utf8')) as Partial<AuditCursor>) };
     } catch {
       // never collected: everything is left over
     }
