@@ -3,7 +3,11 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { execa, type Result } from 'execa';
-import { expect } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, expect } from 'vitest';
+import { createExampleRepo } from '../../src/demo/example-repo.js';
 import { DockerClient } from '../../src/docker/client.js';
 import { managedFilter, resourceLabels } from '../../src/docker/labels.js';
 import { imageRef } from '../../src/images/catalog.js';
@@ -103,4 +107,45 @@ export function parseJsonLines<T>(text: string): T[] {
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as T);
+}
+
+export interface LoopRepo {
+  repo: string;
+  config: string;
+}
+
+/** The demo's example repository (with extra task files, committed) and a loopbox.yaml beside it. */
+export async function makeLoopRepo(config: Record<string, unknown>, tasks: string[] = []): Promise<LoopRepo> {
+  const repo = await mkdtemp(path.join(tmpdir(), 'lbx-loop-'));
+  await createExampleRepo(repo);
+  if (tasks.length) {
+    for (const t of tasks) await writeFile(path.join(repo, 'tasks', `${t}.md`), `# Task ${t}\n\n## Goal\nmake test/calc.test.js pass\n`);
+    await execa('git', ['add', '-A'], { cwd: repo });
+    await execa('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'tasks'], { cwd: repo });
+  }
+  const file = `${repo}.yaml`;
+  await writeFile(file, stringify(config));
+  return { repo, config: file };
+}
+
+/**
+ * A labelled test run for the enclosing describe block: begun before its tests, ended (and
+ * checked for leftovers) after them; repos handed to `track` are removed then too.
+ */
+export function useTestRun(prefix: string): { track: <T extends LoopRepo>(r: T) => T } {
+  let record: RunRecord | undefined;
+  const paths: string[] = [];
+  beforeAll(async () => {
+    record = await beginTestRun(testRunId(prefix));
+  });
+  afterAll(async () => {
+    for (const p of paths) await rm(p, { recursive: true, force: true });
+    if (record) await endTestRun(record);
+  });
+  return {
+    track: (r) => {
+      paths.push(r.repo, r.config);
+      return r;
+    },
+  };
 }

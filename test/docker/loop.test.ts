@@ -1,41 +1,27 @@
 // The loop end to end against real Docker, llama-server, git and OpenCode, with adversarial
 // `command` agents. Each ends in the right state, and no commit is marked verified unless
 // verification passed.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { stringify } from 'yaml';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/audit/record.js';
-import { createExampleRepo } from '../../src/demo/example-repo.js';
 import type { IterationRecord } from '../../src/loop/state.js';
-import { beginTestRun, cli, endTestRun, parseJsonLines, remaining, testRunId } from './helpers.js';
-import type { RunRecord } from '../../src/runs/registry.js';
+import { type LoopRepo, cli, makeLoopRepo, parseJsonLines, remaining, useTestRun } from './helpers.js';
 
 const stateDir = process.env.LOOPBOX_STATE_DIR!;
 
-interface Case {
-  repo: string;
-  config: string;
-}
+type Case = LoopRepo;
 
-async function makeCase(agent: string, extra: Record<string, unknown> = {}): Promise<Case> {
-  const repo = await mkdtemp(path.join(tmpdir(), 'lbx-loop-'));
-  await createExampleRepo(repo);
-  const config = path.join(repo, '..', `${path.basename(repo)}.yaml`);
-  await writeFile(
-    config,
-    stringify({
-      agent: { type: 'command', command: ['bash', '-c', agent], timeout: '60s' },
-      verify: { command: ['node', 'test/calc.test.js'], timeout: '60s' },
-      protectedPaths: ['test/**', 'tools/**'],
-      loop: { maxIterations: 4, noProgress: 2 },
-      sandbox: { memory: '1g', cpus: 1, pids: 256 },
-      ...extra,
-    }),
-  );
-  return { repo, config };
+function makeCase(agent: string, extra: Record<string, unknown> = {}): Promise<Case> {
+  return makeLoopRepo({
+    agent: { type: 'command', command: ['bash', '-c', agent], timeout: '60s' },
+    verify: { command: ['node', 'test/calc.test.js'], timeout: '60s' },
+    protectedPaths: ['test/**', 'tools/**'],
+    loop: { maxIterations: 4, noProgress: 2 },
+    sandbox: { memory: '1g', cpus: 1, pids: 256 },
+    ...extra,
+  });
 }
 
 async function runCase(c: Case, task = 'fix-add', args: string[] = []) {
@@ -56,19 +42,7 @@ function verifiedCommits(log: string[]): number {
 }
 
 describe('loopbox run (real Docker, llama-server, git)', () => {
-  let record: RunRecord;
-  const repos: string[] = [];
-  beforeAll(async () => {
-    record = await beginTestRun(testRunId('loop'));
-  });
-  afterAll(async () => {
-    for (const r of repos) await rm(r, { recursive: true, force: true });
-    await endTestRun(record);
-  });
-  const track = (c: Case): Case => {
-    repos.push(c.repo, c.config);
-    return c;
-  };
+  const { track } = useTestRun('loop');
 
   it('a scripted agent that calls the model, fails once and reads the feedback ends done with one verified commit', async () => {
     const c = track(await makeCase('node tools/scripted-agent.mjs'));
@@ -197,21 +171,12 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
 });
 
 describe('crash and resume (real Docker, git)', () => {
-  let record: RunRecord;
-  const repos: string[] = [];
-  beforeAll(async () => {
-    record = await beginTestRun(testRunId('crash'));
-  });
-  afterAll(async () => {
-    for (const r of repos) await rm(r, { recursive: true, force: true });
-    await endTestRun(record);
-  });
+  const { track } = useTestRun('crash');
 
   it('a SIGKILLed run loses no committed work; gc removes its containers; --resume continues it', async () => {
     // Iteration 1 is quick; from iteration 2 on the agent hangs until killed by its timeout.
     const agent = 'date +%s%N > "step-$LOOPBOX_ITERATION.txt"; if [ "$LOOPBOX_ITERATION" -ge 2 ]; then sleep 600; fi';
-    const c = await makeCase(agent, { agent: { type: 'command', command: ['bash', '-c', agent], timeout: '8s' }, loop: { maxIterations: 3, noProgress: 5 } });
-    repos.push(c.repo, c.config);
+    const c = track(await makeCase(agent, { agent: { type: 'command', command: ['bash', '-c', agent], timeout: '8s' }, loop: { maxIterations: 3, noProgress: 5 } }));
     const { docker } = await import('./helpers.js');
     const child = execa('node', [path.join(import.meta.dirname, '..', '..', 'dist', 'cli', 'main.js'), '--config', c.config, 'run', '--repo', c.repo, '--json', path.join(c.repo, 'tasks', 'fix-add.md')], { reject: false, all: true });
     let runId: string | undefined;

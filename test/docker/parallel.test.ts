@@ -2,44 +2,29 @@
 // scheduling, isolation between loops, status and stop from another process, model death
 // mid-run, cron skip-on-overlap, and the webhook server starting a real loop.
 import { createHmac } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { stringify } from 'yaml';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/audit/record.js';
 import { runDir } from '../../src/common/paths.js';
-import { createExampleRepo } from '../../src/demo/example-repo.js';
 import type { IterationRecord } from '../../src/loop/state.js';
 import { MODEL_NETWORK, findModelServer } from '../../src/model/network.js';
 import { MODEL_CONTAINER, modelUp } from '../../src/model/server.js';
-import { readRun, type RunRecord } from '../../src/runs/registry.js';
-import { beginTestRun, cli, cliPath, docker, endTestRun, parseJsonLines, testRunId } from './helpers.js';
+import { readRun } from '../../src/runs/registry.js';
+import { type LoopRepo, cli, cliPath, docker, makeLoopRepo, parseJsonLines, useTestRun } from './helpers.js';
 
-interface Repo {
-  dir: string;
-  config: string;
-}
-
-async function makeRepo(tasks: string[], agent: string, extra: Record<string, unknown> = {}): Promise<Repo> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'lbx-par-'));
-  await createExampleRepo(dir);
-  for (const t of tasks) await writeFile(path.join(dir, 'tasks', `${t}.md`), `# Task ${t}\n\n## Goal\nmake test/calc.test.js pass\n`);
-  await execa('git', ['add', '-A'], { cwd: dir });
-  await execa('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'tasks'], { cwd: dir });
-  const config = `${dir}.yaml`;
-  await writeFile(
-    config,
-    stringify({
+function makeRepo(tasks: string[], agent: string, extra: Record<string, unknown> = {}): Promise<LoopRepo> {
+  return makeLoopRepo(
+    {
       agent: { type: 'command', command: ['bash', '-c', agent], timeout: '90s' },
       verify: { command: ['node', 'test/calc.test.js'], timeout: '60s' },
       loop: { maxIterations: 1 },
       sandbox: { memory: '512m', cpus: 0.5, pids: 128 },
       ...extra,
-    }),
+    },
+    tasks,
   );
-  return { dir, config };
 }
 
 function spawnCli(args: string[], env: Record<string, string> = {}): ResultPromise<{ reject: false; all: true; env: Record<string, string> }> {
@@ -62,25 +47,13 @@ async function agentsRunning(task?: string): Promise<Array<{ Id: string; Labels:
 }
 
 describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
-  let record: RunRecord;
-  const cleanup: string[] = [];
-  beforeAll(async () => {
-    record = await beginTestRun(testRunId('par'));
-  });
-  afterAll(async () => {
-    for (const p of cleanup) await rm(p, { recursive: true, force: true });
-    await endTestRun(record);
-  });
-  const track = (r: Repo): Repo => {
-    cleanup.push(r.dir, r.config);
-    return r;
-  };
+  const { track } = useTestRun('par');
 
   it('never runs more agents than the model has slots; loops beyond queue; a summary table at the end', async () => {
     const repo = track(await makeRepo(['p1', 'p2', 'p3'], 'sleep 4; echo "$LOOPBOX_ITERATION" > "out-$(date +%s%N).txt"'));
     const slots = (await cli(['model', 'status', '--json'])).stdout;
     expect(JSON.parse(slots)).toMatchObject({ slots: { total: 2 } });
-    const run = spawnCli(['--config', repo.config, 'run', '--repo', repo.dir, ...['p1', 'p2', 'p3'].map((t) => path.join(repo.dir, 'tasks', `${t}.md`))]);
+    const run = spawnCli(['--config', repo.config, 'run', '--repo', repo.repo, ...['p1', 'p2', 'p3'].map((t) => path.join(repo.repo, 'tasks', `${t}.md`))]);
     let peak = 0;
     let sawQueued = false;
     while (run.exitCode === null && !run.killed) {
@@ -102,7 +75,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
 
   it('one loop cannot reach another; status shows it from another process; stop ends it like Ctrl+C', async () => {
     const a = track(await makeRepo(['holder'], 'echo wip > wip.txt; sleep 120', { agent: { type: 'command', command: ['bash', '-c', 'echo wip > wip.txt; sleep 120'], timeout: '5m' } }));
-    const runA = spawnCli(['--config', a.config, 'run', '--repo', a.dir, '--json', path.join(a.dir, 'tasks', 'holder.md')]);
+    const runA = spawnCli(['--config', a.config, 'run', '--repo', a.repo, '--json', path.join(a.repo, 'tasks', 'holder.md')]);
     const holder = await waitFor('the holder agent', async () => (await agentsRunning('holder'))[0]);
     const runIdA = holder.Labels['loopbox.run-id']!;
     const sentry = await docker.inspect(`loopbox-${runIdA}-holder-sentry`);
@@ -111,7 +84,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
 
     const probe = `node -e "const s=require('net').connect({host:'${sentryIp}',port:7000});s.setTimeout(3000,()=>{console.log('peer=timeout');process.exit(0)});s.on('connect',()=>{console.log('peer=connected');process.exit(0)});s.on('error',e=>{console.log('peer='+e.code);process.exit(0)})"`;
     const b = track(await makeRepo(['prober'], probe));
-    const resB = await cli(['--config', b.config, 'run', '--repo', b.dir, '--json', path.join(b.dir, 'tasks', 'prober.md')]);
+    const resB = await cli(['--config', b.config, 'run', '--repo', b.repo, '--json', path.join(b.repo, 'tasks', 'prober.md')]);
     const endB = parseJsonLines<{ type: string; summary?: { runId: string } }>(resB.stdout).find((e) => e.type === 'loop-end')?.summary;
     expect(endB, resB.all).toBeDefined();
     const agentLog = await readFile(path.join(runDir(endB!.runId), 'sandboxes', 'i1.agent.log'), 'utf8');
@@ -130,14 +103,14 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     expect(resA.exitCode, String(resA.all)).toBe(130);
     const endA = parseJsonLines<{ type: string; summary?: { endState: string; reason: string } }>(String(resA.stdout)).find((e) => e.type === 'loop-end')?.summary;
     expect(endA).toMatchObject({ endState: 'aborted' });
-    const { stdout } = await execa('git', ['show', 'loopbox/holder:wip.txt'], { cwd: a.dir });
+    const { stdout } = await execa('git', ['show', 'loopbox/holder:wip.txt'], { cwd: a.repo });
     expect(stdout).toBe('wip');
     expect((await cli(['stop', runIdA])).stderr).toMatch(/Nothing to stop/);
   });
 
   it('a model server that dies mid-run pauses the loop, is restarted once, and the loop goes on', async () => {
     const repo = track(await makeRepo(['survivor'], 'sleep 5; date +%s%N > progress.txt', { loop: { maxIterations: 2, noProgress: 5 } }));
-    const run = spawnCli(['--config', repo.config, 'run', '--repo', repo.dir, '--json', path.join(repo.dir, 'tasks', 'survivor.md')]);
+    const run = spawnCli(['--config', repo.config, 'run', '--repo', repo.repo, '--json', path.join(repo.repo, 'tasks', 'survivor.md')]);
     await waitFor('the survivor agent', async () => (await agentsRunning('survivor'))[0]);
     await docker.kill(MODEL_CONTAINER);
     const res = await run;
@@ -155,7 +128,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     const info = await docker.inspect(model!.containerId);
     const gguf = info.HostConfig.Binds![0]!.split(':')[0]!;
     const repo = track(await makeRepo(['orphaned'], 'sleep 4'));
-    const run = spawnCli(['--config', repo.config, 'run', '--repo', repo.dir, path.join(repo.dir, 'tasks', 'orphaned.md')]);
+    const run = spawnCli(['--config', repo.config, 'run', '--repo', repo.repo, path.join(repo.repo, 'tasks', 'orphaned.md')]);
     await waitFor('the orphaned agent', async () => (await agentsRunning('orphaned'))[0]);
     await docker.remove(MODEL_CONTAINER);
     const res = await run;
@@ -166,7 +139,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
 
   it('schedule: a tick while the task still runs is skipped and logged; the run records its trigger', async () => {
     const repo = track(await makeRepo(['nightly'], 'sleep 6', { schedule: [{ cron: '* * * * * *', task: 'tasks/nightly.md' }] }));
-    const sched = spawnCli(['--config', repo.config, 'schedule', '--repo', repo.dir]);
+    const sched = spawnCli(['--config', repo.config, 'schedule', '--repo', repo.repo]);
     await waitFor('a scheduled agent', async () => (await agentsRunning('nightly'))[0], 30_000);
     await new Promise((r) => setTimeout(r, 3000));
     sched.kill('SIGINT');
@@ -181,7 +154,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
   it('serve: a signed GitHub CI failure starts a real loop; unsigned and replayed requests are refused', async () => {
     const repo = track(await makeRepo(['fix-ci'], 'sleep 1', { serve: { github: { task: 'tasks/fix-ci.md' }, port: 0 } }));
     const secret = 'test-secret-do-not-use';
-    const server = spawnCli(['--config', repo.config, 'serve', '--repo', repo.dir], { LOOPBOX_WEBHOOK_SECRET: secret });
+    const server = spawnCli(['--config', repo.config, 'serve', '--repo', repo.repo], { LOOPBOX_WEBHOOK_SECRET: secret });
     try {
       let stderr = '';
       server.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
