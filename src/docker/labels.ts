@@ -1,6 +1,8 @@
 // Labels are the source of truth for what loopbox owns: every container, network, volume and
 // image it creates carries them, so `loopbox gc` can find what a crash left behind and never
 // touches anything else.
+import { createHash } from 'node:crypto';
+import { stateDir } from '../common/paths.js';
 
 export const LABELS = {
   managed: 'loopbox.managed',
@@ -10,6 +12,8 @@ export const LABELS = {
   role: 'loopbox.role',
   image: 'loopbox.image',
   inputsHash: 'loopbox.inputs-hash',
+  /** Which state directory (one per user or install) owns the resource; gc keeps to its own. */
+  stateDir: 'loopbox.state-dir',
 } as const;
 
 export type Role = 'sentry' | 'agent' | 'verify' | 'model' | 'network' | 'decoy' | 'test';
@@ -26,15 +30,24 @@ export interface LabelInput {
 
 export type Labels = Record<string, string>;
 
-export function resourceLabels(input: LabelInput): Labels {
+export function resourceLabels(input: LabelInput, env: NodeJS.ProcessEnv = process.env): Labels {
   const labels: Labels = {
     [LABELS.managed]: 'true',
     [LABELS.runId]: input.runId,
     [LABELS.role]: input.role,
+    [LABELS.stateDir]: stateDirLabel(env),
   };
   if (input.task !== undefined) labels[LABELS.task] = input.task;
   if (input.iteration !== undefined) labels[LABELS.iteration] = String(input.iteration);
   return labels;
+}
+
+/**
+ * A short digest of the state directory's path. Two users (or a user and CI) share one Docker
+ * engine; each one's `gc` judges only the runs it has records for.
+ */
+export function stateDirLabel(env: NodeJS.ProcessEnv = process.env): string {
+  return createHash('sha256').update(stateDir(env)).digest('hex').slice(0, 16);
 }
 
 /** Docker API label filter for everything loopbox manages, optionally one run. */

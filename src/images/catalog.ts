@@ -11,6 +11,11 @@ export const IMAGE_BASES: Record<ImageName, { base: string; suite: string }> = {
   'llama-cpu': { base: 'debian:sid-slim', suite: 'sid' },
 };
 
-export function imageRef(name: ImageName, version = packageVersion()): string {
+/**
+ * `loopbox/<name>:<tag>`. The tag is the package version; LOOPBOX_IMAGE_TAG overrides it so that
+ * two checkouts of loopbox on one engine (a developer's branches, CI next to a user) each keep
+ * their own images instead of rebuilding each other's.
+ */
+export function imageRef(name: ImageName, version = process.env.LOOPBOX_IMAGE_TAG || packageVersion()): string {
   return `loopbox/${name}:${version}`;
 }

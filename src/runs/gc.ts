@@ -1,7 +1,7 @@
 // `loopbox gc`: removes containers, networks and volumes whose run is not alive (or, with
 // `all`, everything labelled). Never touches anything without the `loopbox.managed` label.
 import type { DockerClient, ManagedResource } from '../docker/client.js';
-import { LABELS, SHARED_RUN_ID, managedFilter } from '../docker/labels.js';
+import { LABELS, SHARED_RUN_ID, managedFilter, stateDirLabel } from '../docker/labels.js';
 import { isRunAlive, readRun } from './registry.js';
 
 export interface GcOptions {
@@ -27,6 +27,13 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
     // Every resource loopbox creates carries a run id; without one it is not ours (e.g. a
     // user's container started from a loopbox image).
     if (!runId) continue;
+    // Another state directory's resource (another user, another checkout): its runs are not
+    // in our registry, so we cannot tell whether they are alive. Only `--all` takes them.
+    const owner = resource.labels[LABELS.stateDir];
+    if (!options.all && owner !== undefined && owner !== stateDirLabel(options.env)) {
+      result.kept.push(resource);
+      continue;
+    }
     if (options.all) remove = true;
     else if (runId === SHARED_RUN_ID) remove = false; // the model network/server: `--all` or `model down`
     else {
