@@ -171,9 +171,21 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         // Run as root, the host lends the worktree to the agent's uid for the iteration and takes
         // it back after, so that git (safe.directory) and the user see their own files between.
         const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
+        // Host-side time per step (ms), recorded with the iteration: the bench reads it.
+        const steps: Record<string, number> = {};
+        const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+          const t0 = performance.now();
+          try {
+            return await fn();
+          } finally {
+            steps[name] = (steps[name] ?? 0) + performance.now() - t0;
+          }
+        };
         if (lend) {
-          await chownTree(state.worktree, agentUid);
-          await chownTree(notesDir, agentUid);
+          await step('ownership', async () => {
+            await chownTree(state!.worktree, agentUid);
+            await chownTree(notesDir, agentUid);
+          });
         }
         const agentLog = createWriteStream(path.join(dir, 'sandboxes', `i${iteration}.agent.log`));
         const tokensBefore = model ? readTokenTotals(docker, model) : Promise.resolve(undefined);
@@ -234,15 +246,17 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         const modelDown = supervisor !== undefined && !(await findModelServer(docker));
         if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
         if (lend) {
-          await chownTree(state.worktree, 0);
-          await chownTree(notesDir, 0);
+          await step('ownership', async () => {
+            await chownTree(state!.worktree, 0);
+            await chownTree(notesDir, 0);
+          });
         }
         // Read while the host snapshots and verifies: verification never talks to the model.
         const tokensAfter = model && !modelDown ? readTokenTotals(docker, model) : Promise.resolve(undefined);
 
         // Read what the agent left; put protected paths back before anything else sees them.
         const head = await branchHead(repo, state.branch);
-        let snap = await snapshotWorktree(repo, state.worktree);
+        let snap = await step('snapshot', () => snapshotWorktree(repo, state!.worktree));
         const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
         // Files the snapshot cannot take (too big, FIFOs, names git reserves) are put back too,
         // so that what is verified is exactly what is committed.
@@ -250,11 +264,11 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         let untrusted: string | undefined;
         if (violations.length || rejected.length) {
           try {
-            await restorePaths(repo, state.worktree, head, [...violations, ...rejected]);
+            await step('restore', () => restorePaths(repo, state!.worktree, head, [...violations, ...rejected]));
           } catch (error) {
             untrusted = `could not put back ${[...violations, ...rejected].join(', ')}: ${describe(error)}`;
           }
-          snap = await snapshotWorktree(repo, state.worktree);
+          snap = await step('snapshot', () => snapshotWorktree(repo, state!.worktree));
           if (snap.skipped.length) untrusted ??= `the worktree still holds files that cannot be committed: ${snap.skipped.map((k) => k.path).join(', ')}`;
         }
         let verify: VerifyResult | null = null;
@@ -278,8 +292,12 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         const verified = verify?.passed === true;
         let commit: string | null = null;
         if (verified || snap.changed.length > 0) {
-          commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand), AUTHOR);
-          await syncWorktreeIndex(repo, state.worktree);
+          const tree = snap.tree;
+          commit = await step('commit', async () => {
+            const made = await commitSnapshot(repo, state!.branch, tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand), AUTHOR);
+            await syncWorktreeIndex(repo, state!.worktree);
+            return made;
+          });
           lastCommit = commit;
           if (verified) verifiedCommit = commit;
         }
@@ -299,6 +317,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           tokens,
           audit: { ...audit.traffic, records: audit.records.length },
           modelDown,
+          steps: { ...steps, ...(verify ? { verifyCopy: verify.copyMs, verifyRun: verify.durationMs - verify.copyMs } : {}) },
         };
         await appendIteration(dir, iterRecord);
         state = {

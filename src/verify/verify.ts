@@ -27,6 +27,8 @@ export interface VerifyResult {
   exitCode: number;
   timedOut: boolean;
   durationMs: number;
+  /** Of durationMs, the time spent copying the files into the container. */
+  copyMs: number;
   /** The last lines of the command's output (stdout and stderr interleaved). */
   outputTail: string;
 }
@@ -68,7 +70,9 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     init: true,
   });
   try {
+    const copyStart = Date.now();
     await docker.api.getContainer(id).putArchive(worktreeTar(options.worktree), { path: VERIFY_WORKDIR });
+    const copyMs = Date.now() - copyStart;
     const output = new RecentLines(60);
     const streams = await docker.attach(id);
     streams.stdout.on('data', (c: Buffer) => output.push(c.toString('utf8')));
@@ -81,6 +85,7 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
       exitCode: result.exitCode,
       timedOut: result.timedOut,
       durationMs: Date.now() - started,
+      copyMs,
       outputTail: output.toString(),
     };
   } finally {
