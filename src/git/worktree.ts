@@ -545,7 +545,7 @@ async function readLarge(state: WalkState, dir: DirHandle, name: string, rel: st
         timeout: 600_000,
       });
       const stream = handle.createReadStream({ start: 0, autoClose: false });
-      stream.pipe(proc.stdin!);
+      stream.pipe(proc.stdin);
       const result = await proc;
       if (result.exitCode !== 0) throw new LoopboxError(`git hash-object failed for ${rel}: ${String(result.stderr).slice(-500)}`);
       if (String(result.stdout).trim() !== oid) return skip(state, rel, 'changed while being read');
@@ -1010,6 +1010,15 @@ async function findAdminDir(commonDir: string, realDir: string): Promise<string>
   throw new LoopboxError(`Cannot find git's admin directory for the worktree ${realDir} under ${base}`, {
     hint: 'Run git worktree prune and let loopbox create the worktree again.',
   });
+}
+
+export type TreeListing = Array<TreeEntry & { path: string; size: number }>;
+
+/** Every entry of a tree (or commit), in git's order, with blob sizes: for the verify copy. */
+export async function listTree(repo: string, treeish: string): Promise<TreeListing> {
+  const info = await repoInfo(repo);
+  const tree = await treeOf(info.top, treeish);
+  return [...(await lsTreeCached(info.top, tree))].map(([p, e]) => ({ path: p, ...e }));
 }
 
 /** `ls-tree -r -l -z --full-tree`: path -> mode, oid, size (0 for submodules). */

@@ -256,8 +256,12 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
 
         // Read what the agent left; put protected paths back before anything else sees them.
         const head = await branchHead(repo, state.branch);
-        let snap = await step('snapshot', () => snapshotWorktree(repo, state!.worktree));
-        const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
+        // Tree level (issue 7.2): protected and skipped paths take the base tree's entry whatever
+        // the worktree holds, so no tree that differs from the base there is verified or committed.
+        const snapOptions = { keepBase: (p: string) => matchesAny(p, protectedPatterns), removeRejected: true };
+        let snap = await step('snapshot', () => snapshotWorktree(repo, state!.worktree, snapOptions));
+        const violations = snap.violations;
+        const skippedPaths = snap.skipped;
         // Files the snapshot cannot take (too big, FIFOs, names git reserves) are put back too,
         // so that what is verified is exactly what is committed.
         const rejected = snap.skipped.map((k) => k.path);
@@ -268,8 +272,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           } catch (error) {
             untrusted = `could not put back ${[...violations, ...rejected].join(', ')}: ${describe(error)}`;
           }
-          snap = await step('snapshot', () => snapshotWorktree(repo, state!.worktree));
-          if (snap.skipped.length) untrusted ??= `the worktree still holds files that cannot be committed: ${snap.skipped.map((k) => k.path).join(', ')}`;
+          snap = await step('snapshot', () => snapshotWorktree(repo, state!.worktree, snapOptions));
         }
         let verify: VerifyResult | null = null;
         if (untrusted) log.warn({ iteration, untrusted }, 'not verifying');
@@ -280,8 +283,10 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
             iteration,
             image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
             command: verifyCommand,
-            worktree: state.worktree,
+            repo,
+            tree: snap.tree,
             timeoutMs: config.verify.timeout,
+            maxCopyBytes: config.verify.maxCopy,
             limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
             signal,
           });
@@ -309,7 +314,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           tree: snap.tree,
           filesChanged: snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
           protectedViolations: violations,
-          skipped: rejected.map((p) => ({ path: p, reason: snap.skipped.find((k) => k.path === p)?.reason ?? 'rejected' })),
+          skipped: skippedPaths,
           untrusted: untrusted ?? null,
           verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail },
           commit,
