@@ -87,6 +87,8 @@ export interface Snapshot {
   skipped: SkippedPath[];
   /** Paths `keepBase` holds that the worktree changed: the tree has their base entry. */
   violations: string[];
+  /** Regular files read and hashed (stat cache misses); the rest came from the stat cache. */
+  filesRead: number;
 }
 
 export interface Author {
@@ -330,6 +332,7 @@ export async function snapshotWorktree(repo: string, dir: string, options: Snaps
     changed,
     skipped: state.skipped.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
     violations: violations.sort(),
+    filesRead: state.filesRead,
   };
 }
 
@@ -357,6 +360,7 @@ interface WalkState {
   known: Set<string>;
   /** Object ids taken from the stat cache. */
   hits: Set<string>;
+  filesRead: number;
 }
 
 async function walkWorktree(
@@ -382,6 +386,7 @@ async function walkWorktree(
     gitlinks: new Set([...baseEntries].filter(([, e]) => e.mode === '160000').map(([p]) => p)),
     known: new Set([...baseEntries.values()].map((e) => e.oid)),
     hits: new Set(),
+    filesRead: 0,
   };
   const root = await DirHandle.open(dir);
   try {
@@ -487,6 +492,7 @@ async function readSmall(state: WalkState, dir: DirHandle, name: string, rel: st
   if (opened === 'unreadable') return skip(state, rel, 'not readable by loopbox (permissions)');
   if (!opened) return skip(state, rel, 'changed from a regular file while being read');
   const { handle, stats } = opened;
+  state.filesRead += 1;
   try {
     const limit = Math.min(state.maxFileBytes, STREAM_ABOVE_BYTES);
     // Read until EOF, not just `size`: the file may grow while we read.
@@ -520,6 +526,7 @@ async function readLarge(state: WalkState, dir: DirHandle, name: string, rel: st
   if (opened === 'unreadable') return skip(state, rel, 'not readable by loopbox (permissions)');
   if (!opened) return skip(state, rel, 'changed from a regular file while being read');
   const { handle, stats } = opened;
+  state.filesRead += 1;
   try {
     if (stats.size > BigInt(state.maxFileBytes)) return skip(state, rel, `larger than ${state.maxFileBytes} bytes (${stats.size})`);
     const size = Number(stats.size);
