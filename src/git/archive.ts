@@ -19,6 +19,12 @@ export interface TreeArchiveOptions {
   gid: number;
   /** The archive is refused (the stream fails) when the tree's blobs add up to more. */
   maxBytes: number;
+  /**
+   * A directory every entry goes under (e.g. `workspace`), for extraction at `/`: Docker refuses
+   * a relative symlink that climbs above the directory it extracts into, and the agent may commit
+   * one (issue 7.4). Under `/` it is a link inside the throwaway container, as in the tree.
+   */
+  prefix?: string;
 }
 
 /** The tree `tree` of the repository `repo` as a tar stream (directories 0755, files 0644/0755, symlinks as links). */
@@ -40,6 +46,8 @@ async function produce(repo: string, tree: string, options: TreeArchiveOptions, 
     });
   }
   const owner = { uid: options.uid, gid: options.gid, mtime: new Date(0) };
+  const pre = options.prefix ? `${options.prefix}/` : '';
+  if (options.prefix) pack.entry({ ...owner, name: pre, type: 'directory', mode: 0o755 });
   const dirs = new Set<string>();
   const addDirs = (p: string): void => {
     const parts = p.split('/');
@@ -47,7 +55,7 @@ async function produce(repo: string, tree: string, options: TreeArchiveOptions, 
       const dir = parts.slice(0, i).join('/');
       if (dirs.has(dir)) continue;
       dirs.add(dir);
-      pack.entry({ ...owner, name: `${dir}/`, type: 'directory', mode: 0o755 });
+      pack.entry({ ...owner, name: `${pre}${dir}/`, type: 'directory', mode: 0o755 });
     }
   };
   const blobs = entries.filter((e) => e.mode !== '160000');
@@ -70,7 +78,7 @@ async function produce(repo: string, tree: string, options: TreeArchiveOptions, 
       addDirs(e.path);
       if (e.mode === '160000') {
         // A submodule is an empty directory, as in the task worktree.
-        if (!dirs.has(e.path)) pack.entry({ ...owner, name: `${e.path}/`, type: 'directory', mode: 0o755 });
+        if (!dirs.has(e.path)) pack.entry({ ...owner, name: `${pre}${e.path}/`, type: 'directory', mode: 0o755 });
         dirs.add(e.path);
         continue;
       }
@@ -83,9 +91,9 @@ async function produce(repo: string, tree: string, options: TreeArchiveOptions, 
       if (sent > options.maxBytes) throw new LoopboxError(`The verify copy passed ${options.maxBytes} bytes at ${e.path}`, { hint: 'Raise verify.maxCopyBytes, or have the agent remove large files.' });
       if (e.mode === '120000') {
         const target = await reader.bytes(length);
-        pack.entry({ ...owner, name: e.path, type: 'symlink', linkname: target.toString('utf8'), mode: 0o777 });
+        pack.entry({ ...owner, name: `${pre}${e.path}`, type: 'symlink', linkname: target.toString('utf8'), mode: 0o777 });
       } else {
-        const entry = pack.entry({ ...owner, name: e.path, type: 'file', size: length, mode: e.mode === '100755' ? 0o755 : 0o644 });
+        const entry = pack.entry({ ...owner, name: `${pre}${e.path}`, type: 'file', size: length, mode: e.mode === '100755' ? 0o755 : 0o644 });
         await reader.pipe(length, entry);
         await new Promise<void>((resolve, reject) => {
           entry.once('finish', resolve);

@@ -474,12 +474,14 @@ function agentUidFor(): number {
 }
 
 /** Gives the agent's uid ownership of the tree it may edit, without following links. */
-async function chownTree(dir: string, uid: number, top = true): Promise<void> {
+async function chownTree(dir: string | Buffer, uid: number, top = true): Promise<void> {
   const st = await lstat(dir);
   if (st.uid !== uid) await chown(dir, uid, uid);
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (top && entry.name === '.git') continue;
-    const full = path.join(dir, entry.name);
+  // Raw names: a file name that is not UTF-8 must not end the loop (issue 7.4).
+  for (const entry of await readdir(dir, { withFileTypes: true, encoding: 'buffer' })) {
+    const name = entry.name as unknown as Buffer;
+    if (top && name.toString('latin1') === '.git') continue;
+    const full = Buffer.concat([Buffer.from(dir), Buffer.from('/'), name]);
     if (entry.isDirectory()) await chownTree(full, uid, false);
     else if (entry.isFile()) {
       if ((await lstat(full)).uid !== uid) await chown(full, uid, uid);

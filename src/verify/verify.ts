@@ -92,6 +92,7 @@ async function copyTree(docker: DockerClient, id: string, options: VerifyOptions
     uid: VERIFY_UID,
     gid: VERIFY_UID,
     maxBytes: options.maxCopyBytes ?? DEFAULT_MAX_COPY_BYTES,
+    prefix: VERIFY_WORKDIR.slice(1),
   });
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<string>((resolve) => {
@@ -106,7 +107,7 @@ async function copyTree(docker: DockerClient, id: string, options: VerifyOptions
     return await Promise.race([
       docker.api
         .getContainer(id)
-        .putArchive(archive, { path: VERIFY_WORKDIR })
+        .putArchive(archive, { path: '/' })
         .then(
           () => 'ok',
           (error: unknown) => (error instanceof Error ? error.message : String(error)),
