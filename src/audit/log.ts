@@ -2,7 +2,7 @@
 // line chained to the one before by its hash and sealed by signed checkpoints (chain.ts).
 // Every append is fsynced before it returns: callers delete raw files only after that.
 import { existsSync } from 'node:fs';
-import { open, stat, truncate } from 'node:fs/promises';
+import { mkdir, open, stat, truncate } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { ConfigError } from '../common/errors.js';
@@ -51,6 +51,7 @@ class AuditWriter {
     const dir = runDir(runId, env);
     const file = path.join(dir, AUDIT_FILE);
     const key = await loadAuditKey(env);
+    await mkdir(dir, { recursive: true });
     const tail = await lastLine(file);
     let seq: number;
     let head: string;
