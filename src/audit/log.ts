@@ -277,8 +277,10 @@ export function formatAuditTable(records: AuditRecord[]): string {
     r.iteration === null ? '-' : String(r.iteration),
     r.kind,
     r.protocol ?? '-',
-    r.dst ? `${r.family === 'ipv6' ? `[${r.dst}]` : r.dst}${r.dstPort !== null ? `:${r.dstPort}` : ''}` : r.dstPort !== null ? `:${r.dstPort}` : '-',
-    r.query ? `${r.query} ${r.queryType ?? ''}`.trim() : '-',
+    r.aggregate
+      ? `${r.aggregate.distinct}${r.aggregate.distinctCapped ? '+' : ''} distinct, e.g. ${r.aggregate.sample[0] ?? '-'}`
+      : r.dst ? `${r.family === 'ipv6' ? `[${r.dst}]` : r.dst}${r.dstPort !== null ? `:${r.dstPort}` : ''}` : r.dstPort !== null ? `:${r.dstPort}` : '-',
+    r.aggregate ? `(aggregate until ${r.aggregate.lastTime.replace('T', ' ').replace('Z', '')})` : r.query ? `${r.query} ${r.queryType ?? ''}`.trim() : '-',
     r.uid === null ? '-' : String(r.uid),
     r.count > 1 ? `${r.verdict} x${r.count}` : r.verdict,
     r.rule,

@@ -1,4 +1,8 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { verifyAuditChain } from '../../src/audit/chain.js';
+import { queryAudit, sealAudit } from '../../src/audit/log.js';
+import { recoverAuditDir } from '../../src/sandbox/sandbox.js';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -156,5 +160,39 @@ describe('audit ingestion', () => {
     const out = limiter.finish();
     expect(out.filter((r) => !r.aggregate)).toHaveLength(4);
     expect(out.filter((r) => r.aggregate).map((r) => [r.protocol, r.count, r.aggregate!.distinct])).toEqual([['tcp', 3, 3], ['udp', 1, 1]]);
+  });
+});
+
+describe('recovering a crashed sentry folder', () => {
+  it('appends what is left to the chained log before it deletes the raw files, and keeps them when ingest fails', async () => {
+    const state = await mkdtemp(path.join(tmpdir(), 'lbx-recover-'));
+    const env = { LOOPBOX_STATE_DIR: state };
+    try {
+      const dir = path.join(state, 'runs', 'r1', 'sandboxes', 'sentry-1');
+      await mkdir(dir, { recursive: true });
+      await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n${ICMP}\n`);
+      await writeFile(path.join(dir, DNS_FILE), DNS);
+      // The first packet line was read before the crash; the rest was not.
+      await writeFile(path.join(dir, '.cursor.json'), JSON.stringify({ packetLines: 1, packetBytes: TCP.length + 1, dnsBytes: 0, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 1 } } }));
+      await recoverAuditDir(dir, { runId: 'r1', task: 't', iteration: 4 }, ['model'], env);
+      expect(existsSync(dir)).toBe(false);
+      await sealAudit('r1', env);
+      const records = await queryAudit({ runId: 'r1' }, env);
+      expect(records.map((r) => [r.kind, r.query ?? r.protocol, r.iteration])).toEqual([
+        ['packet', 'icmp', 4],
+        ['dns', 'foo.invalid', 4],
+        ['dns', 'we ird.invalid', 4],
+      ]);
+      expect(await verifyAuditChain(path.join(state, 'runs', 'r1'), { env })).toMatchObject({ ok: true, records: 3, unsealed: 0 });
+
+      // A folder whose raw files cannot be read stays, raw files and all, for a later attempt.
+      const broken = path.join(state, 'runs', 'r1', 'sandboxes', 'sentry-2');
+      await mkdir(path.join(broken, PACKETS_FILE), { recursive: true });
+      await writeFile(path.join(broken, DNS_FILE), DNS);
+      await expect(recoverAuditDir(broken, { runId: 'r1', task: 't', iteration: 5 }, ['model'], env)).rejects.toThrow(/EISDIR/);
+      expect(existsSync(path.join(broken, DNS_FILE))).toBe(true);
+    } finally {
+      await rm(state, { recursive: true, force: true });
+    }
   });
 });
