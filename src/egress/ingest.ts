@@ -229,7 +229,10 @@ interface Aggregate {
   capped: boolean;
   sample: string[];
   rules: Set<string>;
+  protocols: Set<string | null>;
 }
+
+const COMMON_PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'icmpv6', 'dns']);
 
 /**
  * Rate-limits one iteration's records: the first `limit` of each kind (with its verdict and
@@ -248,7 +251,10 @@ export class RecordLimiter {
 
   add(record: AuditRecord): void {
     this.attempts += record.count;
-    const key = `${record.kind}\u0000${record.verdict}\u0000${record.protocol ?? ''}`;
+    // Unusual IP protocols share one class: an agent cycling through 256 protocol numbers
+    // must not multiply the limit by 256.
+    const protocolClass = record.protocol === null || COMMON_PROTOCOLS.has(record.protocol) ? (record.protocol ?? '') : 'other';
+    const key = `${record.kind}\u0000${record.verdict}\u0000${protocolClass}`;
     const n = (this.seen.get(key) ?? 0) + 1;
     this.seen.set(key, n);
     if (n <= this.limit) {
@@ -257,13 +263,14 @@ export class RecordLimiter {
     }
     let agg = this.aggregates.get(key);
     if (!agg) {
-      agg = { template: record, count: 0, firstTime: record.time, lastTime: record.time, distinct: new Set(), capped: false, sample: [], rules: new Set() };
+      agg = { template: record, count: 0, firstTime: record.time, lastTime: record.time, distinct: new Set(), capped: false, sample: [], rules: new Set(), protocols: new Set() };
       this.aggregates.set(key, agg);
     }
     agg.count += record.count;
     if (record.time < agg.firstTime) agg.firstTime = record.time;
     if (record.time > agg.lastTime) agg.lastTime = record.time;
     if (agg.rules.size < 16) agg.rules.add(record.rule);
+    agg.protocols.add(record.protocol);
     const d = distinctKey(record).slice(0, 300);
     if (!agg.distinct.has(d)) {
       if (agg.distinct.size < DISTINCT_CAP) {
@@ -281,6 +288,7 @@ export class RecordLimiter {
       out.push({
         ...t,
         time: agg.firstTime,
+        protocol: agg.protocols.size === 1 ? t.protocol : null,
         src: null,
         srcPort: null,
         dst: null,

@@ -160,6 +160,12 @@ describe('audit ingestion', () => {
     const out = limiter.finish();
     expect(out.filter((r) => !r.aggregate)).toHaveLength(4);
     expect(out.filter((r) => r.aggregate).map((r) => [r.protocol, r.count, r.aggregate!.distinct])).toEqual([['tcp', 3, 3], ['udp', 1, 1]]);
+    // 200 unusual IP protocol numbers share one limit, not 200.
+    const other = new RecordLimiter(2);
+    for (let p = 0; p < 200; p += 1) other.add({ ...base, protocol: String(p + 30), rule: 'out-other' });
+    const rest = other.finish();
+    expect(rest).toHaveLength(3);
+    expect(rest[2]).toMatchObject({ protocol: null, count: 198, rule: 'out-other' });
   });
 });
 
