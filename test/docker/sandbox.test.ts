@@ -82,10 +82,13 @@ describe('sandbox run (real Docker, real firewall)', () => {
     expect(agent, 'the agent container was seen running').toBeDefined();
     expect(sentry, 'the sentry container was seen running').toBeDefined();
     expect(agent!.HostConfig).toMatchObject({ ReadonlyRootfs: true, CapDrop: ['ALL'], PidsLimit: DEFAULTS.pids, Memory: DEFAULTS.memory, NetworkMode: `container:${sentry!.Id}` });
-    expect(agent!.HostConfig.CapAdd ?? []).toEqual([]);
+    // The container's init holds only what its in-container deadline needs to drop to the
+    // agent's uid (src/sandbox/specs.ts deadline()); the command itself runs as uid 1000 with
+    // every capability cleared.
+    expect(((agent!.HostConfig.CapAdd ?? []) as string[]).slice().sort()).toEqual(['KILL', 'SETGID', 'SETUID']);
+    expect(agent!.Config.Entrypoint).toEqual(expect.arrayContaining(['setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', '--inh-caps=-all']));
     expect(agent!.HostConfig.SecurityOpt).toEqual(['no-new-privileges']);
     expect(agent!.HostConfig.Privileged).toBe(false);
-    expect(agent!.Config.User).toBe('1000:1000');
     expect(sentry!.HostConfig).toMatchObject({ CapDrop: ['ALL'], CapAdd: ['NET_ADMIN'], SecurityOpt: ['no-new-privileges'], PidsLimit: 64, Memory: 128 * 1024 ** 2, Privileged: false });
     // The audit signing key is in no container: no bind mount holds it or a folder above it.
     for (const c of [agent!, sentry!]) {
