@@ -20,6 +20,11 @@
 //                that appends one line to one file, loopbox vs the bash loop on the same kind of
 //                repository, per-step host times and the slope in ms per 1,000 files.
 //
+// P3. audit flood one iteration in a real sandbox makes 10,000 blocked TCP connections to a
+//                decoy and 100,000 DNS queries for .invalid names: records, aggregates, the total
+//                accounted for vs the attempts, peak RSS (target < 200 MB), audit size, ingest
+//                and verify time.
+//
 // Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8; runs the 20,000-file point)
 //        npm run bench -- --sizes             the repo-size sweep alone (1,000 / 20,000 / 100,000)
 //        npm run bench -- --sizes=1000,5000   the sweep at chosen sizes (BENCH_SIZE_ITERATIONS, default 3)
