@@ -20,12 +20,18 @@
 //                that appends one line to one file, loopbox vs the bash loop on the same kind of
 //                repository, per-step host times and the slope in ms per 1,000 files.
 //
+// P3. audit flood one iteration in a real sandbox makes 10,000 blocked TCP connections to a
+//                decoy and 100,000 DNS queries for .invalid names: records, aggregates, the total
+//                accounted for vs the attempts, peak RSS (target < 200 MB), audit size, ingest
+//                and verify time.
+//
 // Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8; runs the 20,000-file point)
 //        npm run bench -- --sizes             the repo-size sweep alone (1,000 / 20,000 / 100,000)
 //        npm run bench -- --sizes=1000,5000   the sweep at chosen sizes (BENCH_SIZE_ITERATIONS, default 3)
+//        npm run bench -- --audit-flood       P3 alone (BENCH_P3_TCP, BENCH_P3_DNS, BENCH_P3_WIDTH)
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -245,6 +251,107 @@ async function cleanup(docker, made, startedModel) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// P3. An audit flood (issue 8.3): one iteration in a real sandbox makes 10,000 blocked TCP
+// connection attempts to a decoy the bench made, and 100,000 DNS queries for distinct names
+// under .invalid. It reports what the host made of it: records kept, aggregates and what they
+// count, the total accounted for against the attempts, the orchestrator's peak RSS (target
+// < 200 MB), the size of audit.jsonl, the time to ingest (collect: counters, stream, limit,
+// append + fsync), and the time to verify the chain.
+const P3_TCP = Number(process.env.BENCH_P3_TCP ?? 10_000);
+const P3_DNS = Number(process.env.BENCH_P3_DNS ?? 100_000);
+// DNS queries in flight at once.
+const P3_WIDTH = Number(process.env.BENCH_P3_WIDTH ?? 32);
+
+const FLOOD = `
+const net = require('net'), dns = require('dns');
+const [host, port, nTcp, nDns, tag, width] = process.argv.slice(1);
+async function pool(n, width, fn) {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => { while (next < n) await fn(next++); }));
+}
+(async () => {
+  const tcp = {};
+  await pool(Number(nTcp), 200, () => new Promise((done) => {
+    const s = net.connect({ host, port: Number(port) });
+    const end = (k) => { tcp[k] = (tcp[k] || 0) + 1; s.destroy(); done(); };
+    s.setTimeout(5000, () => end('timeout'));
+    s.once('connect', () => end('connected'));
+    s.once('error', (e) => end(e.code));
+  }));
+  const r = new dns.promises.Resolver({ timeout: 3000, tries: 1 });
+  r.setServers(['127.0.0.1']);
+  const answers = {};
+  await pool(Number(nDns), Number(width), (i) => r.resolve4('q' + i + '.' + tag + '.invalid').then(() => 'resolved', (e) => e.code).then((k) => { answers[k] = (answers[k] || 0) + 1; }));
+  console.log(JSON.stringify({ tcp, dns: answers }));
+})();`;
+
+async function auditFlood(docker) {
+  const { Sentry, runAgent, verifyAuditChain, resourceLabels, sealAudit } = await import('../dist/index.js');
+  const id = `${runId}-p3`;
+  const network = `lbx-${id}-decoy`;
+  const labels = resourceLabels({ runId, role: 'decoy' });
+  await docker.createNetwork({ name: network, internal: false, labels, subnet: `10.213.${192 + (randomBytes(1)[0] % 8)}.0/24` });
+  const decoy = await docker.createContainer({ name: `lbx-${id}-decoy`, image: imageRef('agent'), entrypoint: ['sleep', '600'], labels, networkMode: network, capDrop: ['ALL'], user: '1000:1000' });
+  await docker.start(decoy);
+  const decoyIp = (await docker.inspect(decoy)).NetworkSettings.Networks[network].IPAddress;
+  let peakRss = process.memoryUsage().rss;
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
+  const dir = runDir(id);
+  let sentry;
+  try {
+    sentry = await Sentry.start(docker, { runId: id, task: 'flood', auditDir: path.join(dir, 'sandboxes', 'sentry-1'), attachNetworks: [network] });
+    const identity = { runId: id, task: 'flood', iteration: 1 };
+    let output = '';
+    const sink = new (await import('node:stream')).Writable({ write: (c, _e, cb) => ((output += c), cb()) });
+    const t0 = performance.now();
+    const agent = await runAgent(docker, sentry, { ...identity, cmd: ['node', '-e', FLOOD, decoyIp, '7000', String(P3_TCP), String(P3_DNS), id, String(P3_WIDTH)], limits: { memoryBytes: 1024 ** 3, cpus: 1, pids: 256 }, timeoutMs: 300_000, stdout: sink, stderr: sink });
+    const agentMs = performance.now() - t0;
+    const t1 = performance.now();
+    const collected = await sentry.collect(identity);
+    const ingestMs = performance.now() - t1;
+    await sentry.stop();
+    sentry = undefined;
+    await sealAudit(id);
+    const seen = JSON.parse(output.trim().split('\n').pop() || '{}');
+    const records = collected.records;
+    const kept = records.filter((r) => !r.aggregate && r.kind !== 'loss');
+    const aggregates = records.filter((r) => r.aggregate);
+    const sum = (rs) => rs.reduce((n, r) => n + r.count, 0);
+    const byKind = (k) => ({ kept: kept.filter((r) => r.kind === k).length, aggregated: sum(aggregates.filter((r) => r.kind === k)) });
+    const loss = sum(records.filter((r) => r.kind === 'loss'));
+    const t2 = performance.now();
+    const chain = await verifyAuditChain(dir);
+    const verifyMs = performance.now() - t2;
+    const size = (await stat(path.join(dir, 'audit.jsonl'))).size;
+    const p = byKind('packet');
+    const d = byKind('dns');
+    const tcpMade = Object.values(seen.tcp ?? {}).reduce((a, b) => a + b, 0);
+    const dnsMade = Object.values(seen.dns ?? {}).reduce((a, b) => a + b, 0);
+    process.stdout.write(
+      [
+        '',
+        `P3 audit flood (one iteration, agent exit ${agent.exitCode}, ${(agentMs / 1000).toFixed(1)} s in the agent):`,
+        `  attempts made by the agent:   ${tcpMade} TCP ${JSON.stringify(seen.tcp)}, ${dnsMade} DNS ${JSON.stringify(seen.dns)}`,
+        `  firewall counted (NFLOG):     ${collected.traffic.blockedPackets} packets; dnsmasq logged ${collected.traffic.dnsBlocked} queries`,
+        `  packets: ${p.kept} records + ${p.aggregated} in aggregates + ${loss} lost = ${p.kept + p.aggregated + loss} accounted of ${tcpMade} attempts`,
+        `  dns:     ${d.kept} records + ${d.aggregated} in aggregates = ${d.kept + d.aggregated} accounted of ${dnsMade} queries`,
+        `  audit records written:        ${records.length} (${aggregates.length} aggregates), audit.jsonl ${(size / 1024).toFixed(0)} KiB`,
+        `  ingest (collect) time:        ${ms(ingestMs)}`,
+        `  chain verify:                 ${chain.ok ? 'ok' : `BROKEN ${chain.firstBreak?.message}`}, ${chain.records} records, ${chain.sealed} sealed, ${ms(verifyMs)}`,
+        `  orchestrator peak RSS:        ${(peakRss / 2 ** 20).toFixed(1)} MiB (target < 200 MiB: ${peakRss < 200 * 2 ** 20 ? 'MET' : 'NOT MET'})`,
+        '',
+      ].join('\n'),
+    );
+  } finally {
+    clearInterval(sampler);
+    if (sentry) await sentry.stop().catch(() => undefined);
+    await docker.remove(decoy).catch(() => undefined);
+    await docker.removeNetwork(network).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // S. Repository-size sweep
 
 const SIZE_ITERATIONS = Number(process.env.BENCH_SIZE_ITERATIONS ?? 3);
@@ -357,10 +464,19 @@ const calls = [];
 const docker = timedDocker(calls);
 const made = [];
 let startedModel = false;
+// BENCH_ONLY=p3 (or --audit-flood) runs only the audit flood: it needs the images, not the model server.
+const floodOnly = process.env.BENCH_ONLY === 'p3' || process.argv.includes('--audit-flood');
 try {
-  startedModel = await setup(docker);
-  if (!sweepOnly) await defaultSections();
-  await repoSizeSweep(docker, sweepSizes);
+  if (floodOnly) await buildImages(docker, { caCerts: hostCaBundle(), onLine: (l) => say(l) });
+  else {
+    startedModel = await setup(docker);
+    if (!sweepOnly) await defaultSections();
+    await repoSizeSweep(docker, sweepSizes);
+  }
+  if (floodOnly || !sweepOnly) {
+    say(`P3: audit flood, ${P3_TCP} TCP attempts and ${P3_DNS} DNS queries`);
+    await auditFlood(new DockerClient());
+  }
 } finally {
   await cleanup(docker, made, startedModel);
 }
