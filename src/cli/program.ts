@@ -22,6 +22,7 @@ import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from
 import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
 import { registerAudit } from './audit.js';
+import { registerReport, reportPaths } from './report.js';
 import { initProject } from '../config/init.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -188,6 +189,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     });
 
   registerAudit(program, ctx, result);
+  registerReport(program);
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);
   registerTriggers(program, ctx, configFile);
@@ -216,6 +218,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       if (second) lines.push(`  blocked egress:   loopbox audit --run ${second.runId}`, `  OpenCode run:     ${second.runDir}`);
       err(lines.join('\n'));
       if (second) err(`\nBlocked egress of ${second.task}:\n${res.auditTable}`);
+      for (const r of await reportPaths(res.summaries.map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = first?.endState === 'done' && second && second.endState !== 'error' ? 0 : 1;
     });
 
