@@ -1,7 +1,8 @@
 // Audit records as OCSF events (https://schema.ocsf.io, version OCSF_VERSION), one per record, for
 // SIEMs that ingest OCSF (docs/audit-log.md#ocsf-export says how to ship them). Blocked packets are
-// Network Activity (4001), DNS look-ups DNS Activity (4003); anything else (a `loss` record, or a
-// kind this version does not know yet) is a Base Event (0) with the record in `unmapped`.
+// Network Activity (4001), DNS look-ups DNS Activity (4003), requests the model gateway refused
+// (`model-denied`) HTTP Activity (4002); anything else (a `loss` record, or a kind this version
+// does not know yet) is a Base Event (0) with the record in `unmapped`.
 // Pure functions: the caller streams records in and events out.
 import { containerName } from '../sandbox/specs.js';
 import type { AuditRecord } from './record.js';
@@ -32,6 +33,8 @@ export function toOcsf(record: AnyRecord, ctx: OcsfContext): OcsfEvent {
       return packetEvent(record, ctx);
     case 'dns':
       return dnsEvent(record, ctx);
+    case 'model-denied' as AuditRecord['kind']:
+      return httpDeniedEvent(record, ctx);
     default:
       return baseEvent(record, ctx);
   }
@@ -85,6 +88,32 @@ function dnsEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
     src_endpoint: { ...sandboxEndpoint(r, ctx), ...address(r.src, r.srcPort) },
     // The sentry's own resolver: it answers every name but the model's with NXDOMAIN.
     dst_endpoint: { svc_name: 'dns', ...(r.dstPort !== null ? { port: r.dstPort } : {}) },
+  };
+}
+
+const HTTP_ACTIVITY: Record<string, number> = { CONNECT: 1, DELETE: 2, GET: 3, HEAD: 4, OPTIONS: 5, POST: 6, PUT: 7, TRACE: 8, PATCH: 9 };
+
+/** A request to the model that the sentry's gateway refused: `query` is the path, `queryType` the method. */
+function httpDeniedEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
+  // The method and path come from the agent: only a method OCSF knows becomes http_method.
+  const method = typeof r.queryType === 'string' ? r.queryType.toUpperCase() : '';
+  const activityId = HTTP_ACTIVITY[method] ?? 99;
+  const code = /^gateway (\d{3})\b/.exec(r.rule ?? '')?.[1];
+  return {
+    ...classification(4002, 'HTTP Activity', 4, 'Network Activity', activityId, activityId === 99 ? 'Other' : method.charAt(0) + method.slice(1).toLowerCase()),
+    ...common(r, ctx, SEVERITY.low, ['security_control', 'container']),
+    message: `model gateway refused ${r.queryType ?? '?'} ${r.query ?? '?'}: ${r.rule}`,
+    action_id: 2,
+    action: 'Denied',
+    disposition_id: 2,
+    disposition: 'Blocked',
+    http_request: {
+      ...(activityId !== 99 ? { http_method: method } : {}),
+      url: { scheme: 'http', path: r.query ?? '', ...(r.dstPort !== null ? { port: r.dstPort } : {}) },
+    },
+    ...(code ? { http_response: { code: Number(code) } } : {}),
+    src_endpoint: sandboxEndpoint(r, ctx),
+    dst_endpoint: { svc_name: 'model', ...address(r.dst, r.dstPort) },
   };
 }
 

@@ -95,6 +95,8 @@ class AuditFile {
         warn(`${this.file}:${lineNo}: not a JSON record, skipped (loopbox audit verify checks the log)`);
         continue;
       }
+      // The hash chain's run header (kind `header`) is the log's, not an attempt: `audit verify` reads it.
+      if (record.kind === ('header' as string)) continue;
       if (query.task && record.task !== query.task) continue;
       if (query.since && !(typeof record.time === 'string' && new Date(record.time) >= query.since)) continue;
       yield { record, line, file: this.file };

@@ -21,7 +21,7 @@ import { type CliContext, err, out } from './context.js';
 import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from './run.js';
 import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
-import { registerAudit } from './audit.js';
+import { registerAudit } from './audit-query.js';
 import { registerReport, reportPaths } from './report.js';
 import { initProject } from '../config/init.js';
 

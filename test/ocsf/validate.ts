@@ -59,6 +59,7 @@ export class OcsfSchema {
       network: 'events/network/network.json',
       network_activity: 'events/network/network_activity.json',
       dns_activity: 'events/network/dns_activity.json',
+      http_activity: 'events/network/http_activity.json',
     })) this.events.set(name, file);
   }
 

@@ -51,6 +51,12 @@ describe('streamAudit', () => {
     expect(await collect(streamAudit({ runId: 'b', since: new Date('2026-01-01T00:00:03Z') }, env))).toHaveLength(2);
   });
 
+  it('a hash chain\'s run header line is not a record', async () => {
+    await writeRun('a', [line({ kind: 'header', format: 'loopbox-audit/1', runId: 'a', seq: 0, prev: null, hash: 'h' }), line({ ...rec('a', '2026-01-01T00:00:01.000Z'), seq: 1, prev: 'h', hash: 'i' })]);
+    const got = await collect(streamAudit({}, env));
+    expect(got.map((l) => l.record.seq)).toEqual([1]);
+  });
+
   it('a bad line is reported with file and line number and skipped; the rest is read', async () => {
     await writeRun('a', [line(rec('a', '2026-01-01T00:00:01.000Z')), 'not json\n', '[1]\n', line(rec('a', '2026-01-01T00:00:02.000Z'))]);
     const warnings: string[] = [];

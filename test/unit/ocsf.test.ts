@@ -44,8 +44,11 @@ const cases: Record<string, AuditRecord & Record<string, unknown>> = {
   noIteration: rec({ task: null, iteration: null }),
   dns: rec({ time: '2026-11-24T18:33:58.000Z', kind: 'dns', protocol: 'dns', src: '127.0.0.1', srcPort: 57808, dst: null, dstPort: 53, uid: null, query: 'exfil.invalid', queryType: 'AAAA', verdict: 'nxdomain', rule: 'dns' }),
   loss: rec({ kind: 'loss', protocol: null, family: null, direction: null, src: null, srcPort: null, dst: null, dstPort: null, uid: null, verdict: 'lost', rule: 'firewall logged 12000 packets, 11800 records arrived', count: 200 }),
-  // A kind this version does not map yet (the model gateway's), with fields of its own.
-  unknownKind: rec({ kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', path: '/slots', method: 'GET', reason: 'not allowed' }),
+  // The model gateway's refusal: path in `query`, method in `queryType`.
+  modelDenied: rec({ kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/slots?x=<b>', queryType: 'GET', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway 403 path' }),
+  modelDeniedOddMethod: rec({ kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/v1/x', queryType: 'BREW', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway' }),
+  // A kind this version does not map yet, with fields of its own.
+  unknownKind: rec({ kind: 'model-future' as AuditRecord['kind'], protocol: 'http', path: '/slots', method: 'GET', reason: 'not allowed' }),
   // The hash chain's fields, when the log carries them.
   chained: rec({ seq: 7, prev: 'a'.repeat(64), hash: 'b'.repeat(64) }),
 };
@@ -94,8 +97,15 @@ describe('OCSF export', () => {
     expect(toOcsf(cases.dns!, ctx)).toMatchObject({ class_uid: 4003, activity_id: 1, type_uid: 400301, query: { hostname: 'exfil.invalid', type: 'AAAA' }, rcode_id: 3, rcode: 'NXDomain' });
   });
 
+  it('a request the model gateway refused is HTTP Activity with the method, path and status; an odd method is Other', () => {
+    expect(toOcsf(cases.modelDenied!, ctx)).toMatchObject({ class_uid: 4002, activity_id: 3, type_uid: 400203, action_id: 2, disposition_id: 2, http_request: { http_method: 'GET', url: { path: '/slots?x=<b>', port: 8080 } }, http_response: { code: 403 }, dst_endpoint: { ip: '172.20.0.2', port: 8080 } });
+    const odd = toOcsf(cases.modelDeniedOddMethod!, ctx);
+    expect(odd).toMatchObject({ class_uid: 4002, activity_id: 99, type_uid: 400299 });
+    expect((odd.http_request as Record<string, unknown>).http_method).toBeUndefined();
+  });
+
   it('fields the mapping does not know pass through in unmapped; the chain fields also fill metadata.sequence and uid', () => {
-    expect(toOcsf(cases.unknownKind!, ctx)).toMatchObject({ class_uid: 0, unmapped: { kind: 'model-denied', path: '/slots', method: 'GET', reason: 'not allowed' } });
+    expect(toOcsf(cases.unknownKind!, ctx)).toMatchObject({ class_uid: 0, unmapped: { kind: 'model-future', path: '/slots', method: 'GET', reason: 'not allowed' } });
     expect(toOcsf(cases.chained!, ctx)).toMatchObject({ metadata: { sequence: 7, uid: 'b'.repeat(64) }, unmapped: { seq: 7, prev: 'a'.repeat(64), hash: 'b'.repeat(64) } });
   });
 

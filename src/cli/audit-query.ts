@@ -27,8 +27,9 @@ interface AuditOptions {
   follow?: boolean;
 }
 
-export function registerAudit(program: Command, ctx: CliContext, result: ProgramResult): void {
-  program
+/** Registers `loopbox audit`; returns it so that subcommands (`audit verify`, `audit key`) can hang off it. */
+export function registerAudit(program: Command, ctx: CliContext, result: ProgramResult): Command {
+  return program
     .command('audit')
     .description('show blocked egress attempts from the audit logs (table, JSON lines or OCSF), or follow them live')
     .option('--run <id>', 'only this run')
