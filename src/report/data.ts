@@ -5,6 +5,8 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { streamAudit } from '../audit/stream.js';
 import { ConfigError } from '../common/errors.js';
 import { runDir } from '../common/paths.js';
@@ -60,6 +62,8 @@ export interface ReportData {
     attempts: number;
     packets: number;
     dns: number;
+    /** Requests the model gateway refused (`model-denied` records). */
+    modelDenied: number;
     lost: number;
     other: number;
     groups: EgressGroup[];
@@ -70,7 +74,18 @@ export interface ReportData {
     /** Problems reading the log (bad lines). */
     warnings: string[];
   };
-  model: { name: string; ctxSize: number | null; tokens: number; allowedPackets: number; allowedBytes: number; dnsAnswered: number; requests: Record<string, number> };
+  model: {
+    name: string;
+    ctxSize: number | null;
+    tokens: number;
+    allowedPackets: number;
+    allowedBytes: number;
+    dnsAnswered: number;
+    /** Audit records of the model gateway's kinds (`model-denied`), by kind. */
+    requests: Record<string, number>;
+    /** Per-request usage the model gateway recorded (`model.jsonl`), when the run has it. */
+    gateway: { requests: number; denied: number; promptTokens: number; cachedTokens: number; completionTokens: number; deniedWhy: Record<string, number> } | null;
+  };
   chain: ChainResult;
   generatedAt: string;
   version: string;
@@ -121,6 +136,7 @@ export async function gatherReport(runId: string, options: ReportOptions): Promi
       allowedBytes: sum(iterations, (i) => i.audit.allowedBytes),
       dnsAnswered: sum(iterations, (i) => i.audit.dnsAnswered),
       requests: egress.modelKinds,
+      gateway: await foldModelRequests(path.join(dir, MODEL_REQUESTS_FILE)),
     },
     chain: options.verifyChain ? await options.verifyChain(runId).catch((e: unknown) => ({ status: 'broken' as const, message: e instanceof Error ? e.message : String(e) })) : { status: 'not-available', message: 'not available: this loopbox version does not chain its audit records' },
     generatedAt: new Date().toISOString(),
@@ -159,6 +175,32 @@ async function verifiedCommit(state: LoopState, it: IterationRecord): Promise<No
   }
 }
 
+/** The model gateway's per-request log in the run directory (written where the gateway runs). */
+export const MODEL_REQUESTS_FILE = 'model.jsonl';
+
+async function foldModelRequests(file: string): Promise<ReportData['model']['gateway']> {
+  if (!existsSync(file)) return null;
+  const g = { requests: 0, denied: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, deniedWhy: {} as Record<string, number> };
+  const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+  for await (const line of createInterface({ input: createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity })) {
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      continue;
+    }
+    g.requests += 1;
+    g.promptTokens += num(r.promptTokens);
+    g.cachedTokens += num(r.cachedTokens);
+    g.completionTokens += num(r.completionTokens);
+    if (typeof r.denied === 'string' && r.denied) {
+      g.denied += 1;
+      g.deniedWhy[r.denied] = (g.deniedWhy[r.denied] ?? 0) + 1;
+    }
+  }
+  return g;
+}
+
 const MAX_GROUPS = 500;
 
 async function foldAudit(runId: string, env: NodeJS.ProcessEnv): Promise<ReportData['egress'] & { modelKinds: Record<string, number> }> {
@@ -172,25 +214,27 @@ async function foldAudit(runId: string, env: NodeJS.ProcessEnv): Promise<ReportD
   let dns = 0;
   let lost = 0;
   let other = 0;
+  let modelDenied = 0;
   let first: number | null = null;
   let firstTime: string | null = null;
   let lastTime: string | null = null;
   for await (const { record: r } of streamAudit({ runId, onWarning: (m) => warnings.length < 20 && warnings.push(m) }, env)) {
     records += 1;
     const count = typeof r.count === 'number' ? r.count : 1;
-    const kind = typeof r.kind === 'string' ? r.kind : 'unknown';
+    const kind: string = typeof r.kind === 'string' ? r.kind : 'unknown';
     if (kind === 'loss') {
       lost += count;
       continue;
     }
     if (kind.startsWith('model-')) modelKinds[kind] = (modelKinds[kind] ?? 0) + count;
-    if (kind !== 'packet' && kind !== 'dns') {
+    if (kind !== 'packet' && kind !== 'dns' && kind !== 'model-denied') {
       other += count;
       continue;
     }
     attempts += count;
     if (kind === 'packet') packets += count;
-    else dns += count;
+    else if (kind === 'dns') dns += count;
+    else modelDenied += count;
     const time = typeof r.time === 'string' ? r.time : '';
     const t = Date.parse(time);
     if (!Number.isNaN(t)) {
@@ -199,11 +243,12 @@ async function foldAudit(runId: string, env: NodeJS.ProcessEnv): Promise<ReportD
       lastTime = time;
       const s = Math.max(0, Math.floor((t - first) / 1000));
       const b = seconds.get(s) ?? [0, 0];
-      b[kind === 'packet' ? 0 : 1] += count;
+      b[kind === 'dns' ? 1 : 0] += count;
       seconds.set(s, b);
     }
     const dst = r.dst ? `${r.family === 'ipv6' ? `[${r.dst}]` : r.dst}${r.dstPort != null ? `:${r.dstPort}` : ''}` : '-';
-    const key = kind === 'dns' ? (r.query ?? '?') : `${r.protocol ?? '?'} ${dst}`;
+    // DNS by name, a refused model request by method and path, a packet by destination.
+    const key = kind === 'dns' ? (r.query ?? '?') : kind === 'model-denied' ? `${r.queryType ?? '?'} ${r.query ?? '?'}` : `${r.protocol ?? '?'} ${dst}`;
     const id = `${kind}\0${key}`;
     let g = groups.get(id);
     if (!g) {
@@ -225,6 +270,7 @@ async function foldAudit(runId: string, env: NodeJS.ProcessEnv): Promise<ReportD
     attempts,
     packets,
     dns,
+    modelDenied,
     lost,
     other,
     groups: [...groups.values()].sort((a, b) => b.count - a.count || a.key.localeCompare(b.key)),

@@ -123,7 +123,7 @@ ${v.error ? `<p class="bad">${esc(v.error)}</p>` : ''}
 
 function egressSection(d: ReportData): string {
   const e = d.egress;
-  const head = `<p>${e.attempts} blocked attempt(s) in ${e.records} audit record(s): ${e.packets} packet(s), ${e.dns} DNS look-up(s)${e.lost ? `, <span class="bad">${e.lost} record(s) lost</span>` : ''}${e.other ? `, ${e.other} other record(s)` : ''}. The firewall and DNS counters counted <span data-testid="blocked-counters">${d.blocked}</span>.</p>`;
+  const head = `<p>${e.attempts} blocked attempt(s) in ${e.records} audit record(s): ${e.packets} packet(s), ${e.dns} DNS look-up(s)${e.modelDenied ? `, ${e.modelDenied} model request(s) refused by the gateway` : ''}${e.lost ? `, <span class="bad">${e.lost} record(s) lost</span>` : ''}${e.other ? `, ${e.other} other record(s)` : ''}. The firewall and DNS counters counted <span data-testid="blocked-counters">${d.blocked}</span>.</p>`;
   const warn = e.warnings.length ? `<ul class="bad">${e.warnings.map((w) => `<li>${esc(w)}</li>`).join('')}</ul>` : '';
   if (!e.groups.length) return `<section id="egress"><h2>Blocked egress</h2>${head}${warn}</section>`;
   const rows = e.groups
@@ -183,7 +183,8 @@ function modelSection(d: ReportData): string {
     .join('');
   const requests = Object.entries(m.requests);
   return `<section id="model"><h2>Model usage</h2>
-<p>Model: <code>${esc(m.name)}</code>${m.ctxSize ? `, context ${m.ctxSize}` : ''}. <span data-testid="model-tokens">${m.tokens}</span> tokens (prompt and generated, from the server's counters); ${m.allowedPackets} packet(s), ${m.allowedBytes} byte(s) sent to the model; ${m.dnsAnswered} look-up(s) of its name answered.${requests.length ? ` Gateway records: ${requests.map(([k, v]) => `${esc(k)} ${v}`).join(', ')}.` : ''}</p>
+<p>Model: <code>${esc(m.name)}</code>${m.ctxSize ? `, context ${m.ctxSize}` : ''}. <span data-testid="model-tokens">${m.tokens}</span> tokens (prompt and generated, from the server's counters); ${m.allowedPackets} packet(s), ${m.allowedBytes} byte(s) sent to the model; ${m.dnsAnswered} look-up(s) of its name answered.${requests.length ? ` Gateway audit records: ${requests.map(([k, v]) => `${esc(k)} ${v}`).join(', ')}.` : ''}</p>
+${m.gateway ? `<p data-testid="model-gateway">Through the model gateway: ${m.gateway.requests} request(s), ${m.gateway.denied} refused${Object.keys(m.gateway.deniedWhy).length ? ` (${Object.entries(m.gateway.deniedWhy).map(([k, v]) => `${esc(k)} ${v}`).join(', ')})` : ''}; ${m.gateway.promptTokens} prompt tokens (${m.gateway.cachedTokens} from the cache), ${m.gateway.completionTokens} generated.</p>` : ''}
 ${its.length ? `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="tokens per iteration">${bars}<text x="36" y="14" class="axis" text-anchor="end">${max}</text><text x="36" y="${H - 20}" class="axis" text-anchor="end">0</text><text x="40" y="${H - 4}" class="axis">it 1</text><text x="${W - 10}" y="${H - 4}" class="axis" text-anchor="end">it ${its.at(-1)!.iteration}</text></svg>` : ''}
 </section>`;
 }
