@@ -146,8 +146,12 @@ function common(r: AnyRecord, ctx: OcsfContext, severityId: number, profiles: st
   // the record may carry (the hash chain's seq/prev/hash, a gateway's fields): passed through.
   const unmapped: Record<string, unknown> = { runId: r.runId, task: r.task, iteration: r.iteration, kind: r.kind, role: r.role, verdict: r.verdict, rule: r.rule };
   for (const [k, v] of Object.entries(r)) if (!KNOWN_FIELDS.has(k)) unmapped[k] = v;
+  // An aggregate record (many attempts past a per-iteration limit, counted in one) spans time.
+  const agg = r.aggregate && typeof r.aggregate === 'object' ? (r.aggregate as { firstTime?: unknown; lastTime?: unknown }) : undefined;
+  const span = agg && typeof agg.firstTime === 'string' && typeof agg.lastTime === 'string' ? { start_time: Date.parse(agg.firstTime), end_time: Date.parse(agg.lastTime) } : {};
   return {
     time: Date.parse(r.time),
+    ...(Number.isNaN(span.start_time) || Number.isNaN(span.end_time) ? {} : span),
     severity_id: severityId,
     severity: SEVERITY_NAME[severityId],
     count: r.count,

@@ -49,6 +49,8 @@ const cases: Record<string, AuditRecord & Record<string, unknown>> = {
   modelDeniedOddMethod: rec({ kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/v1/x', queryType: 'BREW', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway' }),
   // A kind this version does not map yet, with fields of its own.
   unknownKind: rec({ kind: 'model-future' as AuditRecord['kind'], protocol: 'http', path: '/slots', method: 'GET', reason: 'not allowed' }),
+  // An aggregate record: attempts past the per-iteration limit, counted in one record.
+  aggregate: rec({ count: 5000, aggregate: { firstTime: '2026-11-24T18:33:52.750Z', lastTime: '2026-11-24T18:34:10.000Z', distinct: 3, distinctCapped: false, sample: ['10.0.0.3:7000'], limit: 1000 } }),
   // The hash chain's fields, when the log carries them.
   chained: rec({ seq: 7, prev: 'a'.repeat(64), hash: 'b'.repeat(64) }),
 };
@@ -102,6 +104,10 @@ describe('OCSF export', () => {
     const odd = toOcsf(cases.modelDeniedOddMethod!, ctx);
     expect(odd).toMatchObject({ class_uid: 4002, activity_id: 99, type_uid: 400299 });
     expect((odd.http_request as Record<string, unknown>).http_method).toBeUndefined();
+  });
+
+  it('an aggregate record keeps its count and gets the time span it covers', () => {
+    expect(toOcsf(cases.aggregate!, ctx)).toMatchObject({ count: 5000, start_time: Date.parse('2026-11-24T18:33:52.750Z'), end_time: Date.parse('2026-11-24T18:34:10.000Z'), unmapped: { aggregate: { distinct: 3, limit: 1000 } } });
   });
 
   it('fields the mapping does not know pass through in unmapped; the chain fields also fill metadata.sequence and uid', () => {
