@@ -1,7 +1,7 @@
 // commander wiring only: parse options, call the library, print. No process.exit here.
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { formatAuditTable, formatTable, queryAudit } from '../audit/log.js';
+import { formatTable } from '../audit/log.js';
 import { registerAuditChain } from './audit.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import { isSafeName, newRunId } from '../common/ids.js';
@@ -22,6 +22,8 @@ import { type CliContext, err, out } from './context.js';
 import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from './run.js';
 import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
+import { registerAudit } from './audit-query.js';
+import { registerReport, reportPaths } from './report.js';
 import { initProject } from '../config/init.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -187,24 +189,8 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       }
     });
 
-  const audit = program
-    .command('audit')
-    .description('show blocked egress attempts from the audit logs')
-    .option('--run <id>', 'only this run')
-    .option('--task <name>', 'only this task')
-    .option('--since <time>', 'only records at or after this time (ISO 8601, or a duration ago like 2h)')
-    .option('--json', 'print JSON lines')
-    .addHelpText('after', example('loopbox audit --since 2h --json | jq .query'))
-    .action(async (opts: { run?: string; task?: string; since?: string; json?: boolean }) => {
-      const records = await queryAudit({ runId: opts.run, task: opts.task, since: opts.since ? parseSince(opts.since) : undefined });
-      if (opts.json) {
-        for (const r of records) out(JSON.stringify(r));
-        return;
-      }
-      out(records.length ? formatAuditTable(records) : 'no blocked attempts recorded');
-    });
-  registerAuditChain(audit, result);
-
+  registerAuditChain(registerAudit(program, ctx, result), result);
+  registerReport(program);
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);
   registerTriggers(program, ctx, configFile);
@@ -233,6 +219,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       if (second) lines.push(`  blocked egress:   loopbox audit --run ${second.runId}`, `  OpenCode run:     ${second.runDir}`);
       err(lines.join('\n'));
       if (second) err(`\nBlocked egress of ${second.task}:\n${res.auditTable}`);
+      for (const r of await reportPaths(res.summaries.map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = first?.endState === 'done' && second && second.endState !== 'error' ? 0 : 1;
     });
 
@@ -339,12 +326,4 @@ function parseEnv(spec: string): [string, string] {
     throw new ConfigError(`--env ${JSON.stringify(spec)}: expected KEY=VALUE with a shell-style KEY.`);
   }
   return [spec.slice(0, eq), spec.slice(eq + 1)];
-}
-
-function parseSince(value: string): Date {
-  const ms = parseDuration(value);
-  if (ms !== undefined) return new Date(Date.now() - ms);
-  const date = new Date(value);
-  if (Number.isNaN(date.getTime())) throw new ConfigError(`--since ${JSON.stringify(value)}: expected an ISO time or a duration like 2h.`);
-  return date;
 }

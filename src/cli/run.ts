@@ -14,6 +14,7 @@ import { modelStatus } from '../model/server.js';
 import { gc } from '../runs/gc.js';
 import { type CliContext, err, out } from './context.js';
 import type { ProgramResult } from './program.js';
+import { reportPaths } from './report.js';
 
 const positiveInt = (v: string): number => {
   if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
@@ -60,6 +61,7 @@ Example:
       }
       for (const s of summaries) if (s.endState === 'error' && !opts.json) err(`[${s.task}] error: ${s.reason}`);
       if (!opts.json) err(`\n${summaryTable(summaries)}`);
+      for (const r of await reportPaths(summaries.filter((x) => x.iterations > 0).map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = summaries.reduce((code, s) => Math.max(code, s.exitCode), 0);
     });
 }
