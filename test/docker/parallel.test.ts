@@ -153,7 +153,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
 
   it('serve: a signed GitHub CI failure starts a real loop; unsigned and replayed requests are refused', async () => {
     const repo = track(await makeRepo(['fix-ci'], 'sleep 1', { serve: { github: { task: 'tasks/fix-ci.md' }, port: 0 } }));
-    const secret = 'test-secret-do-not-use';
+    const secret = 'test-secret-do-not-use-0123456789abcdef';
     const server = spawnCli(['--config', repo.config, 'serve', '--repo', repo.repo], { LOOPBOX_WEBHOOK_SECRET: secret });
     try {
       let stderr = '';
