@@ -71,7 +71,8 @@ async function github(
 }
 
 /** The headers a /trigger caller sends: timestamp, delivery id, and the signature over both and the body. */
-function triggerHeaders(body: string, delivery = nextDelivery(), timestamp = String(Math.floor(Date.now() / 1000))): Record<string, string> {
+type TriggerHeaders = { 'Content-Type': string; 'X-Loopbox-Timestamp': string; 'X-Loopbox-Delivery': string; 'X-Loopbox-Signature-256': string };
+function triggerHeaders(body: string, delivery = nextDelivery(), timestamp = String(Math.floor(Date.now() / 1000))): TriggerHeaders {
   return {
     'Content-Type': 'application/json',
     'X-Loopbox-Timestamp': timestamp,
