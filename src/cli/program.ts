@@ -260,7 +260,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
         out('  verify.command is ["node", "--test"], run in the agent image (Node 18; no npm, Python, Go or Rust). Edit loopbox.yaml.');
         return;
       }
-      out(`detected ${d.toolchain}: ${d.evidence}`);
+      out(d.evidence === '--toolchain' ? `using ${d.toolchain} (--toolchain; no ${d.toolchain} test setup found)` : `detected ${d.toolchain}: ${d.evidence}`);
       if (res.found.length > 1) out(`  also found: ${res.found.filter((f) => f.toolchain !== d.toolchain).map((f) => `${f.toolchain} (${f.evidence})`).join(', ')}; pass --toolchain to pick another`);
       out(`  verify.command: ${JSON.stringify(VERIFY_PROFILES[d.toolchain].command)}`);
       out(`  verify.image:   ${verifyImageFor(d.toolchain)} (the default agent image cannot run it); build it with:`);

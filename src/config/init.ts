@@ -74,39 +74,29 @@ async function evidenceFor(dir: string, toolchain: Toolchain): Promise<string | 
   }
 }
 
-/** The verify section and protected paths of the config, for a detected toolchain or none. */
-function verifyBlock(detected: Detected | undefined): { verify: string; protectedPaths: string[] } {
-  if (!detected) {
-    return {
-      verify: `verify:
-  # Runs in a clean container with no network, from this file only (never from the worktree).
-  # No package.json test script, pytest.ini, pyproject.toml, go.mod or Cargo.toml was found.
-  # The verify image (default: the agent image: git, bash, Node 18, no npm, Python, Go or
-  # Rust) must hold your toolchain; \`loopbox images build --toolchain node|python|go|rust\`
-  # builds one, then set verify.image to it.
-  command: ["node", "--test"]
-  timeout: 10m`,
-      protectedPaths: ['test/**'],
-    };
-  }
+/** The template's verify command line, which `configTemplate` replaces for a detected toolchain. */
+const TEMPLATE_COMMAND_LINE = '  command: ["node", "--test"]\n';
+
+/**
+ * The lines that stand for `command:` in the template's `verify:` section when a toolchain was
+ * detected: its command and the image that can run it. Only that line is replaced, so other
+ * `verify:` keys of the template (timeout, and whatever is added there) stay as written.
+ */
+function verifyLines(detected: Detected): string {
   const profile = VERIFY_PROFILES[detected.toolchain];
-  return {
-    verify: `verify:
-  # Runs in a clean container with no network, from this file only (never from the worktree).
-  # Proposed by \`loopbox init\`: ${detected.evidence}.
+  return `  # Proposed by \`loopbox init\`: ${detected.evidence}.
   command: ${JSON.stringify(profile.command).replaceAll(',', ', ')}
   # The agent image has no npm, Python, Go or Rust: this one adds ${detected.toolchain} (Debian packages).
   # Build it with: loopbox images build --toolchain ${detected.toolchain}
-  # No network here: dependencies must be in the repository (or baked into your own image).
   image: ${verifyImageFor(detected.toolchain)}
-  timeout: 10m`,
-    protectedPaths: profile.protectedPaths,
-  };
+`;
 }
 
 export function configTemplate(detected?: Detected): string {
-  const { verify, protectedPaths } = verifyBlock(detected);
-  return CONFIG_TEMPLATE.replace(/^verify:\n(?: {2}.*\n)+/m, `${verify}\n`).replace(
+  if (!detected) return CONFIG_TEMPLATE;
+  if (!CONFIG_TEMPLATE.includes(TEMPLATE_COMMAND_LINE)) throw new Error('CONFIG_TEMPLATE lost its verify command line');
+  const protectedPaths = VERIFY_PROFILES[detected.toolchain].protectedPaths;
+  return CONFIG_TEMPLATE.replace(TEMPLATE_COMMAND_LINE, verifyLines(detected)).replace(
     /^protectedPaths:\n(?: {2}- .*\n)+/m,
     `protectedPaths:\n${protectedPaths.map((p) => `  - ${JSON.stringify(p)}`).join('\n')}\n`,
   );
@@ -136,8 +126,9 @@ agent:
 
 verify:
   # Runs in a clean container with no network, from this file only (never from the worktree).
-  # The verify image (default: the agent image: git, bash, Node 18, no npm) must hold your
-  # toolchain and the worktree your dependencies; set verify.image for anything else.
+  # The verify image (default: the agent image: git, bash, Node 18; no npm, Python, Go or Rust)
+  # must hold your toolchain, and the repository your dependencies. \`loopbox images build
+  # --toolchain node|python|go|rust\` builds one; set verify.image to it.
   command: ["node", "--test"]
   timeout: 10m
 
