@@ -16,10 +16,16 @@
 // is git, the file system and the audit log. Timings are a report, never asserted. Other
 // Docker work on the machine makes them noisy: compare ratios within one run.
 //
-// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8)
+// S. repo size  the same loop on repositories of 1,000 / 20,000 / 100,000 tracked files: an agent
+//                that appends one line to one file, loopbox vs the bash loop on the same kind of
+//                repository, per-step host times and the slope in ms per 1,000 files.
+//
+// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8; runs the 20,000-file point)
+//        npm run bench -- --sizes             the repo-size sweep alone (1,000 / 20,000 / 100,000)
+//        npm run bench -- --sizes=1000,5000   the sweep at chosen sizes (BENCH_SIZE_ITERATIONS, default 3)
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -223,10 +229,11 @@ async function parallelLoops(docker, repo, loops, concurrency) {
 }
 
 async function cleanup(docker, made, startedModel) {
-  for (const id of pRuns) await rm(runDir(id), { recursive: true, force: true }).catch(() => undefined);
+  for (const id of [...pRuns, ...sizeRuns]) await rm(runDir(id), { recursive: true, force: true }).catch(() => undefined);
   for (const dir of made) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
   await rm(runDir(runId), { recursive: true, force: true }).catch(() => undefined);
-  const left = await docker.listManaged(managedFilter(runId));
+  const left = [];
+  for (const id of [runId, ...sizeRuns]) left.push(...(await docker.listManaged(managedFilter(id))));
   for (const r of left.filter((x) => x.kind === 'container')) await docker.remove(r.id);
   for (const r of left.filter((x) => x.kind === 'network')) await docker.removeNetwork(r.id);
   if (left.length) say(`removed leftovers: ${left.map((r) => `${r.kind} ${r.name}`).join(', ')}`);
@@ -235,6 +242,111 @@ async function cleanup(docker, made, startedModel) {
     await docker.removeNetwork(MODEL_NETWORK).catch(() => undefined);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// S. Repository-size sweep
+
+const SIZE_ITERATIONS = Number(process.env.BENCH_SIZE_ITERATIONS ?? 3);
+const APPEND = 'echo "one more line" >> notes.txt';
+
+/** The example repository plus `files` generated files (500 per directory), one commit. */
+async function sizedRepo(files) {
+  const dir = await mkdtemp(path.join(tmpdir(), `lbx-bench-size${files}-`));
+  made.push(dir);
+  await createExampleRepo(dir);
+  for (let d = 0; d * 500 < files; d += 1) {
+    const sub = path.join(dir, 'gen', `d${d}`);
+    await mkdir(sub, { recursive: true });
+    const writes = [];
+    for (let i = d * 500; i < Math.min(files, (d + 1) * 500); i += 1) writes.push(writeFile(path.join(sub, `f${i}.txt`), `generated file ${i}\n`));
+    await Promise.all(writes);
+  }
+  await execa('git', ['add', '-A'], { cwd: dir });
+  await execa('git', ['-c', 'user.name=bench', '-c', 'user.email=b@localhost', '-c', 'commit.gpgsign=false', 'commit', '-qm', `${files} files`], { cwd: dir });
+  return dir;
+}
+
+const SIZE_BASH_LOOP = `set -euo pipefail
+now() { date +%s%N; }
+for i in $(seq 1 "$N"); do
+  t0=$(now)
+  docker run --rm $LABELS -u "$(id -u):$(id -g)" -v "$WT":/workspace -w /workspace "$IMAGE" sh -c '${APPEND}'
+  t1=$(now)
+  docker run --rm $LABELS --network none -v "$WT":/workspace "$IMAGE" true
+  t2=$(now)
+  git -C "$WT" add -A && git -C "$WT" -c user.name=bench -c user.email=bench@localhost -c commit.gpgsign=false commit -qm wip
+  t3=$(now)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 )) $(( (t3 - t2) / 1000000 ))"
+done`;
+
+async function sizePoint(docker, files, image) {
+  const plain = await sizedRepo(files);
+  const repo = await sizedRepo(files);
+  const { stdout } = await execa('bash', ['-c', SIZE_BASH_LOOP], { env: { N: String(SIZE_ITERATIONS), WT: plain, IMAGE: image, LABELS: labels.join(' ') } });
+  const bashIters = stdout.trim().split('\n').map((l) => l.split(' ').map(Number).reduce((a, b) => a + b, 0));
+  const config = parseConfig({
+    agent: { type: 'command', command: ['sh', '-c', APPEND], timeout: '120s' },
+    verify: { command: ['false'], timeout: '300s' },
+    loop: { maxIterations: SIZE_ITERATIONS, noProgress: SIZE_ITERATIONS + 1, oscillationWindow: 2 },
+    sandbox: { memory: '1g', cpus: 1, pids: 256 },
+  });
+  const records = [];
+  const sizeRun = `${runId}-s${files}`;
+  sizeRuns.push(sizeRun);
+  const summary = await runLoop(docker, {
+    repo,
+    taskFile: path.join(repo, 'tasks', 'fix-add.md'),
+    config,
+    runId: sizeRun,
+    signal: abort.signal,
+    onEvent: (e) => e.type === 'iteration-end' && records.push(e.record),
+  });
+  if (summary.endState !== 'capped') say(`warning: ${files}-file loop ended ${summary.endState} (${summary.reason}), expected capped`);
+  const dur = (r) => Date.parse(r.endedAt) - Date.parse(r.startedAt);
+  const stepNames = ['ownership', 'snapshot', 'restore', 'commit', 'verifyCopy', 'verifyRun'];
+  const steps = Object.fromEntries(stepNames.map((n) => [n, median(records.map((r) => r.steps?.[n] ?? 0))]));
+  return { files, bash: median(bashIters), loopbox: median(records.map(dur)), agent: median(records.map((r) => r.agent.durationMs)), steps };
+}
+
+/** Least-squares slope of y over x, per 1,000 x. */
+function slope(points, y) {
+  const n = points.length;
+  if (n < 2) return NaN;
+  const mx = points.reduce((a, p) => a + p.files, 0) / n;
+  const my = points.reduce((a, p) => a + y(p), 0) / n;
+  const num = points.reduce((a, p) => a + (p.files - mx) * (y(p) - my), 0);
+  const den = points.reduce((a, p) => a + (p.files - mx) ** 2, 0);
+  return (num / den) * 1000;
+}
+
+async function repoSizeSweep(docker, sizes) {
+  const image = imageRef('agent');
+  const points = [];
+  for (const files of sizes) {
+    say(`S: ${files} tracked files, bash loop and loopbox x${SIZE_ITERATIONS}`);
+    points.push(await sizePoint(docker, files, image));
+  }
+  const out = ['', `repository size (agent appends one line; ${SIZE_ITERATIONS} iterations each; medians per iteration):`];
+  const cols = ['files', 'bash', 'loopbox', 'ratio', 'agent', 'ownership', 'snapshot', 'restore', 'commit', 'verifyCopy', 'verifyRun'];
+  out.push(cols.map((c, i) => (i ? c.padStart(11) : c.padEnd(8))).join(''));
+  for (const p of points) {
+    const ratio = p.loopbox / p.bash;
+    const cells = [String(p.files).padEnd(8), ms(p.bash), ms(p.loopbox), `${ratio.toFixed(2)}x`, ms(p.agent), ...cols.slice(5).map((c) => ms(p.steps[c]))];
+    out.push(cells.map((c, i) => (i ? c.padStart(11) : c)).join(''));
+  }
+  for (const p of points) out.push(`  ${p.files} files: loopbox / bash ${(p.loopbox / p.bash).toFixed(2)}x (target <= 1.2x: ${p.loopbox / p.bash <= 1.2 ? 'MET' : 'NOT MET'})`);
+  if (points.length > 1) {
+    const f = (x) => `${x.toFixed(1)} ms`;
+    out.push(`  slope per 1,000 files: loopbox ${f(slope(points, (p) => p.loopbox))}, bash ${f(slope(points, (p) => p.bash))}`);
+    out.push(`    steps: ${cols.slice(5).map((c) => `${c} ${f(slope(points, (p) => p.steps[c]))}`).join(', ')}`);
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+const sizeArg = process.argv.find((a) => a === '--sizes' || a.startsWith('--sizes='));
+const sweepOnly = sizeArg !== undefined;
+const sweepSizes = sizeArg?.includes('=') ? sizeArg.split('=')[1].split(',').map(Number) : sweepOnly ? [1000, 20000, 100000] : [20000];
+const sizeRuns = [];
 
 const P_ITERATIONS = Number(process.env.BENCH_PARALLEL_ITERATIONS ?? 3);
 const pRuns = [];
@@ -246,6 +358,13 @@ const made = [];
 let startedModel = false;
 try {
   startedModel = await setup(docker);
+  if (!sweepOnly) await defaultSections();
+  await repoSizeSweep(docker, sweepSizes);
+} finally {
+  await cleanup(docker, made, startedModel);
+}
+
+async function defaultSections() {
   const image = imageRef('agent');
   const plain = await mkdtemp(path.join(tmpdir(), 'lbx-bench-plain-'));
   const repo = await mkdtemp(path.join(tmpdir(), 'lbx-bench-loop-'));
@@ -288,6 +407,4 @@ try {
       '',
     ].join('\n'),
   );
-} finally {
-  await cleanup(docker, made, startedModel);
 }

@@ -83,6 +83,8 @@ export const verifySchema = z
     command: argv.optional(),
     image: z.string().min(1).optional().describe('default: the agent image'),
     timeout: duration.prefault('10m'),
+    /** The verify copy (built from the commit's tree) is refused past this many bytes. */
+    maxCopy: size.prefault('2g'),
   })
   .prefault({});
 

@@ -41,7 +41,7 @@ export function feedbackText(record: IterationRecord, command: string[], agentTi
   if (record.skipped.length) {
     lines.push(`- These paths cannot be committed and were put back or removed: ${record.skipped.map((k) => `${k.path} (${k.reason})`).join(', ')}`);
   }
-  if (record.untrusted) lines.push(`- Not verified: ${record.untrusted}`);
+  if (record.untrusted) lines.push(`- The worktree was made again from the last commit: ${record.untrusted}`);
   if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
   if (record.verify) {
     lines.push(
