@@ -8,7 +8,7 @@ import { ConfigError } from '../common/errors.js';
 import path from 'node:path';
 import { runDir } from '../common/paths.js';
 import { AUDIT_FORMAT, CHECKPOINTS_FILE, type AuditKey, checkpointOrigin, lineHash, loadAuditKey, parseCheckpoint, signCheckpoint } from './chain.js';
-import { AUDIT_FILE, type AuditRecord, type StoredAuditRecord } from './record.js';
+import { AUDIT_FILE, type AuditQuery, type AuditRecord, type StoredAuditRecord } from './record.js';
 import { streamAudit } from './stream.js';
 
 export { AUDIT_FILE };
@@ -231,12 +231,6 @@ export async function sealAudit(runId: string, env = process.env): Promise<void>
     writer.close();
     writers.delete(file);
   }
-}
-
-export interface AuditQuery {
-  runId?: string | undefined;
-  task?: string | undefined;
-  since?: Date | undefined;
 }
 
 /** Every matching record, sorted by time (in memory: for exports use streamAudit). */

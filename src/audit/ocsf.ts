@@ -4,7 +4,7 @@
 // (`model-denied`) HTTP Activity (4002); anything else (a `loss` record, or a kind this version
 // does not know yet) is a Base Event (0) with the record in `unmapped`.
 // Pure functions: the caller streams records in and events out.
-import { containerName } from '../sandbox/specs.js';
+import { containerName } from '../docker/labels.js';
 import type { AuditRecord } from './record.js';
 
 export const OCSF_VERSION = '1.8.0';

@@ -5,6 +5,20 @@
 /** The run's audit log, in its run directory. */
 export const AUDIT_FILE = 'audit.jsonl';
 
+/** Whose traffic a record is about: the run, and where known the task and iteration. */
+export interface SandboxIdentity {
+  runId: string;
+  task?: string | undefined;
+  iteration?: number | undefined;
+}
+
+/** Which records a query over the audit logs wants. */
+export interface AuditQuery {
+  runId?: string | undefined;
+  task?: string | undefined;
+  since?: Date | undefined;
+}
+
 export type AuditKind = 'packet' | 'dns' | 'loss';
 
 export interface AuditRecord {

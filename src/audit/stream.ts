@@ -8,8 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigError } from '../common/errors.js';
 import { runDir, runsDir } from '../common/paths.js';
 import { isRunAlive, readRun } from '../runs/registry.js';
-import type { AuditQuery } from './log.js';
-import { AUDIT_FILE, type AuditRecord } from './record.js';
+import { AUDIT_FILE, type AuditQuery, type AuditRecord } from './record.js';
 
 /** A record as stored: the known fields, plus whatever a newer writer added (passed through). */
 export type StoredRecord = AuditRecord & Record<string, unknown>;

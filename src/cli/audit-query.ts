@@ -13,7 +13,7 @@ import { packageVersion } from '../common/version.js';
 import { parseDuration } from '../config/units.js';
 import { imageRef } from '../images/catalog.js';
 import { type CliContext, err } from './context.js';
-import type { ProgramResult } from './program.js';
+import type { ProgramResult } from './options.js';
 
 export const AUDIT_FORMATS = ['table', 'json', 'ocsf'] as const;
 export type AuditFormat = (typeof AUDIT_FORMATS)[number];

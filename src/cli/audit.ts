@@ -7,7 +7,7 @@ import { runDir } from '../common/paths.js';
 import { existsSync } from 'node:fs';
 import { listRuns } from '../runs/registry.js';
 import { out } from './context.js';
-import type { ProgramResult } from './program.js';
+import type { ProgramResult } from './options.js';
 
 export function registerAuditChain(audit: Command, result: ProgramResult): void {
   audit

@@ -5,7 +5,8 @@
 import { CommanderError } from 'commander';
 import { LoopboxError } from '../common/errors.js';
 import { CliContext, err } from './context.js';
-import { buildProgram, type ProgramResult } from './program.js';
+import type { ProgramResult } from './options.js';
+import { buildProgram } from './program.js';
 
 const controller = new AbortController();
 let interrupts = 0;

@@ -1,6 +1,6 @@
 // commander wiring only: parse options, call the library, print. No process.exit here.
 import path from 'node:path';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { formatTable } from '../audit/log.js';
 import { registerAuditChain } from './audit.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
@@ -8,7 +8,6 @@ import { isSafeName, newRunId } from '../common/ids.js';
 import { runDir } from '../common/paths.js';
 import { packageVersion } from '../common/version.js';
 import { loadConfig } from '../config/load.js';
-import { parseDuration } from '../config/units.js';
 import { doctor } from '../doctor.js';
 import { buildImages } from '../images/builder.js';
 import { IMAGE_NAMES, type ImageName, TOOLCHAINS, type Toolchain, imageRef, toolchainImage } from '../images/catalog.js';
@@ -19,28 +18,14 @@ import { gc } from '../runs/gc.js';
 import { createRun, finishRun } from '../runs/registry.js';
 import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { type CliContext, err, out } from './context.js';
-import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from './run.js';
+import { type ProgramResult, collect, duration, example, nonNegativeInt } from './options.js';
+import { printLoopEvent, summaryTable } from './print.js';
+import { registerRun, registerStatusAndStop } from './run.js';
 import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
 import { registerAudit } from './audit-query.js';
 import { registerReport, reportPaths } from './report.js';
 import { VERIFY_PROFILES, initProject, verifyImageFor } from '../config/init.js';
-
-const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
-
-function duration(value: string): number {
-  const ms = parseDuration(value);
-  if (ms === undefined) throw new InvalidArgumentError(`expected a duration like "90s" or "20m", got "${value}"`);
-  return ms;
-}
-
-function example(text: string): string {
-  return `\nExample:\n  ${text}\n`;
-}
-
-export interface ProgramResult {
-  exitCode: number;
-}
 
 export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
   const program = new Command('loopbox')
@@ -147,10 +132,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     .option('--workdir <dir>', 'working directory inside the sandbox')
     .option('--timeout <duration>', 'kill the command after this long', duration)
     .option('--task <name>', 'task name for labels and the audit log')
-    .option('--iteration <n>', 'iteration number for labels and the audit log', (v) => {
-      if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`expected a non-negative integer, got "${v}"`);
-      return Number(v);
-    })
+    .option('--iteration <n>', 'iteration number for labels and the audit log', nonNegativeInt)
     .option('-e, --env <KEY=VALUE>', 'environment variable for the command; repeatable', collect, [])
     .option('--entrypoint <path>', 'override the image entrypoint (diagnosis with other images)')
     .addOption(new Option('--no-firewall', 'TEST ONLY: start the sentry without firewall rules').hideHelp())

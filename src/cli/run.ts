@@ -1,7 +1,6 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { InvalidArgumentError } from 'commander';
 import { formatTable } from '../audit/log.js';
 import { ConfigError } from '../common/errors.js';
 import { loadConfig } from '../config/load.js';
@@ -13,13 +12,9 @@ import { loopStatus, stopLoops } from '../schedule/status.js';
 import { modelStatus } from '../model/server.js';
 import { gc } from '../runs/gc.js';
 import { type CliContext, err, out } from './context.js';
-import type { ProgramResult } from './program.js';
+import { type ProgramResult, positiveInt } from './options.js';
+import { printLoopEvent, summaryTable } from './print.js';
 import { reportPaths } from './report.js';
-
-const positiveInt = (v: string): number => {
-  if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
-  return Number(v);
-};
 
 export function registerRun(program: Command, ctx: CliContext, result: ProgramResult, configFile: () => string | undefined): void {
   program
@@ -67,40 +62,6 @@ Example:
     });
 }
 
-export function printLoopEvent(e: LoopEvent): void {
-  const tty = process.stderr.isTTY;
-  switch (e.type) {
-    case 'loop-start':
-      err(`loopbox: run ${e.runId} task ${e.task} on branch ${e.branch}${e.resumedAt ? ` (resuming after iteration ${e.resumedAt})` : ''}`);
-      err(`         worktree ${e.worktree}`);
-      break;
-    case 'iteration-start':
-      if (tty) process.stderr.write(`[${e.task}] iteration ${e.iteration}: agent running…\r`);
-      break;
-    case 'iteration-end': {
-      const r = e.record;
-      const agent = r.agent.timedOut ? 'agent timed out' : `agent exit ${r.agent.exitCode}`;
-      const verify = r.verify ? (r.verified ? `verify PASS (${r.evidence ?? 'exit-code-only'})` : r.verify.passed ? 'verify exit 0, not accepted' : `verify FAIL (${r.verify.timedOut ? 'timeout' : `exit ${r.verify.exitCode}`})`) : 'not verified';
-      const blocked = r.audit.blockedPackets + r.audit.dnsBlocked;
-      err(
-        `${tty ? '\x1b[2K' : ''}[${e.task}] iteration ${r.iteration}: ${agent} in ${(r.agent.durationMs / 1000).toFixed(1)} s, ` +
-          `${r.filesChanged.length} file(s) changed${r.protectedViolations.length ? `, ${r.protectedViolations.length} protected reverted` : ''}, ` +
-          `${verify}${r.commit ? `, commit ${r.commit.slice(0, 8)}` : ''}, ${r.tokens} tokens, ${blocked} blocked`,
-      );
-      break;
-    }
-    case 'loop-end':
-      err(`[${e.summary.task}] ${e.summary.endState}: ${e.summary.reason}`);
-      break;
-    case 'model-down':
-      err(`[${e.task}] iteration ${e.iteration}: the model server died; pausing (not counted against the agent)`);
-      break;
-    case 'notice':
-      err(`[${e.task}] ${e.message}`);
-      break;
-  }
-}
-
 /**
  * Containers of runs whose loopbox died (SIGKILL, a crash) go before anything else touches the
  * state: a crashed run's verify container, or an agent whose deadline has not hit yet.
@@ -109,22 +70,6 @@ async function reapDeadRuns(docker: CliContext['docker']): Promise<void> {
   const result = await gc(docker, {}).catch(() => undefined);
   const n = result?.removed.filter((r) => r.kind === 'container').length ?? 0;
   if (n) err(`loopbox: removed ${n} container(s) left by runs that are no longer alive`);
-}
-
-export function summaryTable(summaries: LoopSummary[]): string {
-  return formatTable(
-    ['TASK', 'END STATE', 'ITERATIONS', 'WALL', 'TOKENS', 'BLOCKED', 'VERIFIED COMMIT', 'RUN'],
-    summaries.map((s) => [
-      s.task,
-      s.endState === 'error' && s.iterations === 0 ? `error: ${s.reason}`.slice(0, 60) : s.endState,
-      String(s.iterations),
-      `${(s.wallMs / 1000).toFixed(1)} s`,
-      String(s.tokens),
-      String(s.blocked),
-      s.verifiedCommit ? s.verifiedCommit.slice(0, 10) : '-',
-      s.runId,
-    ]),
-  );
 }
 
 export function registerStatusAndStop(program: Command, ctx: CliContext, result: ProgramResult): void {

@@ -1,7 +1,7 @@
 // `loopbox schedule` and `loopbox serve`: long-running processes that start loops on cron
 // ticks or webhooks, through the same slot-bounded runner as `loopbox run`.
 import path from 'node:path';
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import { ConfigError } from '../common/errors.js';
 import { createLogger } from '../common/logger.js';
 import { stateDir } from '../common/paths.js';
@@ -14,17 +14,8 @@ import { LoopRunner } from '../schedule/runner.js';
 import { secretFromEnv, startServer } from '../schedule/serve.js';
 import { taskNameOf, type TriggerEvent } from '../schedule/starter.js';
 import { type CliContext, err } from './context.js';
-import { printLoopEvent } from './run.js';
-
-function positiveInt(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
-  return Number(v);
-}
-
-function port(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError(`expected a port 0-65535, got "${v}"`);
-  return Number(v);
-}
+import { port, positiveInt } from './options.js';
+import { printLoopEvent } from './print.js';
 
 async function triggerRunner(ctx: CliContext, repo: string, config: Config, concurrency: number | undefined): Promise<LoopRunner> {
   await checkRepoAndModel(ctx.docker, path.resolve(repo), config, true);

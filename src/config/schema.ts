@@ -1,7 +1,7 @@
 // The `loopbox.yaml` schema. Every key has a default (docs/configuration.md lists them);
 // unknown keys are errors, so a typo never silently falls back to a default.
 import { z } from 'zod';
-import { scheduleSchema, serveSchema } from '../schedule/config.js';
+import { scheduleSchema, serveSchema } from './triggers.js';
 import { parseDuration, parseSize } from './units.js';
 
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {

@@ -56,3 +56,15 @@ export function managedFilter(runId?: string): { label: string[] } {
   if (runId) label.push(`${LABELS.runId}=${runId}`);
   return { label };
 }
+
+/**
+ * `loopbox-<run>-<task>-i<N>-<role>`: container names follow the labels, so `docker ps` reads
+ * like `loopbox status`. A part that is not known (task, iteration) is left out.
+ */
+export function containerName(id: Omit<LabelInput, 'role'>, role: string): string {
+  const parts = ['loopbox', id.runId];
+  if (id.task) parts.push(id.task);
+  if (id.iteration !== undefined) parts.push(`i${id.iteration}`);
+  parts.push(role);
+  return parts.join('-').replace(/[^a-zA-Z0-9_.-]/g, '_');
+}

@@ -4,8 +4,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
-import type { SandboxIdentity } from '../sandbox/specs.js';
+import type { AuditRecord, SandboxIdentity, SandboxTraffic } from '../audit/record.js';
 
 export const PACKETS_FILE = 'packets.jsonl';
 export const DNS_FILE = 'dns.log';

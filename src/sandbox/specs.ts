@@ -1,17 +1,14 @@
 // Container specs for a sandbox: pure functions, so the hardening is easy to read and unit-test.
 import type { Bind, ContainerSpec } from '../docker/client.js';
-import { resourceLabels } from '../docker/labels.js';
+import type { SandboxIdentity } from '../audit/record.js';
+import { containerName, resourceLabels } from '../docker/labels.js';
 import { MODEL_HOSTNAME, MODEL_NETWORK, MODEL_PORT } from '../model/network.js';
 
 export const AGENT_UID = 1000;
 export const AGENT_HOME = '/home/agent';
 export const SENTRY_READY = /^loopbox-sentry: ready$/m;
 
-export interface SandboxIdentity {
-  runId: string;
-  task?: string | undefined;
-  iteration?: number | undefined;
-}
+export type { SandboxIdentity };
 
 export interface SentrySpecInput extends SandboxIdentity {
   image: string;
@@ -146,10 +143,3 @@ export function agentSpec(input: AgentSpecInput): ContainerSpec {
   };
 }
 
-export function containerName(id: SandboxIdentity, role: string): string {
-  const parts = ['loopbox', id.runId];
-  if (id.task) parts.push(id.task);
-  if (id.iteration !== undefined) parts.push(`i${id.iteration}`);
-  parts.push(role);
-  return parts.join('-').replace(/[^a-zA-Z0-9_.-]/g, '_');
-}

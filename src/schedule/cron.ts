@@ -2,7 +2,7 @@
 // starter says busy) is skipped and logged, never queued behind it: the next tick tries again.
 import { Cron } from 'croner';
 import { ConfigError, describe } from '../common/errors.js';
-import { cronProblem } from './config.js';
+import { cronProblem } from '../config/triggers.js';
 import { type LoopStarter, type TriggerLog, taskNameOf } from './starter.js';
 
 /** The most stop() waits for starts in progress. */

@@ -10,7 +10,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { z } from 'zod';
 import { ConfigError, describe } from '../common/errors.js';
 import { isSafeName } from '../common/ids.js';
-import type { ServeConfig } from './config.js';
+import type { ServeConfig } from '../config/triggers.js';
 import { type LoopStarter, type StartRequest, type TriggerLog, taskNameOf } from './starter.js';
 
 export interface ServeOptions {

@@ -6,8 +6,9 @@
 import { treeArchive } from '../git/archive.js';
 import { RecentLines } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
-import { resourceLabels } from '../docker/labels.js';
-import { containerName, deadline, type SandboxIdentity } from '../sandbox/specs.js';
+import { containerName, resourceLabels } from '../docker/labels.js';
+import type { SandboxIdentity } from '../audit/record.js';
+import { deadline } from '../sandbox/specs.js';
 import type { SandboxLimits } from '../sandbox/sandbox.js';
 
 export const VERIFY_WORKDIR = '/workspace';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cronProblem, scheduleSchema, serveSchema } from '../../src/schedule/config.js';
+import { cronProblem, scheduleSchema, serveSchema } from '../../src/config/triggers.js';
 import { scheduleTrigger } from '../../src/schedule/cron.js';
 import { taskNameOf } from '../../src/schedule/starter.js';
 

@@ -2,7 +2,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/common/errors.js';
-import { type ServeConfigInput, serveSchema } from '../../src/schedule/config.js';
+import { type ServeConfigInput, serveSchema } from '../../src/config/triggers.js';
 import { ciVerdict, secretFromEnv, signBody, signTrigger, startServer, type TriggerServer, verifySignature } from '../../src/schedule/serve.js';
 import type { LoopStarter, StartRequest, StartResult, TriggerEvent } from '../../src/schedule/starter.js';
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { DEADLINE_GRACE_MS, agentSpec, containerName, sentrySpec } from '../../src/sandbox/specs.js';
+import { containerName } from '../../src/docker/labels.js';
+import { DEADLINE_GRACE_MS, agentSpec, sentrySpec } from '../../src/sandbox/specs.js';
 import { parseDebianMirror } from '../../src/images/base.js';
 import { agentInvocation } from '../../src/loop/agents.js';
 import { parseConfig } from '../../src/config/load.js';

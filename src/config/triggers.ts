@@ -1,9 +1,9 @@
 // Config keys for the two triggers: `schedule:` (cron entries for `loopbox schedule`) and
-// `serve:` (the webhook server of `loopbox serve`). The lead adds both to configSchema.
+// `serve:` (the webhook server of `loopbox serve`), both part of configSchema.
 import { Cron } from 'croner';
 import { z } from 'zod';
 import { describe } from '../common/errors.js';
-import { parseDuration, parseSize } from '../config/units.js';
+import { parseDuration, parseSize } from './units.js';
 
 /**
  * Why `cron` (with `timezone`) is not a usable schedule, or undefined when it is. Five fields

@@ -1,0 +1,54 @@
+// How the CLI shows a loop on the terminal: one line per event on stderr, and the summary table.
+import { formatTable } from '../audit/log.js';
+import type { LoopEvent, LoopSummary } from '../loop/loop.js';
+import { err } from './context.js';
+
+export function printLoopEvent(e: LoopEvent): void {
+  const tty = process.stderr.isTTY;
+  switch (e.type) {
+    case 'loop-start':
+      err(`loopbox: run ${e.runId} task ${e.task} on branch ${e.branch}${e.resumedAt ? ` (resuming after iteration ${e.resumedAt})` : ''}`);
+      err(`         worktree ${e.worktree}`);
+      break;
+    case 'iteration-start':
+      if (tty) process.stderr.write(`[${e.task}] iteration ${e.iteration}: agent running…\r`);
+      break;
+    case 'iteration-end': {
+      const r = e.record;
+      const agent = r.agent.timedOut ? 'agent timed out' : `agent exit ${r.agent.exitCode}`;
+      const verify = r.verify ? (r.verified ? `verify PASS (${r.evidence ?? 'exit-code-only'})` : r.verify.passed ? 'verify exit 0, not accepted' : `verify FAIL (${r.verify.timedOut ? 'timeout' : `exit ${r.verify.exitCode}`})`) : 'not verified';
+      const blocked = r.audit.blockedPackets + r.audit.dnsBlocked;
+      err(
+        `${tty ? '\x1b[2K' : ''}[${e.task}] iteration ${r.iteration}: ${agent} in ${(r.agent.durationMs / 1000).toFixed(1)} s, ` +
+          `${r.filesChanged.length} file(s) changed${r.protectedViolations.length ? `, ${r.protectedViolations.length} protected reverted` : ''}, ` +
+          `${verify}${r.commit ? `, commit ${r.commit.slice(0, 8)}` : ''}, ${r.tokens} tokens, ${blocked} blocked`,
+      );
+      break;
+    }
+    case 'loop-end':
+      err(`[${e.summary.task}] ${e.summary.endState}: ${e.summary.reason}`);
+      break;
+    case 'model-down':
+      err(`[${e.task}] iteration ${e.iteration}: the model server died; pausing (not counted against the agent)`);
+      break;
+    case 'notice':
+      err(`[${e.task}] ${e.message}`);
+      break;
+  }
+}
+
+export function summaryTable(summaries: LoopSummary[]): string {
+  return formatTable(
+    ['TASK', 'END STATE', 'ITERATIONS', 'WALL', 'TOKENS', 'BLOCKED', 'VERIFIED COMMIT', 'RUN'],
+    summaries.map((s) => [
+      s.task,
+      s.endState === 'error' && s.iterations === 0 ? `error: ${s.reason}`.slice(0, 60) : s.endState,
+      String(s.iterations),
+      `${(s.wallMs / 1000).toFixed(1)} s`,
+      String(s.tokens),
+      String(s.blocked),
+      s.verifiedCommit ? s.verifiedCommit.slice(0, 10) : '-',
+      s.runId,
+    ]),
+  );
+}
