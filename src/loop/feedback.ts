@@ -1,8 +1,14 @@
 // What the loop writes for people and for the agent: commit messages with their trailers, and
 // the feedback the next iteration reads in /loopbox/feedback.md.
 import type { VerifyResult } from '../verify/verify.js';
-import type { Accounting } from './iteration.js';
 import type { IterationRecord } from './state.js';
+
+/** The verdict on an iteration and what it rests on (the commit's trailers). */
+export interface Accounting {
+  verified: boolean;
+  /** What the verdict rests on: the trailer `Loopbox-Verify: <evidence>`. */
+  evidence: 'exit-code-only';
+}
 
 export interface CommitMessageInput {
   task: string;

@@ -30,7 +30,7 @@ import { runVerify, type VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
 import { DiskWatch } from './disk-watch.js';
-import { commitMessage } from './feedback.js';
+import { type Accounting, commitMessage } from './feedback.js';
 import type { IterationRecord, LoopState } from './state.js';
 import type { Task } from './task.js';
 import { forceRemoveTree, lendPaths, lendTree, takeBackPath } from './workspace.js';
@@ -273,12 +273,6 @@ export async function verify(ctx: LoopContext, tree: string, iteration: number, 
 
 // ---------------------------------------------------------------------------------------------
 // account
-
-export interface Accounting {
-  verified: boolean;
-  /** What the verdict rests on: the trailer `Loopbox-Verify: <evidence>`. */
-  evidence: 'exit-code-only';
-}
 
 /** Whether the verify result is evidence of a pass. */
 export function account(result: VerifyResult | null): Accounting {
