@@ -8,7 +8,8 @@ const LAYERS = [
   ['cli'], //                      commander wiring; imports only the library (src/index.ts)
   ['index.ts'], //                 the public library
   ['demo', 'report', 'doctor.ts'], // commands built on the loop: the demo, the HTML report, doctor
-  ['schedule'], //                 the loop runner, status and stop, cron and webhooks
+  ['runner'], //                   the loop runner (pool, slots), status, stop; implements LoopStarter
+  ['triggers'], //                 cron and webhooks; they start loops through LoopStarter only
   ['loop'], //                     the loop: iterations, brakes, state, agents, task files
   ['config'], //                   the schema names the parts below it (image names, ...)
   ['verify'], //                   the clean verification container

@@ -45,7 +45,7 @@ process.env.LOOPBOX_STATE_DIR = path.join(root, '.loopbox', 'bench-state');
 const { DockerClient, buildImages, ensureFixtureModel, findModelServer, modelUp, modelDown, imageRef, parseConfig, runDir, managedFilter, MODEL_NETWORK } =
   await import('../dist/index.js');
 const { runLoop } = await import('../dist/loop/loop.js');
-const { LoopRunner } = await import('../dist/schedule/runner.js');
+const { LoopRunner } = await import('../dist/runner/runner.js');
 const { createExampleRepo } = await import('../dist/demo/example-repo.js');
 
 const N = Number(process.env.BENCH_ITERATIONS ?? 8);

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../src/common/errors.js';
-import { STOP_GRACE_MS, startScheduler, type Scheduler } from '../../src/schedule/cron.js';
-import type { LoopStarter, StartRequest, StartResult, TriggerEvent } from '../../src/schedule/starter.js';
+import { STOP_GRACE_MS, startScheduler, type Scheduler } from '../../src/triggers/cron.js';
+import type { LoopStarter, StartRequest, StartResult, TriggerEvent } from '../../src/triggers/starter.js';
 
 /** A starter that records requests and answers what `answer` says (busy or started). */
 function fakeStarter(answer: (request: StartRequest) => StartResult | Promise<StartResult>): LoopStarter & { requests: StartRequest[] } {

@@ -3,8 +3,8 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/common/errors.js';
 import { type ServeConfigInput, serveSchema } from '../../src/config/triggers.js';
-import { ciVerdict, secretFromEnv, signBody, signTrigger, startServer, type TriggerServer, verifySignature } from '../../src/schedule/serve.js';
-import type { LoopStarter, StartRequest, StartResult, TriggerEvent } from '../../src/schedule/starter.js';
+import { ciVerdict, secretFromEnv, signBody, signTrigger, startServer, type TriggerServer, verifySignature } from '../../src/triggers/serve.js';
+import type { LoopStarter, StartRequest, StartResult, TriggerEvent } from '../../src/triggers/starter.js';
 
 const SECRET = 'test-secret-0123456789abcdef-0123456789';
 

@@ -12,7 +12,7 @@ import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { modelStatus } from '../model/server.js';
 import { ModelSupervisor } from '../model/supervisor.js';
 import { createRun, finishRun, readRun } from '../runs/registry.js';
-import { type LoopStarter, type StartRequest, type StartResult, taskNameOf } from './starter.js';
+import { type LoopStarter, type StartRequest, type StartResult, taskNameOf } from '../triggers/starter.js';
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
 
