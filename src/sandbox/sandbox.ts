@@ -25,34 +25,17 @@ export interface SandboxLimits {
   pids: number;
 }
 
-export interface SandboxOptions extends SandboxIdentity {
-  cmd: string[];
-  entrypoint?: string[] | undefined;
-  /** `uid:gid` the agent runs as (non-root); default 1000:1000. */
-  user?: string | undefined;
-  /** Host folder for this sandbox's audit files (the sentry writes; the agent never sees it). */
-  auditDir: string;
-  image?: string | undefined;
+/** An OpenAI-compatible server outside loopbox (`model.endpoint`), resolved on the host. */
+export interface ModelEndpoint {
+  ip: string;
+  port: number;
+  names: string[];
+}
+
+/** `loopbox sandbox run`: one agent (AgentOptions) in its own sentry (SentryOptions). */
+export interface SandboxOptions extends AgentOptions, Omit<SentryOptions, 'image' | 'recordLimit'> {
+  /** The sentry's image (`image` is the agent's). */
   sentryImage?: string | undefined;
-  env?: Record<string, string> | undefined;
-  binds?: Bind[];
-  workingDir?: string | undefined;
-  limits: SandboxLimits;
-  /** An OpenAI-compatible server outside loopbox (`model.endpoint`), resolved on the host. */
-  modelEndpoint?: { ip: string; port: number; names: string[] } | undefined;
-  /** Extra `host:port` endpoints the user allows besides the model. */
-  allow?: string[];
-  /** Docker networks the sentry joins too (tests, diagnosis): a route exists, the firewall holds. */
-  attachNetworks?: string[];
-  /** Test-only: no firewall rules at all. */
-  noFirewall?: boolean;
-  timeoutMs?: number | undefined;
-  signal?: AbortSignal | undefined;
-  stdout?: Writable;
-  stderr?: Writable;
-  logger?: Logger;
-  /** Environment that locates the state dir (LOOPBOX_STATE_DIR); defaults to process.env. */
-  stateEnv?: NodeJS.ProcessEnv;
 }
 
 export interface SandboxResult {
@@ -70,18 +53,19 @@ const INGESTED_MARK = '.ingested';
 /** The sentry's read position, saved after each collect so a crashed run loses no record. */
 const CURSOR_FILE = '.cursor.json';
 
-export interface SentryOptions {
-  runId: string;
-  task?: string | undefined;
-  /** Set for a sentry that serves one iteration only (`sandbox run`). */
-  iteration?: number | undefined;
+export interface SentryOptions extends SandboxIdentity {
+  /** Host folder for the sentry's audit files (the sentry writes; the agent never sees it). */
   auditDir: string;
   image?: string | undefined;
-  modelEndpoint?: SandboxOptions['modelEndpoint'];
+  modelEndpoint?: ModelEndpoint | undefined;
+  /** Extra `host:port` endpoints the user allows besides the model. */
   allow?: string[] | undefined;
+  /** Docker networks the sentry joins too (tests, diagnosis): a route exists, the firewall holds. */
   attachNetworks?: string[] | undefined;
+  /** Test-only: no firewall rules at all. */
   noFirewall?: boolean | undefined;
   logger?: Logger | undefined;
+  /** Environment that locates the state dir (LOOPBOX_STATE_DIR); defaults to process.env. */
   stateEnv?: NodeJS.ProcessEnv | undefined;
   /** Individual audit records per kind and iteration before aggregation (default 1000). */
   recordLimit?: number | undefined;
@@ -214,19 +198,21 @@ export class Sentry {
   }
 }
 
+/** One agent container: what it runs, as whom, with which files and limits. */
 export interface AgentOptions extends SandboxIdentity {
   cmd: string[];
   entrypoint?: string[] | undefined;
+  /** `uid:gid` the agent runs as (non-root); default 1000:1000. */
   user?: string | undefined;
   image?: string | undefined;
   env?: Record<string, string> | undefined;
-  binds?: Bind[];
+  binds?: Bind[] | undefined;
   workingDir?: string | undefined;
   limits: SandboxLimits;
   timeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
-  stdout?: Writable;
-  stderr?: Writable;
+  stdout?: Writable | undefined;
+  stderr?: Writable | undefined;
 }
 
 /** Runs one agent container in the sentry's namespace, streams its output, removes it. */
