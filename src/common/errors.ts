@@ -1,5 +1,5 @@
 // Errors carry their context (what failed, where, the tail of its log) and a hint that says
-// what to do. The CLI prints `shortMessage` + `hint`; `message` holds everything.
+// what to do. The CLI prints `message` and then `hint` (src/cli/main.ts).
 
 export interface ErrorContext {
   hint?: string;
@@ -15,10 +15,6 @@ export class LoopboxError extends Error {
     super(message, context.cause === undefined ? undefined : { cause: context.cause });
     this.name = this.constructor.name;
     this.hint = context.hint;
-  }
-
-  get shortMessage(): string {
-    return this.message.split('\n')[0] ?? this.message;
   }
 }
 

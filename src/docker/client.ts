@@ -327,7 +327,6 @@ export class DockerClient {
     return { exitCode: info.ExitCode ?? -1, stdout: stdout.text(), stderr: stderr.text() };
   }
 
-  /** Waits until a line matching `pattern` appears in the container's output. */
   /**
    * Waits until a line matching `pattern` appears in the container's output, following the log
    * stream (no polling: several loops starting at once would keep the daemon busy).

@@ -1,6 +1,7 @@
 // Turns what the sentry wrote (ulogd's JSON lines, dnsmasq's query log, the firewall
-// counters) into audit records. Each sandbox has its own sentry and its own audit folder, so
-// attribution to the run, task and iteration is by construction, never by clock.
+// counters) into audit records. A loop run has one sentry that serves every iteration; each
+// collect reads only what was written since the last one (file offsets and counter deltas kept in
+// an AuditCursor), so attribution to the run, task and iteration is by position, never by clock.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';

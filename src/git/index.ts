@@ -14,5 +14,6 @@ export {
   restorePaths,
   snapshotWorktree,
   syncWorktreeIndex,
+  taskBranch,
 } from './worktree.js';
 export type { Author, ChangedPath, EnsureWorktreeOptions, EntryMode, RestoreResult, SkippedPath, Snapshot, SnapshotOptions, TaskWorktree, TreeEntry } from './worktree.js';

@@ -131,6 +131,11 @@ interface WorktreeRecord {
 // ---------------------------------------------------------------------------------------------
 // Worktree setup
 
+/** `loopbox/<task>`: the branch a task's loops commit to (its worktree checks it out). */
+export function taskBranch(task: string): string {
+  return `loopbox/${task}`;
+}
+
 /**
  * Makes (or reuses) the worktree for `task` on branch `loopbox/<task>`, branched from the repo's
  * HEAD the first time. The checkout is written by node from raw blobs (see the file comment).
@@ -141,7 +146,7 @@ export async function ensureTaskWorktree(repo: string, task: string, worktreeDir
       hint: 'Use 1-63 characters: lower-case letters, digits, ".", "_" and "-", starting with a letter or digit.',
     });
   }
-  const branch = `loopbox/${task}`;
+  const branch = taskBranch(task);
   const ref = `refs/heads/${branch}`;
   const info = await repoInfo(repo);
   await assertRefName(info.top, ref);

@@ -35,8 +35,6 @@ import type { IterationRecord, LoopState } from './state.js';
 import type { Task } from './task.js';
 import { forceRemoveTree, lendPaths, lendTree, takeBackPath } from './workspace.js';
 
-export const AUTHOR = { name: 'loopbox', email: 'loopbox@localhost' };
-
 /** What is fixed for one loop run: its folders, limits and shared resources. */
 export interface LoopContext {
   docker: DockerClient;
@@ -293,7 +291,7 @@ export async function commit(
 ): Promise<string | null> {
   if (!accounting.verified && step.snap.changed.length === 0) return null;
   const message = commitMessage({ task: ctx.task.name, runId: ctx.runId, iteration, verify: result, accounting, command: ctx.verifyCommand });
-  const id = await commitSnapshot(ctx.repo, state.branch, step.snap.tree, step.head, message, AUTHOR);
+  const id = await commitSnapshot(ctx.repo, state.branch, step.snap.tree, step.head, message);
   await syncWorktreeIndex(ctx.repo, state.worktree);
   return id;
 }

@@ -14,7 +14,7 @@ import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
 import { DEFAULT_PROTECTED } from '../config/schema.js';
 import type { DockerClient } from '../docker/client.js';
-import { managedFilter } from '../docker/labels.js';
+import { removeRunContainers } from '../runs/gc.js';
 import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree } from '../git/index.js';
 import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
 import { ModelSupervisor } from '../model/supervisor.js';
@@ -326,7 +326,7 @@ async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.P
     });
   }
   // Whatever the crashed process left (containers of its last iteration) goes first.
-  for (const r of await docker.listManaged(managedFilter(runId))) if (r.kind === 'container') await docker.remove(r.id);
+  await removeRunContainers(docker, runId);
   return state;
 }
 

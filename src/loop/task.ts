@@ -12,12 +12,20 @@ export interface Task {
 }
 
 /**
+ * The task's name: the file's base name without `.md`/`.txt`, lower-cased. Not checked here:
+ * loadTask refuses a name that is not safe (it names the branch and containers).
+ */
+export function taskNameOf(file: string): string {
+  return path.basename(file).replace(/\.(md|txt)$/i, '').toLowerCase();
+}
+
+/**
  * Reads and checks a task file. `from` says how the CLI got the path (the argument as typed and
  * the --repo it was resolved against), so that a missing file's error can say what was tried.
  */
 export async function loadTask(file: string, from?: { given: string; repo: string }): Promise<Task> {
   const resolved = path.resolve(file);
-  const name = path.basename(resolved).replace(/\.(md|txt)$/i, '').toLowerCase();
+  const name = taskNameOf(resolved);
   if (!isSafeName(name)) {
     throw new ConfigError(`Task file name ${JSON.stringify(path.basename(resolved))} does not make a safe task name.`, [], {
       hint: 'Use lowercase letters, digits, ".", "_" or "-" (it names the branch loopbox/<task>).',

@@ -12,7 +12,9 @@ import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { modelStatus } from '../model/server.js';
 import { ModelSupervisor } from '../model/supervisor.js';
 import { createRun, finishRun, readRun } from '../runs/registry.js';
-import { type LoopStarter, type StartRequest, type StartResult, taskNameOf } from '../triggers/starter.js';
+import { taskBranch } from '../git/index.js';
+import { taskNameOf } from '../loop/task.js';
+import type { LoopStarter, StartRequest, StartResult } from '../triggers/starter.js';
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
 
@@ -99,10 +101,6 @@ export class LoopRunner implements LoopStarter {
     await Promise.all([...this.active.values()].map((l) => l.done.catch(() => undefined)));
   }
 
-  get size(): number {
-    return this.active.size;
-  }
-
   /** Queues a loop; it starts when the pool has room. The run record exists from now on. */
   async enqueue(taskFile: string, trigger = 'manual'): Promise<QueuedLoop> {
     const runId = newRunId();
@@ -163,7 +161,7 @@ function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: Nod
     wallMs: 0,
     tokens: 0,
     blocked: 0,
-    branch: `loopbox/${q.task}`,
+    branch: taskBranch(q.task),
     worktree: '',
     lastCommit: null,
     verifiedCommit: null,

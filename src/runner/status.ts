@@ -5,9 +5,9 @@ import path from 'node:path';
 import { LoopboxError } from '../common/errors.js';
 import { runDir } from '../common/paths.js';
 import type { DockerClient } from '../docker/client.js';
-import { managedFilter } from '../docker/labels.js';
 import { STOP_FILE } from '../loop/loop.js';
 import { loadState, readIterations } from '../loop/state.js';
+import { removeRunContainers } from '../runs/gc.js';
 import { isRunAlive, listRuns } from '../runs/registry.js';
 
 export interface LoopStatusRow {
@@ -63,9 +63,7 @@ export async function stopLoops(docker: DockerClient, target: StopTarget, force:
   }
   for (const row of chosen) {
     await writeFile(path.join(runDir(row.runId, env), STOP_FILE), force ? 'force\n' : 'graceful\n');
-    if (force) {
-      for (const r of await docker.listManaged(managedFilter(row.runId))) if (r.kind === 'container') await docker.remove(r.id);
-    }
+    if (force) await removeRunContainers(docker, row.runId);
   }
   return chosen.map((r) => r.runId);
 }

@@ -16,6 +16,14 @@ export interface GcResult {
   failed: Array<{ resource: ManagedResource; error: string }>;
 }
 
+/**
+ * Removes every container labelled with this run (its sentry, agent, verify), whether or not the
+ * run is alive: for a run being resumed after a crash, or stopped with --force.
+ */
+export async function removeRunContainers(docker: DockerClient, runId: string): Promise<void> {
+  for (const r of await docker.listManaged(managedFilter(runId))) if (r.kind === 'container') await docker.remove(r.id);
+}
+
 export async function gc(docker: DockerClient, options: GcOptions = {}): Promise<GcResult> {
   const resources = await docker.listManaged(managedFilter());
   const alive = new Map<string, boolean>();

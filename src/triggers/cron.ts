@@ -3,7 +3,8 @@
 import { Cron } from 'croner';
 import { ConfigError, describe } from '../common/errors.js';
 import { cronProblem } from '../config/triggers.js';
-import { type LoopStarter, type TriggerLog, taskNameOf } from './starter.js';
+import { taskNameOf } from '../loop/task.js';
+import type { LoopStarter, TriggerLog } from './starter.js';
 
 /** The most stop() waits for starts in progress. */
 export const STOP_GRACE_MS = 10_000;

@@ -11,7 +11,8 @@ import { z } from 'zod';
 import { ConfigError, describe } from '../common/errors.js';
 import { isSafeName } from '../common/ids.js';
 import type { ServeConfig } from '../config/triggers.js';
-import { type LoopStarter, type StartRequest, type TriggerLog, taskNameOf } from './starter.js';
+import { taskNameOf } from '../loop/task.js';
+import type { LoopStarter, StartRequest, TriggerLog } from './starter.js';
 
 export interface ServeOptions {
   config: ServeConfig;

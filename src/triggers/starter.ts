@@ -1,6 +1,5 @@
 // The one thing the triggers (`loopbox schedule`, `loopbox serve`) need from the loop runner.
 // They talk to this interface, never to runLoop or Docker, so their tests need neither.
-import path from 'node:path';
 
 export interface StartRequest {
   taskFile: string;
@@ -24,8 +23,3 @@ export interface LoopStarter {
 /** A structured log line; the CLI maps it to pino. Never carries secrets or signatures. */
 export type TriggerEvent = { event: string } & Record<string, unknown>;
 export type TriggerLog = (event: TriggerEvent) => void;
-
-/** Task name = basename of the task file without `.md`/`.txt`, lowercase (as loop/task.ts names it). */
-export function taskNameOf(taskFile: string): string {
-  return path.basename(taskFile).replace(/\.(md|txt)$/i, '').toLowerCase();
-}

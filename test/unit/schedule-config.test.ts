@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { cronProblem, scheduleSchema, serveSchema } from '../../src/config/triggers.js';
 import { scheduleTrigger } from '../../src/triggers/cron.js';
-import { taskNameOf } from '../../src/triggers/starter.js';
+import { taskNameOf } from '../../src/loop/task.js';
 
 describe('schedule config', () => {
   it('defaults to no entries and takes cron, task and timezone', () => {
