@@ -17,6 +17,7 @@ import { describe } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
+import type { ContainerBackend, SandboxHandle } from '../backend/backend.js';
 import type { DockerClient } from '../docker/client.js';
 import type { IngestResult } from '../egress/ingest.js';
 import { commitSnapshot, ensureTaskWorktree, git, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex, type Snapshot } from '../git/index.js';
@@ -24,9 +25,9 @@ import { imageRef } from '../images/catalog.js';
 import { findModelServer } from '../model/network.js';
 import { readTokenTotals } from '../model/server.js';
 import type { ModelSupervisor } from '../model/supervisor.js';
-import { Sentry, runAgent, type AgentRun } from '../sandbox/sandbox.js';
+import type { AgentRun } from '../sandbox/sandbox.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
-import { runVerify, type VerifyResult } from '../verify/verify.js';
+import type { VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
 import { DiskWatch } from './disk-watch.js';
@@ -38,6 +39,8 @@ import { forceRemoveTree, lendPaths, lendTree, takeBackPath } from './workspace.
 /** What is fixed for one loop run: its folders, limits and shared resources. */
 export interface LoopContext {
   docker: DockerClient;
+  /** Where the sentry, agents and verify containers run. */
+  backend: ContainerBackend;
   config: Config;
   runId: string;
   task: Task;
@@ -66,15 +69,15 @@ export interface LoopContext {
 
 /** One sentry per run; a new one when the model server came back at another address. */
 export class SentryKeeper {
-  private sentry: Sentry | undefined;
+  private sentry: SandboxHandle | undefined;
   constructor(
     private readonly auditRoot: string,
     private count: number,
   ) {}
 
-  async get(ctx: LoopContext, modelIp: string | undefined): Promise<Sentry> {
+  async get(ctx: LoopContext, modelIp: string | undefined): Promise<SandboxHandle> {
     if (this.sentry && modelIp && this.sentry.modelIp !== modelIp) await this.stop();
-    this.sentry ??= await Sentry.start(ctx.docker, {
+    this.sentry ??= await ctx.backend.startSentry({
       runId: ctx.runId,
       task: ctx.task.name,
       auditDir: path.join(this.auditRoot, `sentry-${(this.count += 1)}`),
@@ -159,7 +162,7 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
     });
     // The agent must not reach the model before the "before" count is taken.
     const before = await tokensBefore;
-    run = await runAgent(ctx.docker, sentry, {
+    run = await ctx.backend.runAgent(sentry, {
       ...identity,
       cmd: invocation.cmd,
       env: invocation.env,
@@ -187,7 +190,7 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
     })();
     // Attribution needs the counters read before the next agent starts, not before verify:
     // collect while the host snapshots and verifies.
-    const collecting = sentry.collect(identity);
+    const collecting = ctx.backend.collectAudit(sentry, identity);
     collecting.catch(() => undefined); // awaited by the caller; never an unhandled rejection meanwhile
     tokens.catch(() => undefined);
     return { run, outputDropped: agentLog.dropped, stoppedFor, collecting, tokens };
@@ -253,7 +256,7 @@ export async function snapshot(ctx: LoopContext, state: LoopState, steps: StepTi
 /** Runs the verify command in a clean container, unless the iteration is void or stopped. */
 export async function verify(ctx: LoopContext, tree: string, iteration: number, skip: boolean): Promise<VerifyResult | null> {
   if (skip || ctx.signal.aborted) return null;
-  return runVerify(ctx.docker, {
+  return ctx.backend.runVerify({
     runId: ctx.runId,
     task: ctx.task.name,
     iteration,

@@ -13,8 +13,8 @@ import { runDir, stateDir } from '../common/paths.js';
 import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
 import { DEFAULT_PROTECTED } from '../config/schema.js';
+import { DockerBackend } from '../backend/docker.js';
 import type { DockerClient } from '../docker/client.js';
-import { removeRunContainers } from '../runs/gc.js';
 import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree } from '../git/index.js';
 import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
 import { ModelSupervisor } from '../model/supervisor.js';
@@ -177,6 +177,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       supervisor,
       external: config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined,
       agentSlots: options.agentSlots,
+      backend: new DockerBackend(docker),
       sentries: new SentryKeeper(sandboxesDir, sentries),
       diskBaseline: 0,
       stateEnv: options.stateEnv,
@@ -326,7 +327,7 @@ async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.P
     });
   }
   // Whatever the crashed process left (containers of its last iteration) goes first.
-  await removeRunContainers(docker, runId);
+  await new DockerBackend(docker).removeRun(runId);
   return state;
 }
 

@@ -1,0 +1,32 @@
+// Where a loop's containers run. The loop asks this interface to start a run's sentry, run an
+// agent in its network namespace, collect the audit records that agent caused, run a verify,
+// and remove what a run left; it never starts a container itself. DockerBackend (docker.ts),
+// on the Docker engine of this host, is the first implementation; docs/scaling.md designs one
+// for a cluster (a pod per run).
+import type { SandboxIdentity } from '../audit/record.js';
+import type { IngestResult } from '../egress/ingest.js';
+import type { AgentOptions, AgentRun, SentryOptions } from '../sandbox/sandbox.js';
+import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
+
+/** A started sentry: the network namespace (firewall, DNS responder, packet log) a run's agents share. */
+export interface SandboxHandle {
+  readonly id: string;
+  /** The model server's address the firewall lets through; undefined when no managed model runs. */
+  readonly modelIp: string | undefined;
+  readonly modelReachable: boolean;
+  /** Idempotent: flushes the sentry's logs, ingests the rest, signs a checkpoint, removes it. */
+  stop(): Promise<void>;
+}
+
+export interface ContainerBackend {
+  /** Starts a sentry and waits until its firewall, DNS and logger are up. */
+  startSentry(options: SentryOptions): Promise<SandboxHandle>;
+  /** Runs one agent in the sentry's namespace to its end (exit, deadline, or abort) and removes it. */
+  runAgent(sandbox: SandboxHandle, options: AgentOptions): Promise<AgentRun>;
+  /** The audit records written since the last collect, attributed to `identity`, appended to the run's log. */
+  collectAudit(sandbox: SandboxHandle, identity: SandboxIdentity): Promise<IngestResult>;
+  /** Runs the verify command on a tree in a clean container with no network. */
+  runVerify(options: VerifyOptions): Promise<VerifyResult>;
+  /** Removes every container the run left (its sentry, agent, verify), alive or not. */
+  removeRun(runId: string): Promise<void>;
+}
