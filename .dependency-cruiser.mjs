@@ -49,6 +49,13 @@ export default {
     },
     ...layerRules,
     {
+      name: 'cli-only-through-the-library',
+      comment: 'The CLI is a thin layer over the public library: it imports src/index.ts, never the modules behind it.',
+      severity: 'error',
+      from: { path: '^src/cli/' },
+      to: { path: '^src/', pathNot: '^src/(cli/|index\\.ts$)' },
+    },
+    {
       name: 'every-room-has-a-layer',
       comment: 'A new folder under src/ needs its place in LAYERS (and in docs/architecture.md).',
       severity: 'error',

@@ -1,33 +1,67 @@
-// The public library API. The CLI (src/cli) is a thin layer over these.
-export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnavailableError } from './common/errors.js';
-export { newRunId } from './common/ids.js';
-export { stateDir, runDir } from './common/paths.js';
-export { loadConfig, parseConfig, CONFIG_FILE } from './config/load.js';
-export type { Config, ConfigInput } from './config/schema.js';
-export { DockerClient } from './docker/client.js';
-export type { ContainerSpec, Bind, ManagedResource } from './docker/client.js';
-export { LABELS, resourceLabels, managedFilter } from './docker/labels.js';
-export { buildImages, imageStatus } from './images/builder.js';
-export type { BuildImagesOptions, BuiltImage } from './images/builder.js';
-export { IMAGE_NAMES, imageRef } from './images/catalog.js';
-export { runSandbox, Sentry, runAgent } from './sandbox/sandbox.js';
-export type { SandboxOptions, SandboxResult } from './sandbox/sandbox.js';
+// The public library API. The CLI (src/cli) is a thin layer over exactly these exports: a lint
+// rule (.dependency-cruiser.mjs, cli-only-through-the-library) keeps it from reaching past them.
+
+// Loops: one task, iterated in a sandbox until verification passes or a brake stops it.
+export { runLoop, checkRepoAndModel } from './loop/loop.js';
+export type { LoopEvent, LoopSummary, LoopOptions } from './loop/loop.js';
+export { loadTask, taskNameOf } from './loop/task.js';
+export type { Task } from './loop/task.js';
+export { resolveTaskFiles } from './loop/tasks.js';
+
+// Runner: several loops at once, bounded by the model's slots; status and stop from elsewhere.
+export { LoopRunner } from './runner/runner.js';
+export { loopStatus, stopLoops } from './runner/status.js';
+export type { LoopStatusRow, StopTarget } from './runner/status.js';
+
+// Triggers: cron and webhooks, which start loops through a LoopStarter (the runner is one).
+export { startScheduler } from './triggers/cron.js';
+export { secretFromEnv, startServer } from './triggers/serve.js';
+export type { LoopStarter, StartRequest, StartResult, TriggerEvent, TriggerLog } from './triggers/starter.js';
+
+// Where containers run, and the sandbox itself.
+export type { ContainerBackend, SandboxHandle } from './backend/backend.js';
+export { DockerBackend } from './backend/docker.js';
+export { runSandbox, Sentry, runAgent, sandboxAuditDir } from './sandbox/sandbox.js';
+export type { SandboxOptions, SandboxResult, SentryOptions, AgentOptions, AgentRun } from './sandbox/sandbox.js';
 export { agentSpec, sentrySpec } from './sandbox/specs.js';
 export { ingestSandboxAudit } from './egress/ingest.js';
-export { queryAudit, appendAudit, auditFile, sealAudit } from './audit/log.js';
-export { verifyAuditChain, canonicalize, loadAuditKey, parseVerifierKey } from './audit/chain.js';
+
+// Audit: the chained log, its verification, queries, OCSF, terminal tables.
+export { queryAudit, appendAudit, auditFile, sealAudit, formatTable, formatAuditTable, auditRow, formatFollowRow, AUDIT_TABLE_HEADER } from './audit/log.js';
+export { verifyAuditChain, formatVerification, canonicalize, loadAuditKey, parseVerifierKey } from './audit/chain.js';
 export type { ChainVerification, ChainBreak, VerifyOptions } from './audit/chain.js';
-export type { AuditRecord, AuditAggregate, StoredAuditRecord, SandboxTraffic } from './audit/record.js';
+export type { AuditRecord, AuditAggregate, AuditQuery, SandboxIdentity, StoredAuditRecord, SandboxTraffic } from './audit/record.js';
 export { streamAudit } from './audit/stream.js';
 export type { AuditLine, StreamOptions } from './audit/stream.js';
 export { OCSF_VERSION, toOcsf } from './audit/ocsf.js';
+export type { OcsfContext } from './audit/ocsf.js';
 export { writeReport } from './report/report.js';
 export { gatherReport } from './report/data.js';
 export type { ReportData, ChainResult } from './report/data.js';
-export { modelUp, modelDown, modelStatus } from './model/server.js';
+
+// Config, images, the model server, runs, Docker.
+export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnavailableError } from './common/errors.js';
+export { isSafeName, newRunId } from './common/ids.js';
+export { createLogger } from './common/logger.js';
+export { stateDir, runDir } from './common/paths.js';
+export { packageVersion } from './common/version.js';
+export { loadConfig, parseConfig, CONFIG_FILE } from './config/load.js';
+export type { Config, ConfigInput } from './config/schema.js';
+export { parseDuration } from './config/units.js';
+export { VERIFY_PROFILES, initProject, verifyImageFor } from './config/init.js';
+export { DockerClient } from './docker/client.js';
+export type { ContainerSpec, Bind, ManagedResource } from './docker/client.js';
+export { LABELS, resourceLabels, managedFilter, containerName } from './docker/labels.js';
+export { buildImages, imageStatus } from './images/builder.js';
+export type { BuildImagesOptions, BuiltImage } from './images/builder.js';
+export { IMAGE_NAMES, TOOLCHAINS, imageRef, toolchainImage } from './images/catalog.js';
+export type { ImageName, Toolchain } from './images/catalog.js';
+export { MODEL_CONTAINER, modelUp, modelDown, modelStatus } from './model/server.js';
 export { ensureFixtureModel } from './model/fixture.js';
+export { pullModel } from './model/pull.js';
 export { MODEL_NETWORK, findModelServer } from './model/network.js';
 export { gc } from './runs/gc.js';
 export type { GcOptions, GcResult } from './runs/gc.js';
 export { createRun, finishRun, readRun, listRuns, isRunAlive } from './runs/registry.js';
 export { doctor } from './doctor.js';
+export { runDemo } from './demo/demo.js';

@@ -4,14 +4,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { type Command, Option } from 'commander';
-import { AUDIT_TABLE_HEADER, auditRow, formatAuditTable, formatFollowRow } from '../audit/log.js';
-import { OCSF_VERSION, type OcsfContext, toOcsf } from '../audit/ocsf.js';
-import type { AuditRecord } from '../audit/record.js';
-import { streamAudit } from '../audit/stream.js';
-import { ConfigError } from '../common/errors.js';
-import { packageVersion } from '../common/version.js';
-import { parseDuration } from '../config/units.js';
-import { imageRef } from '../images/catalog.js';
+import { AUDIT_TABLE_HEADER, type AuditRecord, auditRow, ConfigError, formatAuditTable, formatFollowRow, imageRef, OCSF_VERSION, type OcsfContext, packageVersion, parseDuration, streamAudit, toOcsf } from '../index.js';
 import { type CliContext, err } from './context.js';
 import type { ProgramResult } from './options.js';
 

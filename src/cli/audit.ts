@@ -1,11 +1,8 @@
 // `loopbox audit key` and `loopbox audit verify`: the tamper-evident side of the audit log.
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { type ChainVerification, formatVerification, loadAuditKey, parseVerifierKey, verifyAuditChain } from '../audit/chain.js';
-import { ConfigError } from '../common/errors.js';
-import { runDir } from '../common/paths.js';
+import { type ChainVerification, ConfigError, formatVerification, listRuns, loadAuditKey, parseVerifierKey, runDir, verifyAuditChain } from '../index.js';
 import { existsSync } from 'node:fs';
-import { listRuns } from '../runs/registry.js';
 import { out } from './context.js';
 import type { ProgramResult } from './options.js';
 

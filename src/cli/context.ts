@@ -1,4 +1,4 @@
-import { DockerClient } from '../docker/client.js';
+import { DockerClient } from '../index.js';
 
 /** What every command gets: a Docker client made on first use, and the stop signal. */
 export class CliContext {

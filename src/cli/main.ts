@@ -3,7 +3,7 @@
 // First Ctrl+C stops gracefully (the running sandbox is killed and cleaned up, records kept);
 // a second one forces an immediate exit; either way the exit code is 130.
 import { CommanderError } from 'commander';
-import { LoopboxError } from '../common/errors.js';
+import { LoopboxError } from '../index.js';
 import { CliContext, err } from './context.js';
 import type { ProgramResult } from './options.js';
 import { buildProgram } from './program.js';

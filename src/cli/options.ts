@@ -1,7 +1,7 @@
 // What every command shares: the result main.ts turns into the exit code, and the parsers of
 // option values (each says what it expected and what arrived).
 import { InvalidArgumentError } from 'commander';
-import { parseDuration } from '../config/units.js';
+import { parseDuration } from '../index.js';
 
 /** Set by a command's action; main.ts is the only place that turns it into the exit code. */
 export interface ProgramResult {

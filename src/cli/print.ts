@@ -1,6 +1,5 @@
 // How the CLI shows a loop on the terminal: one line per event on stderr, and the summary table.
-import { formatTable } from '../audit/log.js';
-import type { LoopEvent, LoopSummary } from '../loop/loop.js';
+import { formatTable, type LoopEvent, type LoopSummary } from '../index.js';
 import { err } from './context.js';
 
 export function printLoopEvent(e: LoopEvent): void {

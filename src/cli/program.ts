@@ -1,31 +1,15 @@
 // commander wiring only: parse options, call the library, print. No process.exit here.
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { formatTable } from '../audit/log.js';
+import { buildImages, ConfigError, createRun, doctor, ensureFixtureModel, finishRun, formatTable, gc, IMAGE_NAMES, type ImageName, imageRef, initProject, isSafeName, loadConfig, LoopboxError, MODEL_CONTAINER, modelDown, modelStatus, modelUp, newRunId, packageVersion, pullModel, runDemo, runDir, runSandbox, sandboxAuditDir, type Toolchain, toolchainImage, TOOLCHAINS, VERIFY_PROFILES, verifyImageFor } from '../index.js';
 import { registerAuditChain } from './audit.js';
-import { ConfigError, LoopboxError } from '../common/errors.js';
-import { isSafeName, newRunId } from '../common/ids.js';
-import { runDir } from '../common/paths.js';
-import { packageVersion } from '../common/version.js';
-import { loadConfig } from '../config/load.js';
-import { doctor } from '../doctor.js';
-import { buildImages } from '../images/builder.js';
-import { IMAGE_NAMES, type ImageName, TOOLCHAINS, type Toolchain, imageRef, toolchainImage } from '../images/catalog.js';
-import { ensureFixtureModel } from '../model/fixture.js';
-import { MODEL_CONTAINER, modelDown, modelStatus, modelUp } from '../model/server.js';
-import { pullModel } from '../model/pull.js';
-import { gc } from '../runs/gc.js';
-import { createRun, finishRun } from '../runs/registry.js';
-import { runSandbox, sandboxAuditDir } from '../sandbox/sandbox.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, collect, duration, example, nonNegativeInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
 import { registerRun, registerStatusAndStop } from './run.js';
-import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
 import { registerAudit } from './audit-query.js';
 import { registerReport, reportPaths } from './report.js';
-import { VERIFY_PROFILES, initProject, verifyImageFor } from '../config/init.js';
 
 export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
   const program = new Command('loopbox')

@@ -1,7 +1,6 @@
 // `loopbox report RUN [-o FILE]`: one self-contained HTML page about a loop run.
 import type { Command } from 'commander';
-import { packageVersion } from '../common/version.js';
-import { writeReport } from '../report/report.js';
+import { packageVersion, writeReport } from '../index.js';
 import { out } from './context.js';
 
 export function registerReport(program: Command): void {

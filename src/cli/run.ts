@@ -1,16 +1,7 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { formatTable } from '../audit/log.js';
-import { ConfigError } from '../common/errors.js';
-import { loadConfig } from '../config/load.js';
-import { type LoopEvent, type LoopSummary, checkRepoAndModel, runLoop } from '../loop/loop.js';
-import { resolveTaskFiles } from '../loop/tasks.js';
-import { loadTask } from '../loop/task.js';
-import { LoopRunner } from '../runner/runner.js';
-import { loopStatus, stopLoops } from '../runner/status.js';
-import { modelStatus } from '../model/server.js';
-import { gc } from '../runs/gc.js';
+import { checkRepoAndModel, ConfigError, formatTable, gc, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, resolveTaskFiles, runLoop, stopLoops } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, positiveInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';

@@ -2,18 +2,7 @@
 // ticks or webhooks, through the same slot-bounded runner as `loopbox run`.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { ConfigError } from '../common/errors.js';
-import { createLogger } from '../common/logger.js';
-import { stateDir } from '../common/paths.js';
-import { loadConfig } from '../config/load.js';
-import type { Config } from '../config/schema.js';
-import { checkRepoAndModel } from '../loop/loop.js';
-import { resolveTaskFiles } from '../loop/tasks.js';
-import { startScheduler } from '../triggers/cron.js';
-import { LoopRunner } from '../runner/runner.js';
-import { secretFromEnv, startServer } from '../triggers/serve.js';
-import type { TriggerEvent } from '../triggers/starter.js';
-import { taskNameOf } from '../loop/task.js';
+import { checkRepoAndModel, type Config, ConfigError, createLogger, loadConfig, LoopRunner, resolveTaskFiles, secretFromEnv, startScheduler, startServer, stateDir, taskNameOf, type TriggerEvent } from '../index.js';
 import { type CliContext, err } from './context.js';
 import { port, positiveInt } from './options.js';
 import { printLoopEvent } from './print.js';
