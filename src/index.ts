@@ -49,7 +49,7 @@ export { loadConfig, parseConfig, CONFIG_FILE } from './config/load.js';
 export type { Config, ConfigInput } from './config/schema.js';
 export { parseDuration } from './config/units.js';
 export { VERIFY_PROFILES, initProject, verifyImageFor } from './config/init.js';
-export { DockerClient } from './docker/client.js';
+export { DockerClient, DockerApiError } from './docker/client.js';
 export type { ContainerSpec, Bind, ManagedResource } from './docker/client.js';
 export { LABELS, resourceLabels, managedFilter, containerName } from './docker/labels.js';
 export { buildImages, imageStatus } from './images/builder.js';

@@ -1,5 +1,6 @@
 // The model network: an `--internal` Docker network shared by the model server and every
 // sentry. Internal means Docker gives it no route out: a second wall behind the firewall.
+import { LoopboxError } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
 import { LABELS, SHARED_RUN_ID, resourceLabels } from '../docker/labels.js';
 
@@ -13,10 +14,14 @@ export async function ensureNetwork(docker: DockerClient, name: string, internal
   const existing = await docker.findNetwork(name);
   if (existing) {
     if (existing.Labels?.[LABELS.managed] !== 'true') {
-      throw new Error(`A Docker network named ${name} exists but loopbox did not create it; remove or rename it.`);
+      throw new LoopboxError(`A Docker network named ${name} exists, but loopbox did not create it.`, {
+        hint: `loopbox needs that name for its own network: remove or rename the other one (docker network rm ${name}), if nothing of yours uses it.`,
+      });
     }
     if (existing.Internal !== internal) {
-      throw new Error(`Network ${name} exists with internal=${String(existing.Internal)}, expected ${String(internal)}; run \`loopbox gc --all\`.`);
+      throw new LoopboxError(`Network ${name} exists with internal=${String(existing.Internal)}, expected ${String(internal)}.`, {
+        hint: 'Stop the loops and the model server (loopbox model down), then run `loopbox gc --all` to remove it; loopbox makes it again.',
+      });
     }
     return;
   }
@@ -36,12 +41,10 @@ export interface ModelEndpoint {
 
 /** The running managed model server on the model network, if any. */
 export async function findModelServer(docker: DockerClient): Promise<ModelEndpoint | undefined> {
-  const containers = await docker.api.listContainers({
-    filters: JSON.stringify({ label: [`${LABELS.managed}=true`, `${LABELS.role}=model`], status: ['running'] }),
-  });
-  for (const c of containers) {
-    const ip = c.NetworkSettings?.Networks?.[MODEL_NETWORK]?.IPAddress;
-    if (ip) return { containerId: c.Id, ip, port: MODEL_PORT };
+  // Running ones only (the default).
+  for (const c of await docker.listContainers([`${LABELS.managed}=true`, `${LABELS.role}=model`])) {
+    const ip = c.networks[MODEL_NETWORK]?.ip;
+    if (ip) return { containerId: c.id, ip, port: MODEL_PORT };
   }
   return undefined;
 }

@@ -4,8 +4,8 @@
 // config, its own timeout, which covers the copy too. The agent's container is gone by then;
 // nothing it started survives into this one, and each verify is a new container.
 import { treeArchive } from '../git/archive.js';
-import { RecentLines } from '../common/errors.js';
-import type { DockerClient } from '../docker/client.js';
+import { RecentLines, describe } from '../common/errors.js';
+import { DockerApiError, type DockerClient } from '../docker/client.js';
 import { containerName, resourceLabels } from '../docker/labels.js';
 import type { SandboxIdentity } from '../audit/record.js';
 import { deadline } from '../sandbox/specs.js';
@@ -108,13 +108,11 @@ async function copyTree(docker: DockerClient, id: string, options: VerifyOptions
   const failed = new Promise<string>((resolve) => archive.once('error', (error: Error) => resolve(error.message)));
   try {
     return await Promise.race([
-      docker.api
-        .getContainer(id)
-        .putArchive(archive, { path: '/' })
-        .then(
-          () => 'ok',
-          (error: unknown) => (error instanceof Error ? error.message : String(error)),
-        ),
+      docker.putArchive(id, archive, '/').then(
+        () => 'ok',
+        // The engine's own reason, as the verify result has always said it.
+        (error: unknown) => describe(error instanceof DockerApiError ? error.cause : error),
+      ),
       failed,
       timeout,
     ]);

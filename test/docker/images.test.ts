@@ -44,9 +44,9 @@ describe('images and doctor (real Docker)', () => {
   }, 600_000);
 
   it('leaves the extra CA out of every layer of the final agent image', async () => {
-    const history = (await docker.api.getImage(imageRef('agent')).history()) as Array<{ CreatedBy: string }>;
+    const history = await docker.imageHistory(imageRef('agent'));
     expect(history.length).toBeGreaterThan(3);
-    expect(history.some((h) => h.CreatedBy.includes('loopbox-extra-ca'))).toBe(false);
+    expect(history.some((createdBy) => createdBy.includes('loopbox-extra-ca'))).toBe(false);
     const res = await cli(['sandbox', 'run', '--', 'bash', '-c', 'ls /tmp/loopbox-extra-ca.pem /opt/npm-global 2>&1; command -v npm || echo no-npm']);
     expect(res.stdout).toContain('No such file');
     expect(res.stdout).toContain('no-npm');

@@ -59,8 +59,8 @@ async function agentContainer(task: string, iteration?: number): Promise<{ id: s
   // Only this state dir's: other checkouts on the engine may run a task of the same name.
   const label = [`${LABELS.role}=agent`, `${LABELS.task}=${task}`, `${LABELS.stateDir}=${stateDirLabel()}`];
   if (iteration !== undefined) label.push(`${LABELS.iteration}=${iteration}`);
-  const [c] = await docker.api.listContainers({ filters: JSON.stringify({ label }) });
-  return c ? { id: c.Id, runId: c.Labels[LABELS.runId]! } : undefined;
+  const [c] = await docker.listContainers(label);
+  return c ? { id: c.id, runId: c.labels[LABELS.runId]! } : undefined;
 }
 
 /** Every file under `dir` except `.git`, relative, sorted. */
@@ -135,7 +135,7 @@ describe('loop integrity (real Docker, git): as root', () => {
     await child;
     const killedAt = Date.now();
     // Deadline: the 4 s timeout plus the container's grace (15 s), counted from its start.
-    await waitFor('the agent container to go', async () => ((await docker.api.listContainers({ all: true, filters: JSON.stringify({ id: [agent.id] }) })).length ? undefined : true), 45_000);
+    await waitFor('the agent container to go', async () => ((await docker.listContainers([], { all: true, id: agent.id })).length ? undefined : true), 45_000);
     expect(Date.now() - killedAt).toBeLessThan(45_000);
     // The sentry of the dead run is reaped by the next command that touches the state.
     expect((await remaining(agent.runId)).length).toBeGreaterThan(0);

@@ -152,8 +152,8 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
     let runId: string | undefined;
     for (let i = 0; i < 100 && !runId; i += 1) {
       await new Promise((r) => setTimeout(r, 300));
-      const agents = await (await import('./helpers.js')).docker.api.listContainers({ filters: JSON.stringify({ label: ['loopbox.role=agent', 'loopbox.task=fix-add'] }) });
-      if (agents[0]) runId = agents[0].Labels['loopbox.run-id'];
+      const agents = await (await import('./helpers.js')).docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add']);
+      if (agents[0]) runId = agents[0].labels['loopbox.run-id'];
     }
     expect(runId).toBeDefined();
     await new Promise((r) => setTimeout(r, 1500));
@@ -182,8 +182,8 @@ describe('crash and resume (real Docker, git)', () => {
     let runId: string | undefined;
     for (let i = 0; i < 150 && !runId; i += 1) {
       await new Promise((r) => setTimeout(r, 200));
-      const agents = await docker.api.listContainers({ filters: JSON.stringify({ label: ['loopbox.role=agent', 'loopbox.task=fix-add', 'loopbox.iteration=2'] }) });
-      if (agents[0]) runId = agents[0].Labels['loopbox.run-id'];
+      const agents = await docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add', 'loopbox.iteration=2']);
+      if (agents[0]) runId = agents[0].labels['loopbox.run-id'];
     }
     expect(runId, 'iteration 2 started').toBeDefined();
     child.kill('SIGKILL');

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/audit/record.js';
+import type { ContainerSummary } from '../../src/docker/client.js';
 import { runDir } from '../../src/common/paths.js';
 import type { IterationRecord } from '../../src/loop/state.js';
 import { MODEL_NETWORK, findModelServer } from '../../src/model/network.js';
@@ -41,9 +42,8 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, tim
   }
 }
 
-async function agentsRunning(task?: string): Promise<Array<{ Id: string; Labels: Record<string, string> }>> {
-  const label = ['loopbox.role=agent', ...(task ? [`loopbox.task=${task}`] : [])];
-  return docker.api.listContainers({ filters: JSON.stringify({ label }) });
+async function agentsRunning(task?: string): Promise<ContainerSummary[]> {
+  return docker.listContainers(['loopbox.role=agent', ...(task ? [`loopbox.task=${task}`] : [])]);
 }
 
 describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
@@ -57,7 +57,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     let peak = 0;
     let sawQueued = false;
     while (run.exitCode === null && !run.killed) {
-      const n = (await agentsRunning()).filter((a) => ['p1', 'p2', 'p3'].includes(a.Labels['loopbox.task'] ?? '')).length;
+      const n = (await agentsRunning()).filter((a) => ['p1', 'p2', 'p3'].includes(a.labels['loopbox.task'] ?? '')).length;
       peak = Math.max(peak, n);
       if (!sawQueued) {
         const status = JSON.parse((await cli(['status', '--json'])).stdout) as { loops: Array<{ task: string; state: string }> };
@@ -77,7 +77,7 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     const a = track(await makeRepo(['holder'], 'echo wip > wip.txt; sleep 120', { agent: { type: 'command', command: ['bash', '-c', 'echo wip > wip.txt; sleep 120'], timeout: '5m' } }));
     const runA = spawnCli(['--config', a.config, 'run', '--repo', a.repo, '--json', path.join(a.repo, 'tasks', 'holder.md')]);
     const holder = await waitFor('the holder agent', async () => (await agentsRunning('holder'))[0]);
-    const runIdA = holder.Labels['loopbox.run-id']!;
+    const runIdA = holder.labels['loopbox.run-id']!;
     const sentry = await docker.inspect(`loopbox-${runIdA}-holder-sentry`);
     const sentryIp = sentry.NetworkSettings.Networks[MODEL_NETWORK]!.IPAddress;
     expect(sentryIp).toMatch(/^\d+\.\d+\.\d+\.\d+$/);

@@ -67,8 +67,8 @@ describe('sandbox run (real Docker, real firewall)', () => {
     ]);
     // While the script holds: the live containers have the hardening the sandbox claims.
     const live = async (role: string): Promise<ContainerInspectInfo | undefined> => {
-      const found = await docker.api.listContainers({ filters: JSON.stringify({ label: [`loopbox.run-id=${sandboxRun}`, `loopbox.role=${role}`] }) });
-      return found[0] ? docker.inspect(found[0].Id) : undefined;
+      const found = await docker.listContainers([`loopbox.run-id=${sandboxRun}`, `loopbox.role=${role}`]);
+      return found[0] ? docker.inspect(found[0].id) : undefined;
     };
     let agent: ContainerInspectInfo | undefined;
     for (let i = 0; i < 300 && !agent; i += 1) {
@@ -254,8 +254,8 @@ describe('sandbox run (real Docker, real firewall)', () => {
       await docker.createNetwork({ name: plain, internal: false, labels: resourceLabels({ runId, role: 'decoy' }) });
       const control = await execa('docker', ['run', '--rm', '--label', 'loopbox.managed=true', '--label', `loopbox.run-id=${runId}`, '--network', plain, '--user', '1000:1000', imageRef('agent'), 'node', '-e', probe], { reject: false });
       expect(control.stdout, control.stderr).toContain('target=connected');
-      const model = (await docker.api.getNetwork(MODEL_NETWORK).inspect()) as { Internal: boolean };
-      expect(model.Internal, `${MODEL_NETWORK} is --internal`).toBe(true);
+      const model = await docker.findNetwork(MODEL_NETWORK);
+      expect(model?.Internal, `${MODEL_NETWORK} is --internal`).toBe(true);
       const res = await cli(['sandbox', 'run', '--run-id', sandboxRun, '--no-firewall', '--', 'node', '-e', probe]);
       expect(res.exitCode, res.all).toBe(0);
       expect(res.stdout).toMatch(/target=(ENETUNREACH|EHOSTUNREACH|timeout)/);
@@ -279,11 +279,11 @@ describe('sandbox run (real Docker, real firewall)', () => {
     let engineAnswers = 0;
     const deadline = Date.now() + 15_000;
     while (Date.now() < deadline) {
-      const agents = await docker.api.listContainers({ filters: JSON.stringify({ label: [`loopbox.run-id=${sandboxRun}`, 'loopbox.role=agent'] }) });
+      const agents = await docker.listContainers([`loopbox.run-id=${sandboxRun}`, 'loopbox.role=agent']);
       if (agents[0]) {
-        const top = (await docker.api.getContainer(agents[0].Id).top().catch(() => undefined)) as { Processes?: unknown[] } | undefined;
-        if (top) peak = Math.max(peak, top.Processes?.length ?? 0);
-        const info = await docker.inspect(agents[0].Id).catch(() => undefined);
+        const processes = await docker.processes(agents[0].id).catch(() => undefined);
+        if (processes) peak = Math.max(peak, processes.length);
+        const info = await docker.inspect(agents[0].id).catch(() => undefined);
         if (info) expect(info.HostConfig.PidsLimit).toBe(64);
       }
       await docker.ping();
