@@ -16,7 +16,6 @@ import type { DockerClient } from '../docker/client.js';
 import { commitSnapshot, ensureTaskWorktree, isDirtyRepo, matchesAny, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex } from '../git/index.js';
 import { imageRef } from '../images/catalog.js';
 import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
-import { readTokenTotals } from '../model/server.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
 import { managedFilter } from '../docker/labels.js';
 import { isIP } from 'node:net';
@@ -176,7 +175,6 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           await chownTree(notesDir, agentUid);
         }
         const agentLog = createWriteStream(path.join(dir, 'sandboxes', `i${iteration}.agent.log`));
-        const tokensBefore = model ? readTokenTotals(docker, model) : Promise.resolve(undefined);
         // One sentry per run; a new one when the model server came back at another address.
         if (sentry && model && sentry.modelIp !== model.ip) {
           await sentry.stop();
@@ -188,6 +186,8 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           auditDir: path.join(dir, 'sandboxes', `sentry-${(sentries += 1)}`),
           allow: config.sandbox.allow,
           modelEndpoint: external,
+          // The gateway enforces the loop's token budget itself (429 past it).
+          gateway: { maxBodyBytes: config.model.maxRequestBody, maxTokens: config.model.maxTokens, tokenBudget: config.loop.tokenBudget, tokensUsed: state.tokens },
           logger: log,
           stateEnv: options.stateEnv,
         });
@@ -200,8 +200,6 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           break;
         }
         const identity = { runId, task: task.name, iteration };
-        // The agent must not reach the model before the "before" count is taken.
-        const before = await tokensBefore;
         const agentRun = await runAgent(docker, sentry, {
           ...identity,
           cmd: invocation.cmd,
@@ -237,8 +235,6 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           await chownTree(state.worktree, 0);
           await chownTree(notesDir, 0);
         }
-        // Read while the host snapshots and verifies: verification never talks to the model.
-        const tokensAfter = model && !modelDown ? readTokenTotals(docker, model) : Promise.resolve(undefined);
 
         // Read what the agent left; put protected paths back before anything else sees them.
         const head = await branchHead(repo, state.branch);
@@ -272,9 +268,10 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
             signal,
           });
         }
-        const [after, audit] = await Promise.all([tokensAfter, collecting]);
+        const audit = await collecting;
         blocked += audit.traffic.blockedPackets + audit.traffic.dnsBlocked;
-        const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
+        // Metered by this run's own gateway: exact with parallel loops and with model.endpoint.
+        const tokens = audit.model.tokens;
         const verified = verify?.passed === true;
         let commit: string | null = null;
         if (verified || snap.changed.length > 0) {
@@ -297,6 +294,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           commit,
           verified,
           tokens,
+          model: { promptTokens: audit.model.promptTokens, cachedTokens: audit.model.cachedTokens, completionTokens: audit.model.completionTokens, requests: audit.model.requests, denied: audit.model.denied },
           audit: { ...audit.traffic, records: audit.records.length },
           modelDown,
         };
@@ -325,6 +323,9 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
             },
             { baseTree: state.baseTree, trees: state.trees, verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
           );
+          if ((!decision || decision.state !== 'done') && audit.model.budgetExceeded) {
+            decision = { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget ?? '?'} used: the model gateway refused a request (${state.tokens} tokens)` };
+          }
         }
         if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
         await saveState(dir, state);

@@ -16,7 +16,8 @@ import { type Bind, type DockerClient, sleep } from '../docker/client.js';
 import { type AuditCursor, type IngestResult, START_CURSOR, ingestSandboxAudit, packetLinesWritten, parseCounters, type SentryCounters } from '../egress/ingest.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
-import { SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
+import { GATEWAY_FILE, NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
+import { type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
 
 export interface SandboxLimits {
   memoryBytes: number;
@@ -45,6 +46,8 @@ export interface SandboxOptions extends SandboxIdentity {
   attachNetworks?: string[];
   /** Test-only: no firewall rules at all. */
   noFirewall?: boolean;
+  /** The model gateway's limits; default: DEFAULT_GATEWAY_LIMITS. */
+  gateway?: GatewayLimits | undefined;
   timeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
   stdout?: Writable;
@@ -61,13 +64,24 @@ export interface SandboxResult {
   durationMs: number;
   records: AuditRecord[];
   traffic: SandboxTraffic;
+  model: ModelUsage;
   modelReachable: boolean;
 }
+
+/** What `collect()` attributes to an iteration: the firewall's records and the gateway's tokens. */
+export interface CollectResult extends IngestResult {
+  model: ModelUsage;
+}
+
+/** The defaults of `model.maxRequestBody` and `model.maxTokens` (src/config/schema.ts). */
+export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = { maxBodyBytes: 16 * 1024 ** 2, maxTokens: 32768 };
 
 /** Written into a sentry's audit folder once all its records are in the run's audit log. */
 const INGESTED_MARK = '.ingested';
 /** The sentry's read position, saved after each collect so a crashed run loses no record. */
 const CURSOR_FILE = '.cursor.json';
+/** The read position in the gateway's file, kept apart from the firewall's cursor. */
+const GATEWAY_CURSOR_FILE = '.gateway-cursor.json';
 
 export interface SentryOptions {
   runId: string;
@@ -80,6 +94,7 @@ export interface SentryOptions {
   allow?: string[] | undefined;
   attachNetworks?: string[] | undefined;
   noFirewall?: boolean | undefined;
+  gateway?: GatewayLimits | undefined;
   logger?: Logger | undefined;
   stateEnv?: NodeJS.ProcessEnv | undefined;
 }
@@ -101,6 +116,7 @@ export class Sentry {
   private cursor: AuditCursor = START_CURSOR;
   private stopped = false;
   private lastIdentity: SandboxIdentity | undefined;
+  private gatewayOffset = 0;
 
   private constructor(
     private readonly docker: DockerClient,
@@ -109,6 +125,7 @@ export class Sentry {
     readonly auditDir: string,
     readonly dnsHosts: Record<string, string>,
     readonly modelIp: string | undefined,
+    private readonly modelTarget: { ip: string; port: number } | undefined,
     private readonly options: SentryOptions,
   ) {}
 
@@ -122,23 +139,30 @@ export class Sentry {
     await requireImage(docker, image);
     await ensureNetwork(docker, MODEL_NETWORK, true);
     const model = options.modelEndpoint ?? (await findModelServer(docker));
-    const allow: string[] = [];
     const dnsHosts: Record<string, string> = {};
     if (model) {
-      allow.push(endpoint(model.ip, model.port));
       dnsHosts[MODEL_HOSTNAME] = model.ip;
       for (const name of options.modelEndpoint?.names ?? []) dnsHosts[name] = model.ip;
+      if (isIP(model.ip) !== 4) {
+        throw new ConfigError(`The model at ${model.ip} is not an IPv4 address; the sandbox's model gateway reaches IPv4 endpoints only.`, [], {
+          hint: 'Give model.endpoint as an IPv4 address or a name that resolves to one.',
+        });
+      }
     }
+    // The model is not an allowed endpoint: only the gateway's uid reaches it (issue 8, item 1).
+    const modelTarget = model ? endpoint(model.ip, model.port) : undefined;
+    const allow = (await resolveEndpoints(options.allow ?? [])).filter((e) => e !== modelTarget);
     // An outside model server needs a route: it counts as an extra endpoint (see below).
-    const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
-    for (const e of extras) if (!allow.includes(e)) allow.push(e);
+    const extras = [...allow, ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
     const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
     await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv);
     // The sentry runs as root in its container; the folder is the host's, so the host can read
     // and delete what it writes.
     await mkdir(options.auditDir, { recursive: true });
     await chmod(options.auditDir, 0o777);
-    const id = await docker.createContainer(sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, noFirewall: options.noFirewall }));
+    const id = await docker.createContainer(
+      sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, model: modelTarget, gateway: options.gateway ?? DEFAULT_GATEWAY_LIMITS, noFirewall: options.noFirewall }),
+    );
     try {
       // Endpoints outside the model network need a route: only then does the sentry join a
       // plain bridge, and the firewall alone decides (docs/security-model.md).
@@ -154,11 +178,11 @@ export class Sentry {
       throw error;
     }
     log.debug({ sentry: id.slice(0, 12), allow }, 'sentry ready');
-    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, options);
+    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, model ? { ip: model.ip, port: model.port } : undefined, options);
   }
 
   /** Attributes what the sentry logged since the last collect to `identity`, into the audit log. */
-  async collect(identity: SandboxIdentity): Promise<IngestResult> {
+  async collect(identity: SandboxIdentity): Promise<CollectResult> {
     this.lastIdentity = identity;
     const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
     // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
@@ -171,7 +195,18 @@ export class Sentry {
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
     this.cursor = result.cursor;
     await writeFile(path.join(this.auditDir, CURSOR_FILE), JSON.stringify(this.cursor));
-    return result;
+    const model = await this.collectGateway(identity);
+    return { ...result, model };
+  }
+
+  /** The gateway's records since the last read: requests to model.jsonl, refusals to the audit log. */
+  private async collectGateway(identity: SandboxIdentity): Promise<ModelUsage> {
+    const gw = await readGatewayRecords(this.auditDir, identity, 'agent', this.gatewayOffset, this.modelTarget);
+    await appendAudit(identity.runId, gw.audit, this.options.stateEnv);
+    await appendModelRequests(identity.runId, gw.requests, this.options.stateEnv);
+    this.gatewayOffset = gw.offset;
+    await writeFile(path.join(this.auditDir, GATEWAY_CURSOR_FILE), JSON.stringify({ offset: gw.offset }));
+    return gw.usage;
   }
 
   /**
@@ -186,6 +221,7 @@ export class Sentry {
     if (this.lastIdentity) {
       const late = await ingestSandboxAudit(this.auditDir, this.lastIdentity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor).catch(() => undefined);
       if (late) await appendAudit(this.lastIdentity.runId, late.records, this.options.stateEnv).catch(() => undefined);
+      await this.collectGateway(this.lastIdentity).catch(() => undefined);
     }
     await this.docker.remove(this.id);
     await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
@@ -259,11 +295,12 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
     allow: options.allow,
     attachNetworks: options.attachNetworks,
     noFirewall: options.noFirewall,
+    gateway: options.gateway,
     logger: options.logger,
     stateEnv: options.stateEnv,
   });
   let run: AgentRun | undefined;
-  let collected: IngestResult | undefined;
+  let collected: CollectResult | undefined;
   try {
     run = await runAgent(docker, sentry, { ...options, ...id });
   } finally {
@@ -274,6 +311,7 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
     ...run,
     records: collected?.records ?? [],
     traffic: collected?.traffic ?? { allowedPackets: 0, allowedBytes: 0, blockedPackets: 0, dnsBlocked: 0, dnsAnswered: 0, lostRecords: 0 },
+    model: collected?.model ?? NO_MODEL_USAGE,
     modelReachable: sentry.modelReachable,
   };
 }
@@ -297,6 +335,17 @@ export async function recoverAuditDir(dir: string, identity: SandboxIdentity, an
     }
     const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor);
     await appendAudit(identity.runId, leftover.records, env);
+    let offset = 0;
+    try {
+      offset = (JSON.parse(await readFile(path.join(dir, GATEWAY_CURSOR_FILE), 'utf8')) as { offset?: number }).offset ?? 0;
+    } catch {
+      // never collected
+    }
+    if (existsSync(path.join(dir, GATEWAY_FILE))) {
+      const gw = await readGatewayRecords(dir, identity, 'agent', offset, undefined);
+      await appendAudit(identity.runId, gw.audit, env);
+      await appendModelRequests(identity.runId, gw.requests, env);
+    }
   }
   await rm(dir, { recursive: true, force: true });
 }
