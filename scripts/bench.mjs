@@ -10,13 +10,17 @@
 //                  agent), verify `false` in a clean container, N iterations, ends `capped`.
 //                  (verify `true` would end the loop `done` after one iteration; with a failing
 //                  verify and no change loopbox writes no commit, while B commits every time.)
+//   G. gateway    the model gateway's added latency: inside one sentry, as the gateway's own uid
+//                  (the one uid allowed to reach the model directly), the same requests go
+//                  alternately straight to the model and through the gateway, each on a new
+//                  connection; p50/p95 of both and of the difference (target: p50 < 2 ms).
 // It prints per-iteration times, the ratios L/A (target <= 2.5x) and L/B (target <= 1.1x), the
 // orchestrator's peak RSS during L (sampled every 100 ms), and where L's time goes: every
 // Docker API call the loop makes, timed through a wrapped DockerClient; "outside Docker calls"
 // is git, the file system and the audit log. Timings are a report, never asserted. Other
 // Docker work on the machine makes them noisy: compare ratios within one run.
 //
-// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8)
+// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8; BENCH_ONLY=gateway runs G only)
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
@@ -36,6 +40,7 @@ const { hostCaBundle } = await import('../dist/images/builder.js');
 const { runLoop } = await import('../dist/loop/loop.js');
 const { LoopRunner } = await import('../dist/schedule/runner.js');
 const { createExampleRepo } = await import('../dist/demo/example-repo.js');
+const { Sentry } = await import('../dist/sandbox/sandbox.js');
 
 const N = Number(process.env.BENCH_ITERATIONS ?? 8);
 const runId = `bench-${randomBytes(4).toString('hex')}`;
@@ -237,6 +242,63 @@ async function cleanup(docker, made, startedModel) {
   }
 }
 
+// Runs in the sentry as the gateway's uid: alternates direct and gateway requests, new
+// connection each, and prints the per-request times in ms as JSON.
+const GATEWAY_CLIENT = `
+import http.client, json, sys, time
+ip, port, n_models, n_chat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+chat = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+def one(host, p, method, path, body):
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection(host, p, timeout=60)
+    c.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    r = c.getresponse(); r.read(); c.close()
+    if r.status != 200: raise SystemExit("HTTP %d from %s:%d%s" % (r.status, host, p, path))
+    return (time.perf_counter() - t0) * 1000
+out = {}
+for name, method, path, body, n in (("models", "GET", "/v1/models", None, n_models), ("chat", "POST", "/v1/chat/completions", chat, n_chat)):
+    d, g = [], []
+    for i in range(n + 3):
+        a, b = one(ip, port, method, path, body), one("127.0.0.1", 81, method, path, body)
+        if i >= 3: d.append(a); g.append(b)  # the first three warm up
+    out[name] = {"direct": d, "gateway": g}
+print(json.dumps(out))
+`;
+
+const pct = (xs, q) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * (s.length - 1) + 0.5))];
+};
+
+/** G: the gateway's added latency per request, against a direct call in the same run. */
+async function gatewayLatency(docker) {
+  const auditDir = await mkdtemp(path.join(tmpdir(), 'lbx-bench-gw-'));
+  made.push(auditDir);
+  const sentry = await Sentry.start(docker, { runId, auditDir });
+  try {
+    const model = await findModelServer(docker);
+    const nModels = Number(process.env.BENCH_GATEWAY_REQUESTS ?? 300);
+    const nChat = Math.max(10, Math.round(nModels / 6));
+    const res = await docker.exec(sentry.id, ['python3', '-I', '-c', GATEWAY_CLIENT, model.ip, String(model.port), String(nModels), String(nChat)], 'lbxgw');
+    if (res.exitCode !== 0) throw new Error(`gateway bench client failed: ${res.stderr || res.stdout}`);
+    const data = JSON.parse(res.stdout.trim().split('\n').pop());
+    const lines = ['', 'model gateway: added latency per request (inside the sentry, new connection per request, same run):'];
+    lines.push(`  ${'request'.padEnd(28)} ${'n'.padStart(4)}  ${'direct p50/p95'.padStart(16)}  ${'gateway p50/p95'.padStart(16)}  ${'added p50/p95'.padStart(15)}`);
+    let addedP50 = 0;
+    for (const [name, label] of [['models', 'GET /v1/models'], ['chat', 'POST chat, max_tokens 1']]) {
+      const { direct, gateway } = data[name];
+      const added = gateway.map((g, i) => g - direct[i]);
+      if (name === 'models') addedP50 = pct(added, 0.5);
+      const f = (xs) => `${pct(xs, 0.5).toFixed(2)}/${pct(xs, 0.95).toFixed(2)} ms`;
+      lines.push(`  ${label.padEnd(28)} ${String(direct.length).padStart(4)}  ${f(direct).padStart(16)}  ${f(gateway).padStart(16)}  ${f(added).padStart(15)}`);
+    }
+    lines.push(`  added p50 (GET /v1/models): ${addedP50.toFixed(2)} ms  (target < 2 ms: ${addedP50 < 2 ? 'MET' : 'NOT MET'})`, '');
+    process.stdout.write(`${lines.join('\n')}\n`);
+  } finally {
+    await sentry.stop();
+  }
+}
+
 const P_ITERATIONS = Number(process.env.BENCH_PARALLEL_ITERATIONS ?? 3);
 const pRuns = [];
 const abort = new AbortController();
@@ -247,48 +309,52 @@ const made = [];
 let startedModel = false;
 try {
   startedModel = await setup(docker);
-  const image = imageRef('agent');
-  const plain = await mkdtemp(path.join(tmpdir(), 'lbx-bench-plain-'));
-  const repo = await mkdtemp(path.join(tmpdir(), 'lbx-bench-loop-'));
-  made.push(plain, repo);
-  await createExampleRepo(plain);
-  await createExampleRepo(repo);
-  await execa('docker', ['run', '--rm', ...labels, image, 'true']); // warm-up, not timed
-  say(`A: bare docker run x${N}`);
-  const bare = await bareDocker(image);
-  say(`B: bash loop x${N}`);
-  const bash = await bashLoop(image, plain);
-  say(`L: loopbox loop x${N}`);
-  calls.length = 0;
-  const lb = await loopbox(docker, repo, calls);
-  report({ bare, bash, lb });
+  say('G: model gateway latency');
+  await gatewayLatency(new DockerClient());
+  if (process.env.BENCH_ONLY !== 'gateway') {
+    const image = imageRef('agent');
+    const plain = await mkdtemp(path.join(tmpdir(), 'lbx-bench-plain-'));
+    const repo = await mkdtemp(path.join(tmpdir(), 'lbx-bench-loop-'));
+    made.push(plain, repo);
+    await createExampleRepo(plain);
+    await createExampleRepo(repo);
+    await execa('docker', ['run', '--rm', ...labels, image, 'true']); // warm-up, not timed
+    say(`A: bare docker run x${N}`);
+    const bare = await bareDocker(image);
+    say(`B: bash loop x${N}`);
+    const bash = await bashLoop(image, plain);
+    say(`L: loopbox loop x${N}`);
+    calls.length = 0;
+    const lb = await loopbox(docker, repo, calls);
+    report({ bare, bash, lb });
 
-  // Many loops: 4 at once vs the same 4 one after another, then 8 queued behind 2 at once.
-  const multi = await mkdtemp(path.join(tmpdir(), 'lbx-bench-par-'));
-  made.push(multi);
-  await createExampleRepo(multi);
-  for (let i = 1; i <= 8; i += 1) await writeFile(path.join(multi, 'tasks', `p${i}.md`), `# p${i}\n`);
-  await execa('git', ['add', '-A'], { cwd: multi });
-  await execa('git', ['-c', 'user.name=bench', '-c', 'user.email=b@localhost', 'commit', '-qm', 'tasks'], { cwd: multi });
-  const plainDocker = new DockerClient();
-  say(`P: 4 loops x${P_ITERATIONS} iterations, one after another`);
-  const seq = await parallelLoops(plainDocker, multi, 4, 1);
-  say(`P: 4 loops x${P_ITERATIONS} iterations, at once`);
-  const par = await parallelLoops(plainDocker, multi, 4, 4);
-  say('Q: 8 loops queued, 2 at once');
-  const queued = await parallelLoops(plainDocker, multi, 8, 2);
-  const ratio = par.ms / seq.ms;
-  process.stdout.write(
-    [
-      '',
-      `parallel loops (${P_ITERATIONS} no-op iterations each, model slots: ${par.slots}; agents never exceed the slots):`,
-      `  4 loops one after another:            ${ms(seq.ms)}`,
-      `  4 loops at once:                      ${ms(par.ms)}`,
-      `  at once / one after another:          ${ratio.toFixed(2)}  (target <= 0.5: ${ratio <= 0.5 ? 'MET' : 'NOT MET'})`,
-      `  8 loops queued (2 at once): ${ms(queued.ms)}, orchestrator peak RSS ${(queued.peakRss / 2 ** 20).toFixed(1)} MiB`,
-      '',
-    ].join('\n'),
-  );
+    // Many loops: 4 at once vs the same 4 one after another, then 8 queued behind 2 at once.
+    const multi = await mkdtemp(path.join(tmpdir(), 'lbx-bench-par-'));
+    made.push(multi);
+    await createExampleRepo(multi);
+    for (let i = 1; i <= 8; i += 1) await writeFile(path.join(multi, 'tasks', `p${i}.md`), `# p${i}\n`);
+    await execa('git', ['add', '-A'], { cwd: multi });
+    await execa('git', ['-c', 'user.name=bench', '-c', 'user.email=b@localhost', 'commit', '-qm', 'tasks'], { cwd: multi });
+    const plainDocker = new DockerClient();
+    say(`P: 4 loops x${P_ITERATIONS} iterations, one after another`);
+    const seq = await parallelLoops(plainDocker, multi, 4, 1);
+    say(`P: 4 loops x${P_ITERATIONS} iterations, at once`);
+    const par = await parallelLoops(plainDocker, multi, 4, 4);
+    say('Q: 8 loops queued, 2 at once');
+    const queued = await parallelLoops(plainDocker, multi, 8, 2);
+    const ratio = par.ms / seq.ms;
+    process.stdout.write(
+      [
+        '',
+        `parallel loops (${P_ITERATIONS} no-op iterations each, model slots: ${par.slots}; agents never exceed the slots):`,
+        `  4 loops one after another:            ${ms(seq.ms)}`,
+        `  4 loops at once:                      ${ms(par.ms)}`,
+        `  at once / one after another:          ${ratio.toFixed(2)}  (target <= 0.5: ${ratio <= 0.5 ? 'MET' : 'NOT MET'})`,
+        `  8 loops queued (2 at once): ${ms(queued.ms)}, orchestrator peak RSS ${(queued.peakRss / 2 ** 20).toFixed(1)} MiB`,
+        '',
+      ].join('\n'),
+    );
+  }
 } finally {
   await cleanup(docker, made, startedModel);
 }
