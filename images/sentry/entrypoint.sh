@@ -2,9 +2,10 @@
 # loopbox-sentry: owns the sandbox network namespace.
 #   1. starts ulogd2 (NFLOG group 1 -> /audit/packets.jsonl, JSON, synced)
 #   2. installs the egress firewall (iptables + ip6tables, default deny)
-#   3. starts dnsmasq on 127.0.0.1:53 (names from LOOPBOX_DNS_HOSTS, NXDOMAIN
-#      for the rest, every query logged to /audit/dns.log) and points
-#      Docker's embedded DNS address (127.0.0.11:53) at it
+#   3. starts dnsmasq on 127.0.0.1:54 (names from LOOPBOX_DNS_HOSTS, NXDOMAIN
+#      for the rest) behind the DNS front on 127.0.0.1:53 (dnsfront.py: every
+#      query name logged byte for byte to /audit/dns.jsonl), and points Docker's
+#      embedded DNS address (127.0.0.11:53) at the front
 #   4. starts the model gateway (gateway.py) on port $GW_PORT; the agent's
 #      connections to LOOPBOX_MODEL are DNATed to it, and only the gateway's
 #      uid may reach the model itself
@@ -26,6 +27,8 @@ RUNDIR=/run/loopbox
 GROUP=1
 GW_PORT=81
 GW_USER=lbxgw
+DNS_USER=lbxdns
+DNSMASQ_PORT=54
 # The bash running this script is PID 1 until it execs the watcher: when it exits, the kernel
 # kills every process of the container, daemons included.
 die() {
@@ -49,8 +52,9 @@ done
 mkdir -p "$RUNDIR" || die "cannot create $RUNDIR"
 [ -d "$AUDIT" ] || die "$AUDIT is not mounted"
 GW_UID=$(id -u "$GW_USER") || die "no user $GW_USER in the image"
+DNS_UID=$(id -u "$DNS_USER") || die "no user $DNS_USER in the image"
 # Each daemon opens its file as root, before it drops to its own user, and keeps the handle.
-touch "$AUDIT/packets.jsonl" "$AUDIT/dns.log" "$AUDIT/gateway.jsonl" 2>/dev/null ||
+touch "$AUDIT/packets.jsonl" "$AUDIT/dns.log" "$AUDIT/dns.jsonl" "$AUDIT/gateway.jsonl" 2>/dev/null ||
 	die "$AUDIT is not writable by uid $(id -u)"
 
 MODEL_IP=
@@ -155,6 +159,12 @@ rules_v4() {
 	echo "-A OUTPUT -d 127.0.0.11/32 $(nflog out-resolver)"
 	echo '-A OUTPUT -d 127.0.0.11/32 -p tcp -j REJECT --reject-with tcp-reset'
 	echo '-A OUTPUT -d 127.0.0.11/32 -j REJECT --reject-with icmp-port-unreachable'
+	# dnsmasq itself answers only the DNS front, which logged the query first.
+	local p
+	for p in udp tcp; do
+		echo "-A OUTPUT -o lo -p $p -m $p --dport $DNSMASQ_PORT -m owner ! --uid-owner $DNS_UID $(nflog out-resolver)"
+		echo "-A OUTPUT -o lo -p $p -m $p --dport $DNSMASQ_PORT -m owner ! --uid-owner $DNS_UID -j REJECT $([ $p = tcp ] && echo '--reject-with tcp-reset')"
+	done
 	echo '-A OUTPUT -o lo -j ACCEPT'
 	local e
 	# The model: the gateway's uid only; everyone else is REDIRECTed to the gateway (nat).
@@ -235,7 +245,7 @@ fi
 
 # --------------------------------------------------------------- dnsmasq ---
 {
-	echo 'port=53'
+	echo "port=$DNSMASQ_PORT"
 	echo 'listen-address=127.0.0.1'
 	echo 'bind-interfaces'
 	# binds :53 as root, then becomes user dnsmasq and gives up every capability
@@ -247,7 +257,7 @@ fi
 	echo 'no-hosts'
 	echo 'no-negcache'
 	echo 'local-ttl=60'
-	echo 'log-queries=extra'
+	# Queries are logged by the DNS front, which keeps unprintable names as evidence.
 	echo "log-facility=$AUDIT/dns.log"
 	# Every name not given by a host-record below: NXDOMAIN, never forwarded.
 	echo 'address=/#/'
@@ -262,15 +272,30 @@ up=0
 for _ in $(seq 1 100); do
 	alive "$DNSMASQ_PID" ||
 		die "dnsmasq exited during start-up: $(cat "$RUNDIR/dnsmasq.err" <(grep -v 'FAILED to start up' "$AUDIT/dns.log") | tail -n 1)"
-	# 0100007F:0035 = 127.0.0.1:53; tcp state 0A = LISTEN, udp state 07 = bound
-	if grep -q ' 0100007F:0035 00000000:0000 0A ' /proc/net/tcp &&
-		grep -q ' 0100007F:0035 00000000:0000 07 ' /proc/net/udp; then
+	# 0100007F:0036 = 127.0.0.1:54; tcp state 0A = LISTEN, udp state 07 = bound
+	if grep -q ' 0100007F:0036 00000000:0000 0A ' /proc/net/tcp &&
+		grep -q ' 0100007F:0036 00000000:0000 07 ' /proc/net/udp; then
 		up=1
 		break
 	fi
 	sleep 0.05
 done
-[ "$up" = 1 ] || die "dnsmasq is not listening on 127.0.0.1:53"
+[ "$up" = 1 ] || die "dnsmasq is not listening on 127.0.0.1:$DNSMASQ_PORT"
+
+# ------------------------------------------------------------- DNS front ---
+LOOPBOX_DNS_UPSTREAM_PORT=$DNSMASQ_PORT LOOPBOX_DNS_USER=$DNS_USER LOOPBOX_DNS_RECORDS="$AUDIT/dns.jsonl" \
+	python3 -I /usr/local/lib/loopbox/dnsfront.py >"$RUNDIR/dnsfront.out" 2>&1 &
+DNSFRONT_PID=$!
+up=0
+for _ in $(seq 1 200); do
+	alive "$DNSFRONT_PID" || die "DNS front exited during start-up: $(tail -n 1 "$RUNDIR/dnsfront.out")"
+	if grep -q '^loopbox-dns: listening' "$RUNDIR/dnsfront.out"; then
+		up=1
+		break
+	fi
+	sleep 0.05
+done
+[ "$up" = 1 ] || die "DNS front is not listening on 127.0.0.1:53"
 
 # --------------------------------------------------------------- gateway ---
 GW_PID=
@@ -298,4 +323,4 @@ echo "loopbox-sentry: ready"
 # audit trail is incomplete: fail loudly. The rules stay in the namespace (default deny) for
 # as long as anything holds it.
 exec setpriv --bounding-set=-all --inh-caps=-all --reuid=65534 --regid=65534 --clear-groups -- \
-	/usr/bin/tini -s -- /usr/local/bin/loopbox-sentry-watch "$ULOGD_PID:ulogd" "$DNSMASQ_PID:dnsmasq" ${GW_PID:+"$GW_PID:gateway"}
+	/usr/bin/tini -s -- /usr/local/bin/loopbox-sentry-watch "$ULOGD_PID:ulogd" "$DNSMASQ_PID:dnsmasq" "$DNSFRONT_PID:dns-front" ${GW_PID:+"$GW_PID:gateway"}

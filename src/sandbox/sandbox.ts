@@ -16,7 +16,8 @@ import { type Bind, type DockerClient, sleep } from '../docker/client.js';
 import { type AuditCursor, type IngestResult, START_CURSOR, ingestSandboxAudit, packetLinesWritten, parseCounters, type SentryCounters } from '../egress/ingest.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
-import { GATEWAY_FILE, NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
+import { readDnsQueries } from '../egress/dns-records.js';
+import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
 import { type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
 
 export interface SandboxLimits {
@@ -80,8 +81,42 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = { maxBodyBytes: 16 * 1024 *
 const INGESTED_MARK = '.ingested';
 /** The sentry's read position, saved after each collect so a crashed run loses no record. */
 const CURSOR_FILE = '.cursor.json';
-/** The read position in the gateway's file, kept apart from the firewall's cursor. */
-const GATEWAY_CURSOR_FILE = '.gateway-cursor.json';
+/** The read positions in the gateway's and the DNS front's files, apart from the firewall's cursor. */
+const FRONTS_CURSOR_FILE = '.fronts-cursor.json';
+
+interface FrontsCursor {
+  gateway: number;
+  dns: number;
+}
+
+interface FrontsRead {
+  model: ModelUsage;
+  /** The DNS front's records, already in the audit log. */
+  dnsRecords: AuditRecord[];
+  dnsAnswered: number;
+}
+
+/**
+ * Reads what the gateway and the DNS front wrote after `cursor` and attributes it to
+ * `identity`: refusals and look-ups to the audit log, requests to model.jsonl. Saves the new
+ * position in the folder, so that a crash loses nothing (recoverAuditDir reads on from it).
+ */
+async function collectFronts(
+  dir: string,
+  identity: SandboxIdentity,
+  cursor: FrontsCursor,
+  answered: string[],
+  model: { ip: string; port: number } | undefined,
+  env: NodeJS.ProcessEnv | undefined,
+): Promise<FrontsRead & { cursor: FrontsCursor }> {
+  const gw = await readGatewayRecords(dir, identity, 'agent', cursor.gateway, model);
+  const dns = await readDnsQueries(dir, identity, 'agent', cursor.dns, answered);
+  await appendAudit(identity.runId, [...dns.records, ...gw.audit].sort((a, b) => a.time.localeCompare(b.time)), env);
+  await appendModelRequests(identity.runId, gw.requests, env);
+  const next = { gateway: gw.offset, dns: dns.offset };
+  await writeFile(path.join(dir, FRONTS_CURSOR_FILE), JSON.stringify(next));
+  return { model: gw.usage, dnsRecords: dns.records, dnsAnswered: dns.answered, cursor: next };
+}
 
 export interface SentryOptions {
   runId: string;
@@ -116,7 +151,7 @@ export class Sentry {
   private cursor: AuditCursor = START_CURSOR;
   private stopped = false;
   private lastIdentity: SandboxIdentity | undefined;
-  private gatewayOffset = 0;
+  private fronts: FrontsCursor = { gateway: 0, dns: 0 };
 
   private constructor(
     private readonly docker: DockerClient,
@@ -195,18 +230,14 @@ export class Sentry {
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
     this.cursor = result.cursor;
     await writeFile(path.join(this.auditDir, CURSOR_FILE), JSON.stringify(this.cursor));
-    const model = await this.collectGateway(identity);
-    return { ...result, model };
-  }
-
-  /** The gateway's records since the last read: requests to model.jsonl, refusals to the audit log. */
-  private async collectGateway(identity: SandboxIdentity): Promise<ModelUsage> {
-    const gw = await readGatewayRecords(this.auditDir, identity, 'agent', this.gatewayOffset, this.modelTarget);
-    await appendAudit(identity.runId, gw.audit, this.options.stateEnv);
-    await appendModelRequests(identity.runId, gw.requests, this.options.stateEnv);
-    this.gatewayOffset = gw.offset;
-    await writeFile(path.join(this.auditDir, GATEWAY_CURSOR_FILE), JSON.stringify({ offset: gw.offset }));
-    return gw.usage;
+    const fronts = await collectFronts(this.auditDir, identity, this.fronts, Object.keys(this.dnsHosts), this.modelTarget, this.options.stateEnv);
+    this.fronts = fronts.cursor;
+    return {
+      ...result,
+      records: [...result.records, ...fronts.dnsRecords].sort((a, b) => a.time.localeCompare(b.time)),
+      traffic: { ...result.traffic, dnsBlocked: result.traffic.dnsBlocked + fronts.dnsRecords.length, dnsAnswered: result.traffic.dnsAnswered + fronts.dnsAnswered },
+      model: fronts.model,
+    };
   }
 
   /**
@@ -221,7 +252,7 @@ export class Sentry {
     if (this.lastIdentity) {
       const late = await ingestSandboxAudit(this.auditDir, this.lastIdentity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor).catch(() => undefined);
       if (late) await appendAudit(this.lastIdentity.runId, late.records, this.options.stateEnv).catch(() => undefined);
-      await this.collectGateway(this.lastIdentity).catch(() => undefined);
+      await collectFronts(this.auditDir, this.lastIdentity, this.fronts, Object.keys(this.dnsHosts), this.modelTarget, this.options.stateEnv).catch(() => undefined);
     }
     await this.docker.remove(this.id);
     await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
@@ -335,17 +366,13 @@ export async function recoverAuditDir(dir: string, identity: SandboxIdentity, an
     }
     const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor);
     await appendAudit(identity.runId, leftover.records, env);
-    let offset = 0;
+    let fronts: FrontsCursor = { gateway: 0, dns: 0 };
     try {
-      offset = (JSON.parse(await readFile(path.join(dir, GATEWAY_CURSOR_FILE), 'utf8')) as { offset?: number }).offset ?? 0;
+      fronts = { ...fronts, ...(JSON.parse(await readFile(path.join(dir, FRONTS_CURSOR_FILE), 'utf8')) as Partial<FrontsCursor>) };
     } catch {
       // never collected
     }
-    if (existsSync(path.join(dir, GATEWAY_FILE))) {
-      const gw = await readGatewayRecords(dir, identity, 'agent', offset, undefined);
-      await appendAudit(identity.runId, gw.audit, env);
-      await appendModelRequests(identity.runId, gw.requests, env);
-    }
+    await collectFronts(dir, identity, fronts, answered, undefined, env);
   }
   await rm(dir, { recursive: true, force: true });
 }

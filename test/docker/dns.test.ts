@@ -1,6 +1,7 @@
 // DNS the agent cannot hide (issue 8, item 2), against the real sentry: the agent cannot bind
 // the resolver's (or the gateway's) port to take queries before they are logged, and a
-// look-up sent straight to Docker's embedded resolver on its real port is refused and logged.
+// look-up sent straight to Docker's embedded resolver on its real port is refused and logged,
+// and a name with unprintable bytes is logged with those bytes, escaped.
 import { describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/audit/record.js';
 import { cli, parseJsonLines, remaining, testRunId, useTestRun } from './helpers.js';
@@ -93,6 +94,38 @@ describe('sandbox DNS (real Docker)', () => {
       audit.find((r) => r.kind === 'packet' && r.protocol === protocol && r.dst === '127.0.0.11' && r.dstPort === port);
     expect(toResolver('udp', udp!.port)).toMatchObject({ uid: 1000, verdict: 'rejected', rule: 'out-resolver', iteration: 2, task: 'dns' });
     expect(toResolver('tcp', tcp!.port)).toMatchObject({ uid: 1000, verdict: 'rejected', rule: 'out-resolver' });
+    expect(await remaining(runId)).toEqual([]);
+  });
+
+  it('a name with unprintable bytes is logged escaped, byte for byte, not as "<name unprintable>"', async () => {
+    const runId = testRunId('dns-bytes');
+    // One label carrying bytes 0x01 0xff 'A' ' ' '.' '\\' then "<run>.invalid"; over udp and tcp.
+    const script = `
+      const dgram = require('dgram'), net = require('net');
+      const label = Buffer.from([0x01, 0xff, 0x41, 0x20, 0x2e, 0x5c]);
+      const tail = ['${runId}', 'invalid'].map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
+      const q = (id) => Buffer.concat([Buffer.from([0, id, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, label.length]), label, ...tail, Buffer.from([0, 0, 16, 0, 1])]);
+      const s = dgram.createSocket('udp4');
+      const t = setTimeout(() => { console.log('udp=timeout'); s.close(); viaTcp(); }, 3000);
+      s.on('message', (m) => { clearTimeout(t); console.log('udp=rcode' + (m[3] & 15)); s.close(); viaTcp(); });
+      s.send(q(1), 53, '127.0.0.11');
+      function viaTcp() {
+        const m = q(2), c = net.connect({ host: '127.0.0.11', port: 53 });
+        c.on('connect', () => c.write(Buffer.concat([Buffer.from([0, m.length]), m])));
+        c.on('data', (d) => { console.log('tcp=rcode' + (d[5] & 15)); process.exit(0); });
+        c.on('error', (e) => { console.log('tcp=' + e.code); process.exit(0); });
+        c.setTimeout(3000, () => { console.log('tcp=timeout'); process.exit(0); });
+      }`;
+    const res = await cli(['sandbox', 'run', '--run-id', runId, '--task', 'dns', '--', 'node', '-e', script]);
+    expect(res.exitCode, res.all).toBe(0);
+    // NXDOMAIN (rcode 3) both ways: the front relays dnsmasq's answer.
+    expect(res.stdout).toContain('udp=rcode3');
+    expect(res.stdout).toContain('tcp=rcode3');
+    const audit = await auditOf(runId);
+    const expected = `\\001\\255a\\032\\.\\\\.${runId}.invalid`;
+    const dns = audit.filter((r) => r.kind === 'dns');
+    expect(dns.map((r) => r.query), JSON.stringify(dns)).toEqual([expected, expected]);
+    for (const r of dns) expect(r).toMatchObject({ queryType: 'TXT', verdict: 'nxdomain', task: 'dns' });
     expect(await remaining(runId)).toEqual([]);
   });
 });
