@@ -3,12 +3,12 @@
 // `model-denied` for the requests it refused, and the tokens of the read window. The window is
 // the sentry's read cursor, like the firewall's files (docs/audit-log.md), so tokens are exact
 // per iteration and per loop even when loops share one model server.
-import { createReadStream } from 'node:fs';
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditRecord } from '../audit/record.js';
 import { runDir } from '../common/paths.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
+import { DEFAULT_RECORD_LIMIT, RecordLimiter, streamLines } from './ingest.js';
 
 export const GATEWAY_FILE = 'gateway.jsonl';
 export const MODEL_REQUESTS_FILE = 'model.jsonl';
@@ -113,25 +113,29 @@ export function deniedAuditRecord(r: ModelRequestRecord, role: string, model: { 
   };
 }
 
+function addUsage(u: ModelUsage, r: ModelRequestRecord): void {
+  u.requests += 1;
+  if (r.denied) u.denied += 1;
+  if (r.denied === 'token-budget') u.budgetExceeded = true;
+  const prompt = r.promptTokens ?? 0;
+  const cached = Math.min(prompt, r.cachedTokens ?? 0);
+  u.promptTokens += prompt;
+  u.cachedTokens += cached;
+  u.completionTokens += r.completionTokens ?? 0;
+  u.tokens += prompt - cached + (r.completionTokens ?? 0);
+}
+
 export function sumUsage(requests: ModelRequestRecord[]): ModelUsage {
   const u = { ...NO_MODEL_USAGE };
-  for (const r of requests) {
-    u.requests += 1;
-    if (r.denied) u.denied += 1;
-    if (r.denied === 'token-budget') u.budgetExceeded = true;
-    const prompt = r.promptTokens ?? 0;
-    const cached = Math.min(prompt, r.cachedTokens ?? 0);
-    u.promptTokens += prompt;
-    u.cachedTokens += cached;
-    u.completionTokens += r.completionTokens ?? 0;
-    u.tokens += prompt - cached + (r.completionTokens ?? 0);
-  }
+  for (const r of requests) addUsage(u, r);
   return u;
 }
 
 /**
- * Reads the complete lines of the gateway's file after byte `offset`, streaming (a flood of
- * requests does not become one string), and attributes them to `id`.
+ * Reads the complete lines of the gateway's file after byte `offset`, streaming, and attributes
+ * them to `id`. Refusals become `model-denied` audit records through the same rate limit as the
+ * firewall's records; every forwarded request is kept (each one cost the model real work), a
+ * refused one only while its kind is under the limit (the rest are counted in the aggregate).
  */
 export async function readGatewayRecords(
   dir: string,
@@ -139,44 +143,32 @@ export async function readGatewayRecords(
   role: string,
   offset: number,
   model: { ip: string; port: number } | undefined,
+  recordLimit = DEFAULT_RECORD_LIMIT,
 ): Promise<GatewayRead> {
   const requests: ModelRequestRecord[] = [];
+  const limiter = new RecordLimiter(recordLimit);
+  let denied = 0;
   let malformed = 0;
-  let consumed = offset;
-  const take = (line: string): void => {
+  const usage = { ...NO_MODEL_USAGE };
+  const read = await streamLines(path.join(dir, GATEWAY_FILE), offset, (line) => {
+    if (line === null) {
+      malformed += 1;
+      return;
+    }
     if (!line.trim()) return;
     const r = parseGatewayLine(line, id);
-    if (r) requests.push(r);
-    else malformed += 1;
-  };
-  try {
-    let rest = Buffer.alloc(0);
-    for await (const chunk of createReadStream(path.join(dir, GATEWAY_FILE), { start: offset })) {
-      let buf = rest.length ? Buffer.concat([rest, chunk as Buffer]) : (chunk as Buffer);
-      let nl: number;
-      while ((nl = buf.indexOf(0x0a)) >= 0) {
-        take(buf.subarray(0, nl).toString('utf8'));
-        consumed += nl + 1;
-        buf = buf.subarray(nl + 1);
-      }
-      // A line longer than any record the gateway writes is not one: skip it, counted.
-      if (buf.length > 1024 * 1024) {
-        malformed += 1;
-        consumed += buf.length;
-        buf = Buffer.alloc(0);
-      }
-      rest = Buffer.from(buf);
+    if (!r) {
+      malformed += 1;
+      return;
     }
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
-  return {
-    requests,
-    audit: requests.filter((r) => r.denied).map((r) => deniedAuditRecord(r, role, model)),
-    usage: sumUsage(requests),
-    malformed,
-    offset: consumed,
-  };
+    addUsage(usage, r);
+    if (!r.denied) requests.push(r);
+    else {
+      limiter.add(deniedAuditRecord(r, role, model));
+      if ((denied += 1) <= recordLimit) requests.push(r);
+    }
+  });
+  return { requests, audit: limiter.finish(), usage, malformed, offset: offset + read.bytes };
 }
 
 /** Appends request records to the run's `model.jsonl` (created 0600, like the audit log). */

@@ -10,7 +10,15 @@ export interface IterationRecord {
   iteration: number;
   startedAt: string;
   endedAt: string;
-  agent: { exitCode: number; timedOut: boolean; durationMs: number };
+  agent: {
+    exitCode: number;
+    timedOut: boolean;
+    durationMs: number;
+    /** Agent output bytes dropped between the kept head and tail (agent.maxOutput). */
+    outputDropped?: number;
+    /** Why loopbox stopped the agent early, besides its time limit (e.g. the disk limit). */
+    stoppedFor?: string;
+  };
   /** Tree id after the iteration (protected paths reverted): the loop's "diff hash". */
   tree: string;
   filesChanged: string[];
@@ -20,6 +28,8 @@ export interface IterationRecord {
   /** Why this iteration was not verified although the agent finished (null when it was). */
   untrusted: string | null;
   verify: { passed: boolean; exitCode: number; timedOut: boolean; durationMs: number; outputTail: string } | null;
+  /** What `verified` rests on (`Loopbox-Verify` trailer); null when nothing was verified. */
+  evidence?: string | null;
   commit: string | null;
   verified: boolean;
   /** Uncached prompt + completion tokens of this iteration's model requests (the budget's unit). */
@@ -29,6 +39,8 @@ export interface IterationRecord {
   audit: SandboxTraffic & { records: number };
   /** The model server died during this iteration: it does not count towards the brakes. */
   modelDown: boolean;
+  /** Host-side milliseconds per step (snapshot, restore, commit, ownership, verifyCopy, verifyRun). */
+  steps?: Record<string, number>;
 }
 
 export interface LoopState {

@@ -7,16 +7,16 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { appendAudit } from '../audit/log.js';
+import { appendAudit, openAudit, sealAudit } from '../audit/log.js';
+import { writeJsonAtomic } from '../runs/registry.js';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { silentLogger } from '../common/logger.js';
 import { type Bind, type DockerClient, sleep } from '../docker/client.js';
-import { type AuditCursor, type IngestResult, START_CURSOR, ingestSandboxAudit, packetLinesWritten, parseCounters, type SentryCounters } from '../egress/ingest.js';
+import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, countLines, ingestSandboxAudit, parseCounters, type SentryCounters } from '../egress/ingest.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
-import { readDnsQueries } from '../egress/dns-records.js';
 import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
 import { type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
 
@@ -81,41 +81,33 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = { maxBodyBytes: 16 * 1024 *
 const INGESTED_MARK = '.ingested';
 /** The sentry's read position, saved after each collect so a crashed run loses no record. */
 const CURSOR_FILE = '.cursor.json';
-/** The read positions in the gateway's and the DNS front's files, apart from the firewall's cursor. */
+/** The read position in the model gateway's file, apart from the firewall's cursor. */
 const FRONTS_CURSOR_FILE = '.fronts-cursor.json';
 
 interface FrontsCursor {
   gateway: number;
-  dns: number;
-}
-
-interface FrontsRead {
-  model: ModelUsage;
-  /** The DNS front's records, already in the audit log. */
-  dnsRecords: AuditRecord[];
-  dnsAnswered: number;
 }
 
 /**
- * Reads what the gateway and the DNS front wrote after `cursor` and attributes it to
- * `identity`: refusals and look-ups to the audit log, requests to model.jsonl. Saves the new
- * position in the folder, so that a crash loses nothing (recoverAuditDir reads on from it).
+ * Reads what the model gateway wrote after `cursor` and attributes it to `identity`: refused
+ * requests to the audit log (rate-limited like the firewall's records), requests to
+ * model.jsonl, and the window's tokens. Saves the new position in the folder, after the
+ * records are on disk, so that a crash loses nothing (recoverAuditDir reads on from it).
  */
 async function collectFronts(
   dir: string,
   identity: SandboxIdentity,
   cursor: FrontsCursor,
-  answered: string[],
   model: { ip: string; port: number } | undefined,
   env: NodeJS.ProcessEnv | undefined,
-): Promise<FrontsRead & { cursor: FrontsCursor }> {
-  const gw = await readGatewayRecords(dir, identity, 'agent', cursor.gateway, model);
-  const dns = await readDnsQueries(dir, identity, 'agent', cursor.dns, answered);
-  await appendAudit(identity.runId, [...dns.records, ...gw.audit].sort((a, b) => a.time.localeCompare(b.time)), env);
+  recordLimit: number | undefined,
+): Promise<{ model: ModelUsage; cursor: FrontsCursor }> {
+  const gw = await readGatewayRecords(dir, identity, 'agent', cursor.gateway, model, recordLimit);
+  await appendAudit(identity.runId, gw.audit, env);
   await appendModelRequests(identity.runId, gw.requests, env);
-  const next = { gateway: gw.offset, dns: dns.offset };
-  await writeFile(path.join(dir, FRONTS_CURSOR_FILE), JSON.stringify(next));
-  return { model: gw.usage, dnsRecords: dns.records, dnsAnswered: dns.answered, cursor: next };
+  const next = { gateway: gw.offset };
+  await writeJsonAtomic(path.join(dir, FRONTS_CURSOR_FILE), next);
+  return { model: gw.usage, cursor: next };
 }
 
 export interface SentryOptions {
@@ -132,6 +124,8 @@ export interface SentryOptions {
   gateway?: GatewayLimits | undefined;
   logger?: Logger | undefined;
   stateEnv?: NodeJS.ProcessEnv | undefined;
+  /** Individual audit records per kind and iteration before aggregation (default 1000). */
+  recordLimit?: number | undefined;
 }
 
 export interface AgentRun {
@@ -151,7 +145,7 @@ export class Sentry {
   private cursor: AuditCursor = START_CURSOR;
   private stopped = false;
   private lastIdentity: SandboxIdentity | undefined;
-  private fronts: FrontsCursor = { gateway: 0, dns: 0 };
+  private fronts: FrontsCursor = { gateway: 0 };
 
   private constructor(
     private readonly docker: DockerClient,
@@ -190,7 +184,8 @@ export class Sentry {
     // An outside model server needs a route: it counts as an extra endpoint (see below).
     const extras = [...allow, ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
     const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
-    await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv);
+    await openAudit(options.runId, options.stateEnv);
+    await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv, options.recordLimit);
     // The sentry runs as root in its container; the folder is the host's, so the host can read
     // and delete what it writes.
     await mkdir(options.auditDir, { recursive: true });
@@ -221,41 +216,54 @@ export class Sentry {
     this.lastIdentity = identity;
     const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
     // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
-    // announce are written; what never comes is reported as lost.
+    // announce are written; what never comes is reported as lost. Each poll counts only the
+    // lines written since the previous poll.
     if (counters) {
       const deadline = Date.now() + 2000;
-      while ((await packetLinesWritten(this.auditDir, this.cursor)) < counters.logged.packets && Date.now() < deadline) await sleep(20);
+      let scanned = { lines: this.cursor.packetLines, bytes: this.cursor.packetBytes };
+      for (;;) {
+        const more = await countLines(path.join(this.auditDir, PACKETS_FILE), scanned.bytes);
+        scanned = { lines: scanned.lines + more.lines, bytes: scanned.bytes + more.bytes };
+        if (scanned.lines >= counters.logged.packets || Date.now() >= deadline) break;
+        await sleep(20);
+      }
     }
-    const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor);
+    const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
+    // Durable (fsynced) before the read position moves past the raw lines.
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
     this.cursor = result.cursor;
-    await writeFile(path.join(this.auditDir, CURSOR_FILE), JSON.stringify(this.cursor));
-    const fronts = await collectFronts(this.auditDir, identity, this.fronts, Object.keys(this.dnsHosts), this.modelTarget, this.options.stateEnv);
+    await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
+    const fronts = await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit);
     this.fronts = fronts.cursor;
-    return {
-      ...result,
-      records: [...result.records, ...fronts.dnsRecords].sort((a, b) => a.time.localeCompare(b.time)),
-      traffic: { ...result.traffic, dnsBlocked: result.traffic.dnsBlocked + fronts.dnsRecords.length, dnsAnswered: result.traffic.dnsAnswered + fronts.dnsAnswered },
-      model: fronts.model,
-    };
+    return { ...result, model: fronts.model };
   }
 
   /**
    * Stops the sentry (SIGTERM flushes its logs), attributes anything that arrived after the
-   * last collect to the last identity, and removes it; idempotent.
+   * last collect to the last identity, seals the audit log with a checkpoint, and removes the
+   * sentry; idempotent. The folder is marked ingested only when that last read reached the
+   * log: otherwise `--resume` ingests it (issue 8.3).
    */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     const counters = await readCounters(this.docker, this.id).catch(() => undefined);
     await this.docker.stop(this.id, 5).catch(() => undefined);
-    if (this.lastIdentity) {
-      const late = await ingestSandboxAudit(this.auditDir, this.lastIdentity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor).catch(() => undefined);
-      if (late) await appendAudit(this.lastIdentity.runId, late.records, this.options.stateEnv).catch(() => undefined);
-      await collectFronts(this.auditDir, this.lastIdentity, this.fronts, Object.keys(this.dnsHosts), this.modelTarget, this.options.stateEnv).catch(() => undefined);
+    const identity = this.lastIdentity ?? { runId: this.options.runId, task: this.options.task, iteration: this.options.iteration };
+    let ingested = false;
+    try {
+      const late = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
+      await appendAudit(identity.runId, late.records, this.options.stateEnv);
+      this.cursor = late.cursor;
+      await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
+      this.fronts = (await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit)).cursor;
+      ingested = true;
+    } catch (error) {
+      (this.options.logger ?? silentLogger).warn({ error: String(error), auditDir: this.auditDir }, 'audit files not ingested: kept for --resume');
     }
+    await sealAudit(identity.runId, this.options.stateEnv).catch(() => undefined);
     await this.docker.remove(this.id);
-    await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
+    if (ingested) await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
   }
 }
 
@@ -277,7 +285,7 @@ export interface AgentOptions extends SandboxIdentity {
 /** Runs one agent container in the sentry's namespace, streams its output, removes it. */
 export async function runAgent(docker: DockerClient, sentry: Sentry, options: AgentOptions): Promise<AgentRun> {
   const image = options.image ?? imageRef('agent');
-  await requireImage(docker, image);
+  const found = await requireImage(docker, image);
   const started = Date.now();
   const agentId = await docker.createContainer(
     agentSpec({
@@ -287,7 +295,9 @@ export async function runAgent(docker: DockerClient, sentry: Sentry, options: Ag
       image,
       sentryId: sentry.id,
       cmd: options.cmd,
-      entrypoint: options.entrypoint,
+      // The image's own entrypoint still runs, under the container's deadline.
+      entrypoint: options.entrypoint ?? found.entrypoint,
+      timeoutMs: options.timeoutMs,
       user: options.user,
       env: options.env,
       binds: options.binds ?? [],
@@ -304,8 +314,7 @@ export async function runAgent(docker: DockerClient, sentry: Sentry, options: Ag
     if (options.stderr) streams.stderr.pipe(options.stderr, { end: false });
     else streams.stderr.resume();
     if (options.signal?.aborted) return { exitCode: -1, timedOut: false, aborted: true, durationMs: 0 };
-    await docker.start(agentId);
-    const result = await docker.wait(agentId, options.timeoutMs, options.signal);
+    const result = await docker.startAndWait(agentId, options.timeoutMs, options.signal);
     // Let the attached streams drain what the agent wrote last.
     await streams.drained(1000);
     return { ...result, aborted: options.signal?.aborted ?? false, durationMs: Date.now() - started };
@@ -347,15 +356,17 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
   };
 }
 
-async function requireImage(docker: DockerClient, ref: string): Promise<void> {
-  if (!(await docker.findImage(ref))) throw new LoopboxError(`Image ${ref} is not built.`, { hint: 'Run `loopbox images build` first.' });
+async function requireImage(docker: DockerClient, ref: string): Promise<{ entrypoint: string[] }> {
+  const found = await docker.findImage(ref);
+  if (!found) throw new LoopboxError(`Image ${ref} is not built.`, { hint: 'Run `loopbox images build` first.' });
+  return found;
 }
 
 /**
  * A folder from a sentry whose run crashed before its records were all ingested: ingest the
  * rest now (from the saved cursor; with no counters, loss cannot be judged), then start clean.
  */
-export async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv): Promise<void> {
+export async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv, recordLimit?: number): Promise<void> {
   if (!existsSync(dir)) return;
   if (!existsSync(path.join(dir, INGESTED_MARK))) {
     let cursor = START_CURSOR;
@@ -364,15 +375,17 @@ export async function recoverAuditDir(dir: string, identity: SandboxIdentity, an
     } catch {
       // never collected: everything is left over
     }
-    const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor);
+    // If this throws, the folder stays: its raw files are deleted only once their records are
+    // on disk in audit.jsonl (appendAudit fsyncs before it resolves).
+    const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor, { recordLimit });
     await appendAudit(identity.runId, leftover.records, env);
-    let fronts: FrontsCursor = { gateway: 0, dns: 0 };
+    let fronts: FrontsCursor = { gateway: 0 };
     try {
       fronts = { ...fronts, ...(JSON.parse(await readFile(path.join(dir, FRONTS_CURSOR_FILE), 'utf8')) as Partial<FrontsCursor>) };
     } catch {
       // never collected
     }
-    await collectFronts(dir, identity, fronts, answered, undefined, env);
+    await collectFronts(dir, identity, fronts, undefined, env, recordLimit);
   }
   await rm(dir, { recursive: true, force: true });
 }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { readDnsQueries } from '../../src/egress/dns-records.js';
+import { ingestSandboxAudit } from '../../src/egress/ingest.js';
 import { GATEWAY_FILE, parseGatewayLine, readGatewayRecords, sumUsage } from '../../src/egress/gateway-records.js';
 
 const id = { runId: 'r1', task: 't', iteration: 2 };
@@ -53,7 +53,7 @@ describe('gateway records', () => {
 });
 
 describe('DNS front records', () => {
-  it('keeps escaped names as logged, lower-cases ASCII only, counts the answered names apart', async () => {
+  it('ingest keeps escaped names as logged, lower-cases ASCII only, counts the answered names apart', async () => {
     const dir = await tmp();
     await writeFile(
       path.join(dir, 'dns.jsonl'),
@@ -64,8 +64,9 @@ describe('DNS front records', () => {
         '',
       ].join('\n'),
     );
-    const read = await readDnsQueries(dir, id, 'agent', 0, ['model']);
-    expect(read.answered).toBe(1);
+    const read = await ingestSandboxAudit(dir, id, 'agent', undefined, ['model']);
+    expect(read.traffic.dnsAnswered).toBe(1);
+    expect(read.cursor.dnsFrontBytes).toBeGreaterThan(0);
     expect(read.records.map((r) => [r.query, r.queryType, r.verdict])).toEqual([
       ['\\001\\255a\\032.exfil.invalid', 'TXT', 'nxdomain'],
       ['(unparsed query 00ff)', 'unknown', 'nxdomain'],
