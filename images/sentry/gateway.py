@@ -40,7 +40,7 @@ ALLOWED = {
 }
 # Requests whose JSON body names a completion length: that key is capped.
 GENERATING = {"/v1/chat/completions", "/v1/completions"}
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "content-length"}
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "expect"}
 MAX_HEAD = 64 * 1024
 TAIL = 64 * 1024
 # The last `timings` / `usage` object in the response (one level of nesting inside, for
@@ -144,6 +144,7 @@ async def serve_one(reader, writer):
     headers = []
     length = 0
     chunked = False
+    expect_continue = False
     for line in lines[1:]:
         if not line:
             continue
@@ -158,6 +159,8 @@ async def serve_one(reader, writer):
             length = int(value)
         elif key == "transfer-encoding":
             chunked = True
+        elif key == "expect" and value.lower() == "100-continue":
+            expect_continue = True
         if key not in HOP_BY_HOP:
             headers.append((name.strip(), value))
 
@@ -173,6 +176,9 @@ async def serve_one(reader, writer):
         writer.write(simple_response(413, "Payload Too Large", "request body over %d bytes" % MAX_BODY))
         finish(413, "body-too-large")
         return
+    if expect_continue and length:
+        # curl waits a second for this before it sends a body over 1 KiB.
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     body = await reader.readexactly(length) if length else b""
 
     reservation = 0
