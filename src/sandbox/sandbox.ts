@@ -77,6 +77,9 @@ export interface CollectResult extends IngestResult {
 /** The defaults of `model.maxRequestBody` and `model.maxTokens` (src/config/schema.ts). */
 export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = { maxBodyBytes: 16 * 1024 ** 2, maxTokens: 32768 };
 
+/** uids the sentry's firewall trusts by owner match (images/sentry: lbxgw, lbxdns). */
+export const SENTRY_DAEMON_UIDS = [990, 991];
+
 /** Written into a sentry's audit folder once all its records are in the run's audit log. */
 const INGESTED_MARK = '.ingested';
 /** The sentry's read position, saved after each collect so a crashed run loses no record. */
@@ -284,6 +287,14 @@ export interface AgentOptions extends SandboxIdentity {
 
 /** Runs one agent container in the sentry's namespace, streams its output, removes it. */
 export async function runAgent(docker: DockerClient, sentry: Sentry, options: AgentOptions): Promise<AgentRun> {
+  const uid = Number((options.user ?? '').split(':')[0]);
+  if (SENTRY_DAEMON_UIDS.includes(uid)) {
+    // The firewall trusts these uids by owner match: an agent running as one would reach the
+    // model past the gateway, or dnsmasq past the DNS front.
+    throw new ConfigError(`The agent cannot run as uid ${uid}: the sentry's model gateway (990) and DNS front (991) own those uids in its namespace.`, [], {
+      hint: 'Run loopbox as another user, or pass another --user.',
+    });
+  }
   const image = options.image ?? imageRef('agent');
   const found = await requireImage(docker, image);
   const started = Date.now();

@@ -4,6 +4,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { ingestSandboxAudit } from '../../src/egress/ingest.js';
+import type { DockerClient } from '../../src/docker/client.js';
+import { SENTRY_DAEMON_UIDS, type Sentry, runAgent } from '../../src/sandbox/sandbox.js';
 import { GATEWAY_FILE, parseGatewayLine, readGatewayRecords, sumUsage } from '../../src/egress/gateway-records.js';
 
 const id = { runId: 'r1', task: 't', iteration: 2 };
@@ -81,5 +83,16 @@ describe('gateway configuration', () => {
     expect(config.model.maxTokens).toBe(32768);
     expect(() => parseConfig({ model: { endpoint: 'https://llm.example:8443/v1' } })).toThrow(/model\.endpoint.*http:\/\//s);
     expect(parseConfig({ model: { endpoint: 'http://10.0.0.5:8080/v1' } }).model.endpoint).toBe('http://10.0.0.5:8080/v1');
+  });
+});
+
+describe('agent uid', () => {
+  it('refuses to run an agent as a uid the sentry firewall trusts (gateway, DNS front), before touching Docker', async () => {
+    const untouched = new Proxy({}, { get: () => { throw new Error('docker was used'); } }) as unknown as DockerClient;
+    for (const uid of SENTRY_DAEMON_UIDS) {
+      await expect(runAgent(untouched, untouched as unknown as Sentry, { runId: 'r', cmd: ['true'], user: `${uid}:${uid}`, limits: { memoryBytes: 1, cpus: 1, pids: 16 } })).rejects.toThrow(
+        new RegExp(`cannot run as uid ${uid}`),
+      );
+    }
   });
 });
