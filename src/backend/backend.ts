@@ -4,8 +4,7 @@
 // on the Docker engine of this host, is the first implementation; docs/scaling.md designs one
 // for a cluster (a pod per run).
 import type { SandboxIdentity } from '../audit/record.js';
-import type { IngestResult } from '../egress/ingest.js';
-import type { AgentOptions, AgentRun, SentryOptions } from '../sandbox/sandbox.js';
+import type { AgentOptions, AgentRun, CollectResult, SentryOptions } from '../sandbox/sandbox.js';
 import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 
 /** A started sentry: the network namespace (firewall, DNS responder, packet log) a run's agents share. */
@@ -23,8 +22,8 @@ export interface ContainerBackend {
   startSentry(options: SentryOptions): Promise<SandboxHandle>;
   /** Runs one agent in the sentry's namespace to its end (exit, deadline, or abort) and removes it. */
   runAgent(sandbox: SandboxHandle, options: AgentOptions): Promise<AgentRun>;
-  /** The audit records written since the last collect, attributed to `identity`, appended to the run's log. */
-  collectAudit(sandbox: SandboxHandle, identity: SandboxIdentity): Promise<IngestResult>;
+  /** The audit records (and model usage) written since the last collect, attributed to `identity`, appended to the run's logs. */
+  collectAudit(sandbox: SandboxHandle, identity: SandboxIdentity): Promise<CollectResult>;
   /** Runs the verify command on a tree in a clean container with no network. */
   runVerify(options: VerifyOptions): Promise<VerifyResult>;
   /** Removes every container the run left (its sentry, agent, verify), alive or not. */

@@ -3,9 +3,8 @@
 import type { SandboxIdentity } from '../audit/record.js';
 import { LoopboxError } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
-import type { IngestResult } from '../egress/ingest.js';
 import { removeRunContainers } from '../runs/gc.js';
-import { type AgentOptions, type AgentRun, Sentry, type SentryOptions, runAgent } from '../sandbox/sandbox.js';
+import { type AgentOptions, type AgentRun, type CollectResult, Sentry, type SentryOptions, runAgent } from '../sandbox/sandbox.js';
 import { type VerifyOptions, type VerifyResult, runVerify } from '../verify/verify.js';
 import type { ContainerBackend, SandboxHandle } from './backend.js';
 
@@ -20,7 +19,7 @@ export class DockerBackend implements ContainerBackend {
     return runAgent(this.docker, dockerSentry(sandbox), options);
   }
 
-  async collectAudit(sandbox: SandboxHandle, identity: SandboxIdentity): Promise<IngestResult> {
+  async collectAudit(sandbox: SandboxHandle, identity: SandboxIdentity): Promise<CollectResult> {
     return dockerSentry(sandbox).collect(identity);
   }
 

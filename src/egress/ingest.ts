@@ -6,6 +6,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditRecord, SandboxIdentity, SandboxTraffic } from '../audit/record.js';
+import { DNS_QUERIES_FILE, type DnsQuery, parseDnsFrontLine } from './dns-records.js';
 
 export const PACKETS_FILE = 'packets.jsonl';
 export const DNS_FILE = 'dns.log';
@@ -75,13 +76,7 @@ function toUtc(value: string | null): string {
 // The name may hold spaces (dnsmasq logs it as sent): take everything up to the last " from ".
 const DNS_QUERY = /^(\w{3})\s+(\d+)\s+(\d\d:\d\d:\d\d)\s+dnsmasq\[\d+\]:\s+(?:\d+\s+)?(\S+?)(?:\/(\d+))?\s+query\[(\w+)\]\s+(.+)\s+from\s+(\S+)\s*$/;
 
-export interface DnsQuery {
-  time: string;
-  name: string;
-  type: string;
-  from: string;
-  port: number | null;
-}
+export type { DnsQuery };
 
 /** One dnsmasq `log-queries=extra` query line: `Nov 24 18:30:00 dnsmasq[7]: 3 127.0.0.1/4012 query[A] x.invalid from 127.0.0.1`; other lines give null. */
 export function parseDnsLine(line: string, year = new Date().getUTCFullYear()): DnsQuery | null {
@@ -148,6 +143,8 @@ export interface AuditCursor {
   packetLines: number;
   packetBytes: number;
   dnsBytes: number;
+  /** Bytes of the DNS front's dns.jsonl read so far (absent in cursors saved before it existed). */
+  dnsFrontBytes?: number;
   counters: SentryCounters;
 }
 
@@ -351,15 +348,17 @@ export async function ingestSandboxAudit(
   let dnsAnswered = 0;
   let dnsBlocked = 0;
   const year = new Date().getUTCFullYear();
-  const dns = await streamLines(path.join(dir, DNS_FILE), since.dnsBytes, (line) => {
-    const query = line === null ? null : parseDnsLine(line, year);
+  const onQuery = (query: DnsQuery | null): void => {
     if (!query) return;
     if (answered.has(query.name)) dnsAnswered += 1;
     else {
       dnsBlocked += 1;
       limiter.add(dnsRecord(query, id, role));
     }
-  });
+  };
+  // dns.log: dnsmasq's own query log (sentries before the DNS front); dns.jsonl: the front's.
+  const dns = await streamLines(path.join(dir, DNS_FILE), since.dnsBytes, (line) => onQuery(line === null ? null : parseDnsLine(line, year)));
+  const front = await streamLines(path.join(dir, DNS_QUERIES_FILE), since.dnsFrontBytes ?? 0, (line) => onQuery(line === null ? null : parseDnsFrontLine(line)));
   const now = counters ?? {
     allowed: since.counters.allowed,
     logged: { packets: since.counters.logged.packets + packetCount },
@@ -406,6 +405,7 @@ export async function ingestSandboxAudit(
       packetLines: since.packetLines + packets.lines,
       packetBytes: since.packetBytes + packets.bytes,
       dnsBytes: since.dnsBytes + dns.bytes,
+      dnsFrontBytes: (since.dnsFrontBytes ?? 0) + front.bytes,
       counters: now,
     },
   };
