@@ -281,7 +281,7 @@ function decide(config: Config, state: LoopState, outcome: IterationOutcome, sig
   // goes on, and the other brakes (stalled, capped, budget) still end it.
   const reviewing = reviewRequired(config);
   const done = outcome.verified && (!reviewing || outcome.review?.approved === true);
-  const decision = checkBrakes(
+  const brake = checkBrakes(
     {
       maxIterations: config.loop.maxIterations,
       noProgress: config.loop.noProgress,
@@ -291,8 +291,12 @@ function decide(config: Config, state: LoopState, outcome: IterationOutcome, sig
     },
     { baseTree: state.baseTree, trees: state.trees, verified: done, elapsedMs: state.elapsedMs, tokens: state.tokens },
   );
-  if (decision?.state === 'done' && reviewing) return { ...decision, reason: `${decision.reason}, approved by the reviewer (${outcome.review?.model ?? '?'})` };
-  return decision;
+  // The gateway's 429 is the budget's own word, even if a request was refused before the sums got there.
+  if (outcome.budgetExceeded && brake?.state !== 'done') {
+    return { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget ?? '?'} used: the model gateway refused a request (${state.tokens} tokens)` };
+  }
+  if (brake?.state === 'done' && reviewing) return { ...brake, reason: `${brake.reason}, approved by the reviewer (${outcome.review?.model ?? '?'})` };
+  return brake;
 }
 
 /** Config a loop cannot run without; returns the verify command. */
