@@ -169,6 +169,17 @@ describe('review (real Docker, git, loopback reviewer)', () => {
     expect((await branchLog(c.repo))[0]).toContain('Loopbox-Review: rejected');
   });
 
+  it('a review key variable that is not set is refused before anything runs (exit 2)', async () => {
+    const server = await reviewer(diffReader);
+    const c = track(await makeCase(HONEST, server.url));
+    const res = await cli(['--config', c.config, 'run', '--repo', c.repo, path.join(c.repo, 'tasks', 'fix-add.md')], { timeoutMs: 120_000 });
+    expect(res.exitCode, res.all).toBe(2);
+    expect(res.stderr).toContain(`review.apiKeyEnv names ${KEY_ENV}`);
+    expect(server.requests).toHaveLength(0);
+    const branches = (await execa('git', ['branch', '--list', 'loopbox/*'], { cwd: c.repo })).stdout;
+    expect(branches).toBe('');
+  });
+
   it('the fixture llama-server as a real but noisy reviewer: no crash, not done', async () => {
     const model = await findModelServer(docker);
     expect(model, 'the docker global setup starts a model server').toBeDefined();
