@@ -152,6 +152,9 @@ describe('review (real Docker, git, loopback reviewer)', () => {
     expect(files.some((f) => f.endsWith('i1.agent.log'))).toBe(true);
     for (const f of files) expect((await readFile(f)).includes(KEY), f).toBe(false);
     expect(await readFile(c.config, 'utf8')).not.toContain(KEY);
+    // The run report shows the reviewer's cost.
+    const report = await readFile(path.join(stateDir, 'runs', end!.runId, 'report.html'), 'utf8');
+    expect(report).toContain(`data-testid="review-cost">${rv.cost!.toFixed(6)}<`);
     expect(res.all).not.toContain(KEY);
     expect(await remaining(end!.runId)).toEqual([]);
   });
