@@ -111,7 +111,7 @@ async function produce(repo: string, tree: string, options: TreeArchiveOptions, 
 }
 
 /** Reads lines and exact byte counts from a stream, holding at most one chunk at a time. */
-class ByteReader {
+export class ByteReader {
   private buf: Buffer = Buffer.alloc(0);
   private readonly it: AsyncIterator<Buffer>;
 
@@ -119,26 +119,60 @@ class ByteReader {
     this.it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   }
 
-  private async more(): Promise<void> {
+  private async more(): Promise<boolean> {
     const next = await this.it.next();
-    if (next.done) throw new LoopboxError('git cat-file ended early while loopbox built the verify copy');
+    if (next.done) return false;
     this.buf = this.buf.length ? Buffer.concat([this.buf, next.value]) : next.value;
+    return true;
+  }
+
+  private async need(): Promise<void> {
+    if (!(await this.more())) throw new LoopboxError('git ended its output early while loopbox built the verify copy');
   }
 
   async line(): Promise<Buffer> {
+    return this.until(10);
+  }
+
+  /** The bytes up to the next `byte` (not included); the separator is consumed. */
+  async until(byte: number): Promise<Buffer> {
     for (;;) {
-      const nl = this.buf.indexOf(10);
-      if (nl !== -1) {
-        const out = this.buf.subarray(0, nl);
-        this.buf = this.buf.subarray(nl + 1);
+      const at = this.buf.indexOf(byte);
+      if (at !== -1) {
+        const out = this.buf.subarray(0, at);
+        this.buf = this.buf.subarray(at + 1);
         return out;
       }
-      await this.more();
+      await this.need();
+    }
+  }
+
+  /** Like `until`, but undefined at a clean end of the stream (nothing left over). */
+  async untilOrEnd(byte: number): Promise<Buffer | undefined> {
+    for (;;) {
+      const at = this.buf.indexOf(byte);
+      if (at !== -1) return this.until(byte);
+      if (!(await this.more())) {
+        if (this.buf.length) throw new LoopboxError('git output ended in the middle of a record');
+        return undefined;
+      }
+    }
+  }
+
+  /** Hands the next `n` bytes to `sink` piece by piece (at most one chunk held at a time). */
+  async each(n: number, sink: (piece: Buffer) => Promise<void>): Promise<void> {
+    let left = n;
+    while (left > 0) {
+      if (!this.buf.length) await this.need();
+      const piece = this.buf.subarray(0, Math.min(left, this.buf.length));
+      this.buf = this.buf.subarray(piece.length);
+      left -= piece.length;
+      await sink(piece);
     }
   }
 
   async bytes(n: number): Promise<Buffer> {
-    while (this.buf.length < n) await this.more();
+    while (this.buf.length < n) await this.need();
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);
     return out;
@@ -148,7 +182,7 @@ class ByteReader {
   async pipe(n: number, out: NodeJS.WritableStream): Promise<void> {
     let left = n;
     while (left > 0) {
-      if (!this.buf.length) await this.more();
+      if (!this.buf.length) await this.need();
       const piece = this.buf.subarray(0, Math.min(left, this.buf.length));
       this.buf = this.buf.subarray(piece.length);
       left -= piece.length;
