@@ -33,9 +33,10 @@ echo tampered > a.txt
 mkdir -p d /tmp/home; echo x > /workspace/planted; echo x > d/planted; echo x > /tmp/planted; echo x > /tmp/home/planted
 echo x > /planted 2>/dev/null
 echo x > /loopbox/base/planted 2>/dev/null && echo "BASE WRITABLE"
+[ "$(cat a.txt)" = tampered ] && [ -e /workspace/planted ] && echo "WORKSPACE WRITABLE"
 exit 0`;
 
-function listing(result: VerifyResult): { list: string[]; a: string; seen: string[]; baseWritable: boolean } {
+function listing(result: VerifyResult): { list: string[]; a: string; seen: string[]; baseWritable: boolean; workspaceWritable: boolean } {
   const out = result.outputTail;
   const body = out.slice(out.indexOf('LIST\n') + 5, out.indexOf('END\n'));
   const lines = body.split('\n').filter(Boolean);
@@ -44,6 +45,8 @@ function listing(result: VerifyResult): { list: string[]; a: string; seen: strin
     a: lines.find((l) => l.startsWith('A='))!.slice(2),
     seen: lines.filter((l) => l.startsWith('SEEN ')),
     baseWritable: out.includes('BASE WRITABLE'),
+    // The command may write its build outputs next to the tree.
+    workspaceWritable: out.includes('WORKSPACE WRITABLE'),
   };
 }
 
@@ -87,11 +90,11 @@ describe('verify base: each verify starts from exactly the committed tree', () =
 
     const first = await verify(tree1, 1);
     expect(first.exitCode, first.outputTail).toBe(0);
-    expect(listing(first)).toEqual({ list: ['d ./d', 'f ./a.txt', 'f ./d/x.txt', 'l ./link a.txt'], a: 'one', seen: [], baseWritable: false });
+    expect(listing(first)).toEqual({ list: ['d ./d', 'f ./a.txt', 'f ./d/x.txt', 'l ./link a.txt'], a: 'one', seen: [], baseWritable: false, workspaceWritable: true });
 
     const second = await verify(tree2, 2);
     expect(second.exitCode, second.outputTail).toBe(0);
-    expect(listing(second)).toEqual({ list: ['d ./link', 'f ./a.txt', 'f ./link/in.txt', 'l ./up ../etc/passwd'], a: 'two', seen: [], baseWritable: false });
+    expect(listing(second)).toEqual({ list: ['d ./link', 'f ./a.txt', 'f ./link/in.txt', 'l ./up ../etc/passwd'], a: 'two', seen: [], baseWritable: false, workspaceWritable: true });
 
     // The same tree again after a verify that tampered with it: the committed content, not "tampered".
     const third = await verify(tree2, 3);
