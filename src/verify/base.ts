@@ -293,7 +293,7 @@ export class VerifyBase {
       const mode = r.newMode === '100755' ? 0o755 : 0o644;
       const fd = openSync(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
       try {
-        await reader.each(length, async (piece) => {
+        await reader.each(length, (piece) => {
           for (let off = 0; off < piece.length; ) off += writeSync(fd, piece, off);
         });
         fchmodSync(fd, mode);
