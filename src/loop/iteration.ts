@@ -256,6 +256,8 @@ export async function verify(ctx: LoopContext, tree: string, iteration: number, 
     // Exactly the tree that gets committed, from git objects: never the worktree's files.
     repo: ctx.repo,
     tree,
+    // Kept for the run: each verify writes only what changed since the last one.
+    baseDir: path.join(ctx.dir, 'verify-base'),
     timeoutMs: ctx.config.verify.timeout,
     maxCopyBytes: ctx.config.verify.maxCopy,
     limits: { memoryBytes: ctx.config.sandbox.memory, cpus: ctx.config.sandbox.cpus, pids: ctx.config.sandbox.pids },
