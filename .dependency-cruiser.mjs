@@ -11,7 +11,7 @@ const LAYERS = [
   ['runner'], //                   the loop runner (pool, slots), status, stop; implements LoopStarter
   ['triggers'], //                 cron and webhooks; they start loops through LoopStarter only
   ['loop'], //                     the loop: iterations, brakes, state, agents, task files
-  ['backend'], //                  where containers run: ContainerBackend, DockerBackend
+  ['backend', 'review'], //        where containers run (ContainerBackend); the reviewer model's verdict
   ['config'], //                   the schema names the parts below it (image names, ...)
   ['verify'], //                   the clean verification container
   ['sandbox'], //                  sentry + agent

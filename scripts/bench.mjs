@@ -437,7 +437,12 @@ async function repoSizeSweep(docker, sizes) {
   const points = [];
   for (const files of sizes) {
     say(`S: ${files} tracked files, bash loop and loopbox x${SIZE_ITERATIONS}`);
-    points.push(await sizePoint(docker, files, image));
+    // One size failing (e.g. past the snapshot's file limit) still reports the others.
+    try {
+      points.push(await sizePoint(docker, files, image));
+    } catch (error) {
+      say(`S: ${files} files failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
   }
   const out = ['', `repository size (agent appends one line; ${SIZE_ITERATIONS} iterations each; medians per iteration):`];
   const cols = ['files', 'bash', 'loopbox', 'ratio', 'agent', 'ownership', 'snapshot', 'restore', 'commit', 'verifyCopy', 'verifyRun'];

@@ -19,7 +19,7 @@ export interface AuditQuery {
   since?: Date | undefined;
 }
 
-export type AuditKind = 'packet' | 'dns' | 'loss' | 'model-denied';
+export type AuditKind = 'packet' | 'dns' | 'loss' | 'model-denied' | 'review';
 
 export interface AuditRecord {
   /** UTC time the sentry saw the attempt, ISO 8601 with milliseconds. */
@@ -44,8 +44,11 @@ export interface AuditRecord {
   query: string | null;
   queryType: string | null;
   icmpType: number | null;
-  /** `rejected` (firewall), `nxdomain` (DNS), `lost` (records the logger dropped), `denied` (model gateway). */
-  verdict: 'rejected' | 'nxdomain' | 'lost' | 'denied';
+  /**
+   * `rejected` (firewall), `nxdomain` (DNS), `lost` (records the logger dropped), `denied` (model
+   * gateway), `allowed` (a request the host itself sent out: the reviewer, kind `review`).
+   */
+  verdict: 'rejected' | 'nxdomain' | 'lost' | 'denied' | 'allowed';
   /** The firewall rule (NFLOG prefix) or `dns`; for `loss`, the counters that show it. */
   rule: string;
   /** Number of attempts this record stands for: 1, except for `loss` and aggregate records. */
@@ -56,6 +59,29 @@ export interface AuditRecord {
    * Stored as null on every other record.
    */
   aggregate?: AuditAggregate | null;
+  /** Set on `kind: review`: what one request to the reviewer sent and got (docs/audit-log.md). */
+  review?: ReviewTraffic;
+}
+
+/** One request the host sent to the reviewer endpoint: the only data that leaves the machine. */
+export interface ReviewTraffic {
+  /** The endpoint URL (never with credentials: the config refuses them). */
+  endpoint: string;
+  model: string;
+  /** Attempt 1, or 2 for the one retry after a malformed answer. */
+  attempt: number;
+  /** Request body bytes sent, response body bytes received. */
+  bytesSent: number;
+  bytesReceived: number;
+  /** HTTP status, or null when no answer came (network error, timeout). */
+  status: number | null;
+  inputTokens: number;
+  outputTokens: number;
+  /** Tokens × review.price, when a price is configured. */
+  cost: number | null;
+  /** Diff bytes sent, and the bytes left out past review.maxDiffBytes. */
+  diffBytes: number;
+  diffCutBytes: number;
 }
 
 export interface AuditAggregate {

@@ -22,11 +22,20 @@ export function printLoopEvent(e: LoopEvent): void {
           `${r.filesChanged.length} file(s) changed${r.protectedViolations.length ? `, ${r.protectedViolations.length} protected reverted` : ''}, ` +
           `${verify}${r.commit ? `, commit ${r.commit.slice(0, 8)}` : ''}, ${r.tokens} tokens, ${blocked} blocked`,
       );
+      if (r.review) {
+        // The reasons come from outside: no control characters reach the terminal.
+        // eslint-disable-next-line no-control-regex -- finding control characters is the point
+        const why = r.review.reasons[0] ? `: ${r.review.reasons[0].replace(/\s+/g, ' ').replace(/[\u0000-\u001f\u007f-\u009f]/g, '?').slice(0, 160)}` : '';
+        err(`[${e.task}] iteration ${r.iteration}: review ${r.review.verdict === 'approve' ? 'APPROVED' : 'REJECTED'} by ${r.review.model}${r.review.gaming ? ' (gaming)' : ''}${why}`);
+      }
       break;
     }
-    case 'loop-end':
+    case 'loop-end': {
       err(`[${e.summary.task}] ${e.summary.endState}: ${e.summary.reason}`);
+      const rv = e.summary.review;
+      if (rv) err(`[${e.summary.task}] reviewer: ${rv.requests} request(s), ${rv.inputTokens} in / ${rv.outputTokens} out tokens${rv.cost === null ? '' : `, cost ${rv.cost.toFixed(4)}`}`);
       break;
+    }
     case 'model-down':
       err(`[${e.task}] iteration ${e.iteration}: the model server died; pausing (not counted against the agent)`);
       break;

@@ -177,9 +177,12 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     .option('--gguf <file>', 'use a real GGUF model; then both tasks run OpenCode')
     .option('--ca-cert <file>', 'extra CA certificate (PEM) for image builds; repeatable; added to images.caCerts and NODE_EXTRA_CA_CERTS', collect, [])
     .option('--keep-model', 'leave the model server running afterwards')
+    .option('--review-endpoint <url>', 'ask this OpenAI-compatible reviewer before the first task may end done (review: in loopbox.yaml)')
+    .option('--review-model <name>', 'the reviewer model to ask for', 'reviewer')
+    .option('--review-key-env <name>', 'the environment variable that holds the reviewer key')
     .option('--json', 'print one JSON event per line on stdout')
     .addHelpText('after', example('npm run demo   # = loopbox demo'))
-    .action(async (opts: { gguf?: string; caCert: string[]; keepModel?: boolean; json?: boolean }) => {
+    .action(async (opts: { gguf?: string; caCert: string[]; keepModel?: boolean; json?: boolean; reviewEndpoint?: string; reviewModel: string; reviewKeyEnv?: string }) => {
       const { config } = await loadConfig({ file: configFile() });
       const res = await runDemo(ctx.docker, {
         gguf: opts.gguf,
@@ -187,6 +190,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
         mirror: config.images.mirror,
         signal: ctx.signal,
         keepModel: opts.keepModel ?? false,
+        review: opts.reviewEndpoint ? { endpoint: opts.reviewEndpoint, model: opts.reviewModel, apiKeyEnv: opts.reviewKeyEnv } : undefined,
         say: (line) => err(line),
         onEvent: (e) => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e)),
       });
@@ -198,7 +202,9 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       err(lines.join('\n'));
       if (second) err(`\nBlocked egress of ${second.task}:\n${res.auditTable}`);
       for (const r of await reportPaths(res.summaries.map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
-      result.exitCode = first?.endState === 'done' && second && second.endState !== 'error' ? 0 : 1;
+      // With a reviewer, `done` depends on its verdict (the fixture model's noise never approves).
+      const firstOk = first?.endState === 'done' || (opts.reviewEndpoint !== undefined && first !== undefined && first.endState !== 'error');
+      result.exitCode = firstOk && second && second.endState !== 'error' ? 0 : 1;
     });
 
   program

@@ -110,6 +110,37 @@ export const loopSchema = z
   })
   .prefault({});
 
+/**
+ * `review:`: a reviewer model the host asks before a loop may end `done` (docs/loop.md). The
+ * key is read from the named environment variable on the host, at request time: never from
+ * this file, never passed to a container.
+ */
+export const reviewSchema = z
+  .strictObject({
+    /** An OpenAI-compatible base URL (…/v1). Credentials in the URL are refused: they would sit in a file. */
+    endpoint: z.url().refine((u) => {
+      try {
+        const url = new URL(u);
+        return !url.username && !url.password;
+      } catch {
+        return false;
+      }
+    }, 'expected a URL without credentials: put the key in the environment variable named by review.apiKeyEnv'),
+    // It goes into a commit trailer: one line, printable.
+    // eslint-disable-next-line no-control-regex -- refusing control characters is the point
+    model: z.string().regex(/^[^\u0000-\u001f\u007f]+$/, 'expected a model name on one line'),
+    /** The name of the environment variable that holds the key (unset: no Authorization header). */
+    apiKeyEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name like REVIEW_API_KEY').optional(),
+    when: z.enum(['on-verified', 'never']).default('on-verified'),
+    /** The diff sent is cut at this many bytes; the cut is reported to the reviewer and in the record. */
+    maxDiffBytes: size.prefault('200k'),
+    /** One request (each attempt) may take this long. */
+    timeout: duration.prefault('2m'),
+    /** Dollars (or any currency) per million input / output tokens: the cost shows in records and the summary. */
+    price: z.strictObject({ inputPerMTok: z.number().min(0), outputPerMTok: z.number().min(0) }).optional(),
+  })
+  .optional();
+
 export const DEFAULT_PROTECTED = ['loopbox.yaml', 'AGENTS.md', '.loopbox/**', 'tasks/**'];
 
 export const configSchema = z
@@ -128,6 +159,8 @@ export const configSchema = z
     schedule: scheduleSchema,
     /** `loopbox serve`: the webhook / trigger endpoint. */
     serve: serveSchema,
+    /** An optional reviewer model that must approve verified work before `done`. */
+    review: reviewSchema,
   })
   .prefault({});
 

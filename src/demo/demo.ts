@@ -27,6 +27,8 @@ export interface DemoOptions {
   onEvent: (event: LoopEvent) => void;
   /** Leave the model server running afterwards. */
   keepModel?: boolean;
+  /** A reviewer for the first task (`--review-endpoint`): the loop asks it before `done`. */
+  review?: { endpoint: string; model: string; apiKeyEnv?: string | undefined } | undefined;
 }
 
 export interface DemoResult {
@@ -55,15 +57,18 @@ export async function runDemo(docker: DockerClient, options: DemoOptions): Promi
       sandbox: { memory: '2g', cpus: 1, pids: 256 },
       loop: { maxIterations: 4, noProgress: 2 },
     };
-    const scripted = parseConfig({ ...base, agent: { type: 'command', command: ['node', 'tools/scripted-agent.mjs'], timeout: '2m' } });
-    const opencode = parseConfig({
+    const review = options.review ? { review: { endpoint: options.review.endpoint, model: options.review.model, ...(options.review.apiKeyEnv ? { apiKeyEnv: options.review.apiKeyEnv } : {}) } } : {};
+    const scripted = parseConfig({ ...base, ...review, agent: { type: 'command', command: ['node', 'tools/scripted-agent.mjs'], timeout: '2m' } });
+    const opencodeInput = {
       ...base,
       agent: { type: 'opencode', timeout: options.gguf ? '20m' : '90s', contextLimit: 65536, outputLimit: 512 },
       loop: { maxIterations: options.gguf ? 8 : 3, noProgress: 2 },
-    });
+    };
+    const opencode = parseConfig(opencodeInput);
     const summaries: LoopSummary[] = [];
     say(`demo 4/5: task fix-add with ${options.gguf ? 'OpenCode' : 'a scripted agent (command adapter)'}`);
-    summaries.push(await runLoop(docker, { repo, taskFile: path.join(repo, 'tasks', 'fix-add.md'), config: options.gguf ? opencode : scripted, signal: options.signal, onEvent: options.onEvent, trigger: 'demo' }));
+    if (options.review) say(`  review step on: verified work goes to ${options.review.endpoint} (${options.review.model}) from the host; only an approval ends done`);
+    summaries.push(await runLoop(docker, { repo, taskFile: path.join(repo, 'tasks', 'fix-add.md'), config: options.gguf ? parseConfig({ ...opencodeInput, ...review }) : scripted, signal: options.signal, onEvent: options.onEvent, trigger: 'demo' }));
     if (!options.signal?.aborted) {
       say('demo 5/5: task opencode-add with real OpenCode on the same model');
       summaries.push(await runLoop(docker, { repo, taskFile: path.join(repo, 'tasks', 'opencode-add.md'), config: opencode, signal: options.signal, onEvent: options.onEvent, trigger: 'demo' }));

@@ -384,6 +384,8 @@ interface WalkState {
   /** Object ids taken from the stat cache. */
   hits: Set<string>;
   filesRead: number;
+  /** Paths that take the base's entry: hashed to see whether they changed, never written. */
+  keepBase: ((path: string) => boolean) | undefined;
 }
 
 async function walkWorktree(
@@ -410,6 +412,7 @@ async function walkWorktree(
     known: new Set([...baseEntries.values()].map((e) => e.oid)),
     hits: new Set(),
     filesRead: 0,
+    keepBase: options.keepBase,
   };
   const root = await DirHandle.open(dir);
   try {
@@ -531,6 +534,7 @@ async function readSmall(state: WalkState, dir: DirHandle, name: string, rel: st
     }
     const content = Buffer.concat(chunks, total);
     const oid = state.hash().update(`blob ${content.length}\0`).update(content).digest('hex');
+    if (state.keepBase?.(rel)) return setEntry(state, rel, (stats.mode & 0o100n) !== 0n ? '100755' : '100644', oid);
     if (!state.known.has(oid)) {
       await state.writer.add(content);
       state.known.add(oid);
@@ -565,6 +569,7 @@ async function readLarge(state: WalkState, dir: DirHandle, name: string, rel: st
     }
     if (total !== size) return skip(state, rel, 'changed while being read');
     const oid = hash.digest('hex');
+    if (state.keepBase?.(rel)) return setEntry(state, rel, (stats.mode & 0o100n) !== 0n ? '100755' : '100644', oid);
     if (!state.known.has(oid) && (await missingObjects(state.top, [oid])).length) {
       const proc = execa('git', hardenedArgs(['hash-object', '-w', '--no-filters', '--stdin']), {
         cwd: state.top,
@@ -637,7 +642,8 @@ function setEntry(state: WalkState, rel: string, mode: EntryMode, oid: string): 
 // Hashes in node; only objects git does not have yet are handed to git, as bytes on stdin.
 async function addBlob(state: WalkState, rel: string, mode: EntryMode, content: Buffer): Promise<void> {
   const oid = state.hash().update(`blob ${content.length}\0`).update(content).digest('hex');
-  if (!state.known.has(oid)) {
+  // A protected path's content is compared by id only; it never becomes an object in the repo.
+  if (!state.known.has(oid) && !state.keepBase?.(rel)) {
     await state.writer.add(content);
     state.known.add(oid);
   }

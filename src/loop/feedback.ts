@@ -1,5 +1,6 @@
 // What the loop writes for people and for the agent: commit messages with their trailers, and
 // the feedback the next iteration reads in /loopbox/feedback.md.
+import type { ReviewResult } from '../review/review.js';
 import type { VerifyResult } from '../verify/verify.js';
 import type { IterationRecord } from './state.js';
 
@@ -17,12 +18,14 @@ export interface CommitMessageInput {
   verify: VerifyResult | null;
   accounting: Accounting;
   command: string[];
+  /** The reviewer's answer on a verified iteration (review on). */
+  review?: Pick<ReviewResult, 'approved' | 'model'> | undefined;
 }
 
 export function commitMessage(input: CommitMessageInput): string {
   const { verify, accounting } = input;
   const verified = accounting.verified;
-  const status = verified ? 'verified' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : verify.passed ? 'not accepted' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
+  const status = verified ? (input.review && !input.review.approved ? 'verified, review rejected' : 'verified') : verify ? `wip (verify ${verify.timedOut ? 'timed out' : verify.passed ? 'not accepted' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
   const lines = [
     `loopbox(${input.task}): iteration ${input.iteration} ${status}`,
     '',
@@ -32,6 +35,8 @@ export function commitMessage(input: CommitMessageInput): string {
   ];
   if (verify) lines.push(`Loopbox-Verify: ${accounting.evidence}`);
   lines.push(`Loopbox-Verify-Command: ${JSON.stringify(input.command)}`);
+  // The model name comes from the host's config (no control characters: schema.ts).
+  if (input.review) lines.push(`Loopbox-Review: ${input.review.approved ? `approved (${input.review.model})` : 'rejected'}`);
   return lines.join('\n');
 }
 
@@ -56,6 +61,11 @@ export function feedbackText(record: IterationRecord, command: string[], agentTi
         : `- Verification \`${command.join(' ')}\` failed (${record.verify.timedOut ? 'timed out' : `exit code ${record.verify.exitCode}`}). Its last output lines:`,
     );
     if (!record.verify.passed) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
+  }
+  const review = record.review;
+  if (review && review.verdict !== 'approve') {
+    lines.push(`- The reviewer did not accept the change${review.gaming ? ': it looks like the tests were gamed, not the task done' : ''}. The loop goes on until it does. Its reasons:`);
+    for (const r of review.reasons) lines.push(`  - ${r.replace(/\s+/g, ' ')}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -25,12 +25,13 @@ import { findModelServer } from '../model/network.js';
 import type { ModelSupervisor } from '../model/supervisor.js';
 import type { AgentRun, CollectResult } from '../sandbox/sandbox.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
+import { askReviewer, reviewDiff, reviewRequired, type ReviewResult } from '../review/review.js';
 import type { VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
 import { DiskWatch } from './disk-watch.js';
 import { type Accounting, commitMessage } from './feedback.js';
-import type { IterationRecord, LoopState } from './state.js';
+import { reviewRecord, type IterationRecord, type LoopState } from './state.js';
 import type { Task } from './task.js';
 import { forceRemoveTree, lendPaths, lendTree, takeBackPath } from './workspace.js';
 
@@ -256,6 +257,8 @@ export async function verify(ctx: LoopContext, tree: string, iteration: number, 
     // Exactly the tree that gets committed, from git objects: never the worktree's files.
     repo: ctx.repo,
     tree,
+    // Kept for the run: each verify writes only what changed since the last one.
+    baseDir: path.join(ctx.dir, 'verify-base'),
     timeoutMs: ctx.config.verify.timeout,
     maxCopyBytes: ctx.config.verify.maxCopy,
     limits: { memoryBytes: ctx.config.sandbox.memory, cpus: ctx.config.sandbox.cpus, pids: ctx.config.sandbox.pids },
@@ -272,6 +275,24 @@ export function account(result: VerifyResult | null): Accounting {
 }
 
 // ---------------------------------------------------------------------------------------------
+// review
+
+/**
+ * Asks the reviewer (review.when: on-verified) about verified work, from the host: the diff
+ * from the run's base without protected paths, the verify result. Undefined when it does not
+ * apply; then a loop with review on cannot end `done` on this iteration.
+ */
+export async function review(ctx: LoopContext, state: LoopState, iteration: number, tree: string, result: VerifyResult | null, accounting: Accounting): Promise<ReviewResult | undefined> {
+  const cfg = ctx.config.review;
+  if (!cfg || !reviewRequired(ctx.config) || !accounting.verified || !result || ctx.signal.aborted) return undefined;
+  const diff = await reviewDiff(ctx.repo, state.baseTree, tree, ctx.isProtected, cfg.maxDiffBytes);
+  const subject = { taskText: ctx.task.text, verifyCommand: ctx.verifyCommand, verify: result, evidence: accounting.evidence, diff };
+  const verdict = await askReviewer({ config: cfg, subject, runId: ctx.runId, task: ctx.task.name, iteration, stateEnv: ctx.stateEnv, signal: ctx.signal });
+  ctx.log.info({ iteration, verdict: verdict.verdict, gaming: verdict.gaming, attempts: verdict.attempts, diffCutBytes: verdict.diffCutBytes, cost: verdict.cost }, 'review');
+  return verdict;
+}
+
+// ---------------------------------------------------------------------------------------------
 // commit
 
 /** Commits the tree when something changed or it verified; moves the worktree's index along. */
@@ -282,9 +303,10 @@ export async function commit(
   step: SnapshotStep,
   result: VerifyResult | null,
   accounting: Accounting,
+  reviewed?: ReviewResult,
 ): Promise<string | null> {
   if (!accounting.verified && step.snap.changed.length === 0) return null;
-  const message = commitMessage({ task: ctx.task.name, runId: ctx.runId, iteration, verify: result, accounting, command: ctx.verifyCommand });
+  const message = commitMessage({ task: ctx.task.name, runId: ctx.runId, iteration, verify: result, accounting, command: ctx.verifyCommand, review: reviewed });
   const id = await commitSnapshot(ctx.repo, state.branch, step.snap.tree, step.head, message);
   await syncWorktreeIndex(ctx.repo, state.worktree);
   return id;
@@ -316,6 +338,8 @@ export interface IterationOutcome {
   commit: string | null;
   /** The model gateway refused a request because the token budget was used up. */
   budgetExceeded: boolean;
+  /** The reviewer's answer, when review is on and the iteration verified. */
+  review?: ReviewResult | undefined;
 }
 
 /** Runs the steps up to the commit; the caller decides (brakes) and saves state. */
@@ -334,7 +358,8 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
   // Metered by this run's own model gateway: exact with parallel loops and with model.endpoint.
   const tokens = audit.model.tokens;
   const accounting = account(result);
-  const commitId = await timed(steps, 'commit', () => commit(ctx, state, iteration, snap, result, accounting));
+  const reviewed = await timed(steps, 'review', () => review(ctx, state, iteration, snap.snap.tree, result, accounting));
+  const commitId = await timed(steps, 'commit', () => commit(ctx, state, iteration, snap, result, accounting, reviewed));
   if (snap.untrusted) await timed(steps, 'reset', () => resetWorktree(ctx, state));
   const record: IterationRecord = {
     iteration,
@@ -360,8 +385,9 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
     model: { promptTokens: audit.model.promptTokens, cachedTokens: audit.model.cachedTokens, completionTokens: audit.model.completionTokens, requests: audit.model.requests, denied: audit.model.denied },
     audit: { ...audit.traffic, records: audit.records.length },
     modelDown,
+    ...(reviewed ? { review: reviewRecord(reviewed) } : {}),
     steps: { ...steps, ...(result ? { verifyCopy: result.copyMs, verifyRun: result.durationMs - result.copyMs } : {}) },
   };
-  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId, budgetExceeded: audit.model.budgetExceeded };
+  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId, budgetExceeded: audit.model.budgetExceeded, review: reviewed };
 }
 

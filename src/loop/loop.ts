@@ -25,7 +25,8 @@ import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
 import { feedbackText } from './feedback.js';
 import { type IterationOutcome, type LoopContext, SentryKeeper, runIteration } from './iteration.js';
-import { type IterationRecord, type LoopState, appendIteration, loadState, readIterations, saveState } from './state.js';
+import { reviewApiKey, reviewRequired } from '../review/review.js';
+import { type IterationRecord, type LoopState, type ReviewTotals, addReview, appendIteration, loadState, readIterations, saveState } from './state.js';
 import { loadTask } from './task.js';
 import { acquireTaskLock, legacyWorktreeDir, lendTree, taskWorktreeDir } from './workspace.js';
 
@@ -72,6 +73,8 @@ export interface LoopSummary {
   lastCommit: string | null;
   verifiedCommit: string | null;
   runDir: string;
+  /** Reviewer requests, tokens and cost over the run (review on). */
+  review?: ReviewTotals | undefined;
 }
 
 /** `loopbox stop RUN` writes this file in the run directory. */
@@ -225,6 +228,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           // A voided iteration (model down) does not count towards the brakes.
           trees: modelDown ? state.trees : [...state.trees, iterRecord.tree],
           tokens: state.tokens + iterRecord.tokens,
+          ...(iterRecord.review ? { review: addReview(state.review, iterRecord.review) } : {}),
           elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
         };
         feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
@@ -252,6 +256,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       lastCommit,
       verifiedCommit,
       runDir: dir,
+      ...(state.review ? { review: state.review } : {}),
     };
     log.info(summary, 'loop end');
     options.onEvent?.({ type: 'loop-end', summary });
@@ -273,6 +278,10 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
 function decide(config: Config, state: LoopState, outcome: IterationOutcome, signal: AbortSignal): { state: EndState; reason: string } | undefined {
   if (outcome.aborted || signal.aborted) return { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
   if (outcome.modelDown) return undefined;
+  // With review on, only verified work the reviewer approved may end `done`; a rejected one
+  // goes on, and the other brakes (stalled, capped, budget) still end it.
+  const reviewing = reviewRequired(config);
+  const done = outcome.verified && (!reviewing || outcome.review?.approved === true);
   const brake = checkBrakes(
     {
       maxIterations: config.loop.maxIterations,
@@ -281,12 +290,13 @@ function decide(config: Config, state: LoopState, outcome: IterationOutcome, sig
       budgetMs: config.loop.budget,
       tokenBudget: config.loop.tokenBudget,
     },
-    { baseTree: state.baseTree, trees: state.trees, verified: outcome.verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
+    { baseTree: state.baseTree, trees: state.trees, verified: done, elapsedMs: state.elapsedMs, tokens: state.tokens },
   );
   // The gateway's 429 is the budget's own word, even if a request was refused before the sums got there.
   if (outcome.budgetExceeded && brake?.state !== 'done') {
     return { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget ?? '?'} used: the model gateway refused a request (${state.tokens} tokens)` };
   }
+  if (brake?.state === 'done' && reviewing) return { ...brake, reason: `${brake.reason}, approved by the reviewer (${outcome.review?.model ?? '?'})` };
   return brake;
 }
 
@@ -300,6 +310,8 @@ export function checkLoopConfig(config: Config): string[] {
   if (config.agent.type === 'command' && !config.agent.command) {
     throw new ConfigError('agent.type is "command" but agent.command is not set.', [], { hint: 'Give the agent\'s argv, e.g. ["codex", "exec", "--full-auto"].' });
   }
+  // A missing key is bad input: refused before anything runs, not found after the first pass.
+  if (config.review && reviewRequired(config)) reviewApiKey(config.review);
   return config.verify.command;
 }
 

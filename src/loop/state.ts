@@ -4,6 +4,7 @@ import { appendFile, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SandboxTraffic } from '../audit/record.js';
 import { writeJsonAtomic } from '../runs/registry.js';
+import type { ReviewResult } from '../review/review.js';
 import type { EndState } from './brakes.js';
 
 export interface IterationRecord {
@@ -39,8 +40,41 @@ export interface IterationRecord {
   audit: SandboxTraffic & { records: number };
   /** The model server died during this iteration: it does not count towards the brakes. */
   modelDown: boolean;
+  /** The reviewer's answer on this verified iteration (review on), with what it cost. */
+  review?: IterationReview;
   /** Host-side milliseconds per step (snapshot, restore, commit, ownership, verifyCopy, verifyRun). */
   steps?: Record<string, number>;
+}
+
+export type IterationReview = Omit<ReviewResult, 'approved'>;
+
+/** What the iteration record keeps of a review. */
+export function reviewRecord(r: ReviewResult): IterationReview {
+  const { approved: _approved, ...rest } = r;
+  return rest;
+}
+
+/** Review requests and their cost over the whole run (resume adds to it). */
+export interface ReviewTotals {
+  requests: number;
+  approved: number;
+  rejected: number;
+  inputTokens: number;
+  outputTokens: number;
+  /** null while no price is configured. */
+  cost: number | null;
+}
+
+export function addReview(totals: ReviewTotals | undefined, r: IterationReview): ReviewTotals {
+  const t = totals ?? { requests: 0, approved: 0, rejected: 0, inputTokens: 0, outputTokens: 0, cost: null };
+  return {
+    requests: t.requests + r.attempts,
+    approved: t.approved + (r.verdict === 'approve' ? 1 : 0),
+    rejected: t.rejected + (r.verdict === 'approve' ? 0 : 1),
+    inputTokens: t.inputTokens + r.inputTokens,
+    outputTokens: t.outputTokens + r.outputTokens,
+    cost: r.cost === null ? t.cost : (t.cost ?? 0) + r.cost,
+  };
 }
 
 export interface LoopState {
@@ -56,6 +90,8 @@ export interface LoopState {
   tokens: number;
   /** Wall time used by earlier sessions of this run (resume adds to it). */
   elapsedMs: number;
+  /** Reviewer requests and cost so far (review on). */
+  review?: ReviewTotals | undefined;
   endState?: EndState | undefined;
   endReason?: string | undefined;
   trigger: string;

@@ -185,8 +185,19 @@ function modelSection(d: ReportData): string {
   return `<section id="model"><h2>Model usage</h2>
 <p>Model: <code>${esc(m.name)}</code>${m.ctxSize ? `, context ${m.ctxSize}` : ''}. <span data-testid="model-tokens">${m.tokens}</span> tokens (prompt and generated, from the server's counters); ${m.allowedPackets} packet(s), ${m.allowedBytes} byte(s) sent to the model; ${m.dnsAnswered} look-up(s) of its name answered.${requests.length ? ` Gateway audit records: ${requests.map(([k, v]) => `${esc(k)} ${v}`).join(', ')}.` : ''}</p>
 ${m.gateway ? `<p data-testid="model-gateway">Through the model gateway: ${m.gateway.requests} request(s), ${m.gateway.denied} refused${Object.keys(m.gateway.deniedWhy).length ? ` (${Object.entries(m.gateway.deniedWhy).map(([k, v]) => `${esc(k)} ${v}`).join(', ')})` : ''}; ${m.gateway.promptTokens} prompt tokens (${m.gateway.cachedTokens} from the cache), ${m.gateway.completionTokens} generated.</p>` : ''}
+${reviewLine(d)}
 ${its.length ? `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="tokens per iteration">${bars}<text x="36" y="14" class="axis" text-anchor="end">${max}</text><text x="36" y="${H - 20}" class="axis" text-anchor="end">0</text><text x="40" y="${H - 4}" class="axis">it 1</text><text x="${W - 10}" y="${H - 4}" class="axis" text-anchor="end">it ${its.at(-1)!.iteration}</text></svg>` : ''}
 </section>`;
+}
+
+/** The reviewer's verdicts, tokens and cost, from the iteration records (review: on). */
+function reviewLine(d: ReportData): string {
+  const reviews = d.iterations.flatMap((i) => (i.review ? [{ iteration: i.iteration, ...i.review }] : []));
+  if (!reviews.length) return '';
+  const sum = (f: (r: (typeof reviews)[number]) => number): number => reviews.reduce((a, r) => a + f(r), 0);
+  const priced = reviews.filter((r) => r.cost !== null);
+  const verdicts = reviews.map((r) => `${r.iteration}: ${r.verdict}${r.gaming ? ' (gaming)' : ''}`).join(', ');
+  return `<p data-testid="review-summary">Reviewer <code>${esc(reviews[0]!.model)}</code>: ${sum((r) => r.attempts)} request(s), ${sum((r) => r.bytesSent)} byte(s) sent, ${sum((r) => r.inputTokens)} input and ${sum((r) => r.outputTokens)} output tokens${priced.length ? `, cost <span data-testid="review-cost">${sum((r) => r.cost ?? 0).toFixed(6)}</span>` : ''}. Verdicts by iteration: ${esc(verdicts)}.</p>`;
 }
 
 function chainSection(d: ReportData): string {

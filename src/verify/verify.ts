@@ -1,18 +1,37 @@
 // Verification in a separate, clean container: no network at all, the files of the tree that
-// gets committed copied in (a tar made from git objects, see git/archive.ts: never the worktree's
-// file system, so what verify sees is exactly what is committed), the command from the host's
-// config, its own timeout, which covers the copy too. The agent's container is gone by then;
-// nothing it started survives into this one, and each verify is a new container.
-import { treeArchive } from '../git/archive.js';
-import { RecentLines, describe } from '../common/errors.js';
-import { DockerApiError, type DockerClient } from '../docker/client.js';
-import { containerName, resourceLabels } from '../docker/labels.js';
+// gets committed, the command from the host's config, its own timeout, which covers the copy
+// too. The agent's container is gone by then; nothing it started survives into this one, and
+// each verify is a new container.
+//
+// The files come from a verify base (base.ts): a host directory written from git objects alone
+// (never the worktree's file system, so what verify sees is exactly what is committed), kept per
+// run and moved from tree to tree by the difference only. The container gets it read-only at
+// /loopbox/base and, before the command, copies it into /workspace, a tmpfs of its own capped at
+// verify.maxCopy (plus a page per entry): what the command writes there, or anywhere else in the
+// container, goes with the container. The base is never written by a container.
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, RecentLines } from '../common/errors.js';
 import type { SandboxIdentity } from '../audit/record.js';
+import type { DockerClient } from '../docker/client.js';
+import { containerName, resourceLabels } from '../docker/labels.js';
 import { deadline } from '../sandbox/specs.js';
 import type { SandboxLimits } from '../sandbox/sandbox.js';
+import { BaseTimeoutError, VerifyBase } from './base.js';
 
 export const VERIFY_WORKDIR = '/workspace';
 const VERIFY_UID = 1000;
+/** Where the read-only base is mounted in the verify container. */
+export const VERIFY_BASE_MOUNT = '/loopbox/base';
+/** Exit status of the in-container copy failing (before the command ran). */
+export const COPY_FAILED_EXIT = 125;
+// Copies the base into the tmpfs /workspace, then runs the command there. `cp -R` copies
+// symlinks as symlinks (it never follows one in the source) and takes modes from the source.
+const COPY_SCRIPT = `cp -R ${VERIFY_BASE_MOUNT}/. ${'/workspace'}/ || { echo "loopbox: copying the tree into /workspace failed (verify.maxCopy?)" >&2; exit ${COPY_FAILED_EXIT}; }
+cd /workspace && exec "$@"`;
+/** tmpfs rounds every file up to a page. */
+const PAGE = 4096;
 export const DEFAULT_MAX_COPY_BYTES = 2 * 1024 ** 3;
 
 export interface VerifyOptions extends SandboxIdentity {
@@ -25,6 +44,11 @@ export interface VerifyOptions extends SandboxIdentity {
   timeoutMs: number;
   /** The copy is refused past this many bytes (default 2 GiB). */
   maxCopyBytes?: number;
+  /**
+   * The run's verify base directory, kept between verifies so each one writes only what changed
+   * since the last. Without it, a temporary base is built for this verify and removed after.
+   */
+  baseDir?: string | undefined;
   limits: SandboxLimits;
   signal?: AbortSignal | undefined;
 }
@@ -34,7 +58,7 @@ export interface VerifyResult {
   exitCode: number;
   timedOut: boolean;
   durationMs: number;
-  /** Of durationMs, the time spent copying the files into the container. */
+  /** Of durationMs, the host's time bringing the verify base to the tree (the in-container copy is part of the run). */
   copyMs: number;
   /** The last lines of the command's output (stdout and stderr interleaved). */
   outputTail: string;
@@ -42,7 +66,27 @@ export interface VerifyResult {
 
 export async function runVerify(docker: DockerClient, options: VerifyOptions): Promise<VerifyResult> {
   const started = Date.now();
-  const limit = deadline(options.command, `${VERIFY_UID}:${VERIFY_UID}`, options.timeoutMs);
+  const maxBytes = options.maxCopyBytes ?? DEFAULT_MAX_COPY_BYTES;
+  const temporary = options.baseDir === undefined;
+  const base = new VerifyBase(options.repo, options.baseDir ?? (await mkdtemp(path.join(tmpdir(), 'loopbox-verify-base-'))));
+  try {
+    let entries: number;
+    try {
+      // verify.timeout covers the copy too.
+      entries = (await base.update(options.tree, { maxBytes, deadline: started + options.timeoutMs })).entries;
+    } catch (error) {
+      const copyMs = Date.now() - started;
+      return { passed: false, exitCode: -1, timedOut: error instanceof BaseTimeoutError, durationMs: copyMs, copyMs, outputTail: `loopbox: the verify copy failed: ${describe(error)}\n` };
+    }
+    const copyMs = Date.now() - started;
+    return await runContainer(docker, options, base.root, maxBytes + (entries + 1) * PAGE, started, copyMs);
+  } finally {
+    if (temporary) await base.dispose();
+  }
+}
+
+async function runContainer(docker: DockerClient, options: VerifyOptions, baseRoot: string, workspaceBytes: number, started: number, copyMs: number): Promise<VerifyResult> {
+  const limit = deadline(['sh', '-c', COPY_SCRIPT, 'loopbox-verify', ...options.command], `${VERIFY_UID}:${VERIFY_UID}`, Math.max(1, options.timeoutMs - copyMs));
   const id = await docker.createContainer({
     name: containerName(options, 'verify'),
     image: options.image,
@@ -52,28 +96,27 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     networkMode: 'none',
     user: limit.user,
     capAdd: limit.capAdd,
-    workingDir: VERIFY_WORKDIR,
+    workingDir: '/',
     env: { HOME: '/tmp/home', CI: 'true' },
     capDrop: ['ALL'],
     securityOpt: ['no-new-privileges'],
-    tmpfs: { '/tmp': 'rw,nosuid,nodev,size=512m' },
+    binds: [{ host: baseRoot, container: VERIFY_BASE_MOUNT, readOnly: true }],
+    tmpfs: {
+      '/tmp': 'rw,nosuid,nodev,size=512m',
+      // The tree and whatever the command writes next to it: bounded, and gone with the container.
+      [VERIFY_WORKDIR]: `rw,exec,nosuid,nodev,size=${workspaceBytes},uid=${VERIFY_UID},gid=${VERIFY_UID},mode=0755`,
+    },
     pidsLimit: options.limits.pids,
-    memoryBytes: options.limits.memoryBytes,
+    // tmpfs pages count against the container's memory: the tree gets room on top of the limit.
+    memoryBytes: options.limits.memoryBytes + workspaceBytes,
     nanoCpus: Math.round(options.limits.cpus * 1e9),
     init: true,
   });
   try {
-    const copyStart = Date.now();
-    const copied = await copyTree(docker, id, options);
-    const copyMs = Date.now() - copyStart;
-    if (copied !== 'ok') {
-      return { passed: false, exitCode: -1, timedOut: copied === 'timed out', durationMs: Date.now() - started, copyMs, outputTail: `loopbox: the copy into the verify container failed: ${copied}\n` };
-    }
     const output = new RecentLines(60);
     const streams = await docker.attach(id);
     streams.stdout.on('data', (c: Buffer) => output.push(c.toString('utf8')));
     streams.stderr.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-    // verify.timeout covers the copy too.
     const result = await docker.startAndWait(id, Math.max(1, options.timeoutMs - (Date.now() - started)), options.signal);
     await streams.drained(1000);
     return {
@@ -86,38 +129,5 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     };
   } finally {
     await docker.remove(id);
-  }
-}
-
-/** Streams the tree into the container; 'ok', 'timed out' (verify.timeout), or why it failed. */
-async function copyTree(docker: DockerClient, id: string, options: VerifyOptions): Promise<string> {
-  const archive = treeArchive(options.repo, options.tree, {
-    uid: VERIFY_UID,
-    gid: VERIFY_UID,
-    maxBytes: options.maxCopyBytes ?? DEFAULT_MAX_COPY_BYTES,
-    prefix: VERIFY_WORKDIR.slice(1),
-  });
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<string>((resolve) => {
-    timer = setTimeout(() => {
-      archive.destroy(new Error('timed out'));
-      resolve('timed out');
-    }, options.timeoutMs);
-  });
-  // A failed archive (too large, git error) ends the upload with that error.
-  const failed = new Promise<string>((resolve) => archive.once('error', (error: Error) => resolve(error.message)));
-  try {
-    return await Promise.race([
-      docker.putArchive(id, archive, '/').then(
-        () => 'ok',
-        // The engine's own reason, as the verify result has always said it.
-        (error: unknown) => describe(error instanceof DockerApiError ? error.cause : error),
-      ),
-      failed,
-      timeout,
-    ]);
-  } finally {
-    clearTimeout(timer);
-    archive.destroy();
   }
 }

@@ -3,7 +3,8 @@
 // against real Docker and git: as root (CI), and as a non-root user with Docker access.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, copyFile, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { stringify } from 'yaml';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -157,8 +158,11 @@ describe('loop integrity (real Docker, git): as root', () => {
     first.kill('SIGINT');
     const done = await first;
     expect(done.exitCode, String(done.all)).toBe(130);
-    // Released: the next loop on the task may start.
-    const third = await cli(['--config', c.config, 'run', '--repo', c.repo, '--max-iterations', '1', path.join(c.repo, 'tasks', 'fix-add.md')], { timeoutMs: 200_000 });
+    // Released: the next loop on the task may start (a quick agent this time).
+    const quick = `${c.config}.quick.yaml`;
+    await writeFile(quick, stringify(config('true', { loop: { maxIterations: 1 } })));
+    const third = await cli(['--config', quick, 'run', '--repo', c.repo, path.join(c.repo, 'tasks', 'fix-add.md')], { timeoutMs: 200_000 });
+    await rm(quick, { force: true });
     expect(third.stderr).not.toMatch(/already being driven/);
   });
 
