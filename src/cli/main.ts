@@ -56,5 +56,7 @@ function report(error: unknown): number {
     return error.exitCode;
   }
   err(`loopbox: unexpected error: ${error instanceof Error ? (process.env.LOOPBOX_DEBUG ? error.stack : error.message) : String(error)}`);
+  // Every failure loopbox expects is a LoopboxError with a hint; reaching this line is a bug.
+  err('hint: this is a loopbox bug: run again with LOOPBOX_DEBUG=1 for the stack, and report it with the command you ran.');
   return 1;
 }
