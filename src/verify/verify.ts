@@ -9,6 +9,9 @@ import type { DockerClient } from '../docker/client.js';
 import { resourceLabels } from '../docker/labels.js';
 import { containerName, type SandboxIdentity } from '../sandbox/specs.js';
 import type { SandboxLimits } from '../sandbox/sandbox.js';
+import type { ReportOutcome } from './accounting.js';
+import { collectReport, prepareReport } from './collect.js';
+import type { ReportSetting } from './presets.js';
 
 export const VERIFY_WORKDIR = '/workspace';
 const VERIFY_UID = 1000;
@@ -20,6 +23,8 @@ export interface VerifyOptions extends SandboxIdentity {
   timeoutMs: number;
   limits: SandboxLimits;
   signal?: AbortSignal | undefined;
+  /** Where the test runner writes its report; read back and parsed on the host after the run. */
+  report?: ReportSetting | undefined;
 }
 
 export interface VerifyResult {
@@ -29,6 +34,7 @@ export interface VerifyResult {
   durationMs: number;
   /** The last lines of the command's output (stdout and stderr interleaved). */
   outputTail: string;
+  report: ReportOutcome;
 }
 
 /** The worktree as a tar stream: `.git` at the top left out, links as links, owned by the verify uid. */
@@ -69,6 +75,7 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
   });
   try {
     await docker.api.getContainer(id).putArchive(worktreeTar(options.worktree), { path: VERIFY_WORKDIR });
+    const prepared = options.report && (await prepareReport(docker.api.getContainer(id), options.report, VERIFY_WORKDIR, VERIFY_UID));
     const output = new RecentLines(60);
     const streams = await docker.attach(id);
     streams.stdout.on('data', (c: Buffer) => output.push(c.toString('utf8')));
@@ -76,12 +83,16 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     await docker.start(id);
     const result = await docker.wait(id, options.timeoutMs, options.signal);
     await streams.drained(1000);
+    const report: ReportOutcome = options.report
+      ? await collectReport(docker.api.getContainer(id), options.report, VERIFY_WORKDIR, prepared?.planted ?? false)
+      : { kind: 'not-configured' };
     return {
       passed: result.exitCode === 0 && !result.timedOut && !options.signal?.aborted,
       exitCode: result.exitCode,
       timedOut: result.timedOut,
       durationMs: Date.now() - started,
       outputTail: output.toString(),
+      report,
     };
   } finally {
     await docker.remove(id);
