@@ -25,7 +25,10 @@ verify:
   # Runs in a clean container with no network, from this file only (never from the worktree).
   # The verify image (default: the agent image: git, bash, Node 18, no npm) must hold your
   # toolchain and the worktree your dependencies; set verify.image for anything else.
-  command: ["node", "--test"]
+  command: ["node", "--test", "--test-reporter=tap", "--test-reporter-destination=/loopbox-report/node-test.tap", "--test-reporter=spec", "--test-reporter-destination=stdout"]
+  # Test accounting: the harness reads the runner's report, so an early exit(0), a skipped test
+  # or a run of zero tests is not a pass. Presets: node-test, vitest, jest, pytest, go-test, cargo.
+  report: node-test
   timeout: 10m
 
 loop:

@@ -22,7 +22,9 @@ import { managedFilter } from '../docker/labels.js';
 import { isIP } from 'node:net';
 import { Sentry, recoverAuditDir, resolveEndpoints, runAgent } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
-import { runVerify, type VerifyResult } from '../verify/verify.js';
+import { runVerify, type VerifyOptions, type VerifyResult } from '../verify/verify.js';
+import { type AccountingRecord, BASE_PASSES_NOTICE, account, accountingRecord, evidenceSummary, evidenceTrailers } from '../verify/accounting.js';
+import { runBaseline } from '../verify/baseline.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { type IterationRecord, type LoopState, appendIteration, loadState, readIterations, saveState } from './state.js';
@@ -48,6 +50,7 @@ export interface LoopOptions {
 
 export type LoopEvent =
   | { type: 'loop-start'; runId: string; task: string; branch: string; worktree: string; resumedAt: number }
+  | { type: 'baseline'; runId: string; task: string; passes: boolean; evidence: string; notice: string | null }
   | { type: 'iteration-start'; runId: string; task: string; iteration: number }
   | { type: 'iteration-end'; runId: string; task: string; record: IterationRecord }
   | { type: 'model-down'; runId: string; task: string; iteration: number }
@@ -68,6 +71,8 @@ export interface LoopSummary {
   lastCommit: string | null;
   verifiedCommit: string | null;
   runDir: string;
+  /** What the last verification rested on (test report or exit code), and whether the base passed. */
+  evidence: string;
 }
 
 const AUTHOR = { name: 'loopbox', email: 'loopbox@localhost' };
@@ -150,6 +155,35 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     const agentUid = agentUidFor();
     const external = config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined;
     const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
+    const verifyBase = (identity: { iteration: number }): VerifyOptions => ({
+      runId,
+      task: task.name,
+      ...identity,
+      image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
+      command: verifyCommand,
+      worktree: state!.worktree,
+      timeoutMs: config.verify.timeout,
+      limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+      signal,
+      report: config.verify.report,
+    });
+    // Test accounting's baseline: the verify command on the base tree, once per run (issue 7
+    // item 5). Only while the worktree still is the base tree (a run resumed after an iteration
+    // that had none goes on without one).
+    if (state.baseline === undefined) {
+      const atBase = (await snapshotWorktree(repo, state.worktree)).tree === state.baseTree;
+      state = { ...state, baseline: atBase ? await runBaseline(docker, verifyBase({ iteration: 0 })) : null };
+      await saveState(dir, state);
+    }
+    if (state.baseline && state.iteration === 0) {
+      const b = state.baseline;
+      const notice = b.passes ? BASE_PASSES_NOTICE : null;
+      if (notice) log.warn({ baseline: b }, notice);
+      const evidence = b.counts ? `${b.counts.passed} of ${b.counts.total} test(s) pass` : `exit code only: ${b.timedOut ? 'timed out' : `exit ${b.exitCode}`}`;
+      options.onEvent?.({ type: 'baseline', runId, task: task.name, passes: b.passes, evidence, notice });
+    }
+    const baseline = state.baseline ?? null;
+    let lastEvidence: AccountingRecord | null = null;
     const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
     let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
     let lastCommit: string | null = null;
@@ -260,25 +294,18 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         let verify: VerifyResult | null = null;
         if (untrusted) log.warn({ iteration, untrusted }, 'not verifying');
         if (!sandbox.aborted && !modelDown && !untrusted) {
-          verify = await runVerify(docker, {
-            runId,
-            task: task.name,
-            iteration,
-            image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
-            command: verifyCommand,
-            worktree: state.worktree,
-            timeoutMs: config.verify.timeout,
-            limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-            signal,
-          });
+          verify = await runVerify(docker, verifyBase({ iteration }));
         }
+        // Exit code 0 is not enough: every base test ran and passed, and some test ran at all.
+        const evidence = verify && accountingRecord(account(baseline, verify, { unchangedFromBase: snap.tree === state.baseTree }), baseline);
+        if (evidence) lastEvidence = evidence;
         const [after, audit] = await Promise.all([tokensAfter, collecting]);
         blocked += audit.traffic.blockedPackets + audit.traffic.dnsBlocked;
         const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
-        const verified = verify?.passed === true;
+        const verified = verify?.passed === true && evidence?.verified === true;
         let commit: string | null = null;
         if (verified || snap.changed.length > 0) {
-          commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand), AUTHOR);
+          commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand, evidence), AUTHOR);
           await syncWorktreeIndex(repo, state.worktree);
           lastCommit = commit;
           if (verified) verifiedCommit = commit;
@@ -293,7 +320,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
           protectedViolations: violations,
           skipped: rejected.map((p) => ({ path: p, reason: snap.skipped.find((k) => k.path === p)?.reason ?? 'rejected' })),
           untrusted: untrusted ?? null,
-          verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail },
+          verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail, accounting: evidence! },
           commit,
           verified,
           tokens,
@@ -347,6 +374,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       lastCommit,
       verifiedCommit,
       runDir: dir,
+      evidence: evidenceSummary(lastEvidence),
     };
     log.info(summary, 'loop end');
     options.onEvent?.({ type: 'loop-end', summary });
@@ -409,15 +437,17 @@ async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.P
   return state;
 }
 
-function commitMessage(task: string, runId: string, iteration: number, verify: VerifyResult | null, command: string[]): string {
-  const status = verify?.passed ? 'verified' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
+function commitMessage(task: string, runId: string, iteration: number, verify: VerifyResult | null, command: string[], evidence: AccountingRecord | null): string {
+  const ok = verify?.passed === true && evidence?.verified === true;
+  const status = ok ? 'verified' : verify?.passed ? 'wip (verify exit 0, not accepted)' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
   return [
     `loopbox(${task}): iteration ${iteration} ${status}`,
     '',
     `Loopbox-Run: ${runId}`,
     `Loopbox-Iteration: ${iteration}`,
-    `Loopbox-Verified: ${verify?.passed ? 'yes' : 'no'}`,
+    `Loopbox-Verified: ${ok ? 'yes' : 'no'}`,
     `Loopbox-Verify-Command: ${JSON.stringify(command)}`,
+    ...evidenceTrailers(evidence),
   ].join('\n');
 }
 
@@ -433,14 +463,16 @@ export function feedbackText(record: IterationRecord, command: string[], agentTi
   }
   if (record.untrusted) lines.push(`- Not verified: ${record.untrusted}`);
   if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
-  if (record.verify) {
+  if (record.verify?.passed && record.verify.accounting && !record.verify.accounting.verified) {
+    lines.push(`- Verification \`${command.join(' ')}\` exited 0 but is not accepted:`, ...record.verify.accounting.reasons.map((r) => `  - ${r}`));
+  } else if (record.verify) {
     lines.push(
       record.verify.passed
         ? `- Verification \`${command.join(' ')}\` passed.`
         : `- Verification \`${command.join(' ')}\` failed (${record.verify.timedOut ? 'timed out' : `exit code ${record.verify.exitCode}`}). Its last output lines:`,
     );
-    if (!record.verify.passed) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
   }
+  if (record.verify && !record.verified) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
   return `${lines.join('\n')}\n`;
 }
 

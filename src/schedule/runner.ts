@@ -158,6 +158,7 @@ function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: Nod
     endState,
     reason: aborted ? 'stopped before it started' : (describeError(error).split('\n')[0] ?? 'error'),
     exitCode: END_STATE_EXIT[endState],
+    evidence: '-',
     iterations: 0,
     wallMs: 0,
     tokens: 0,

@@ -141,3 +141,53 @@ export function noTestsMarker(output: string): string | undefined {
   if (running.length && running.every((m) => m[1] === '0')) return 'running 0 tests';
   return undefined;
 }
+
+/** Said before the first iteration when the base commit already passes (issue 12 item 3). */
+export const BASE_PASSES_NOTICE = 'verify passes on the base commit: it cannot tell when this task is done';
+
+/** What iterations.jsonl keeps of an accounting (lists capped). */
+export interface AccountingRecord {
+  mode: Accounting['mode'];
+  verified: boolean;
+  reasons: string[];
+  counts: ReportCounts | null;
+  vacuous: boolean | null;
+  /** Verify passed on the base commit (null: no baseline for this run). */
+  basePasses: boolean | null;
+  missing: string[];
+  skippedNow: string[];
+  failed: string[];
+}
+
+export function accountingRecord(a: Accounting, baseline: Baseline | null): AccountingRecord {
+  const cap = (ids: string[]): string[] => ids.slice(0, 50);
+  return {
+    mode: a.mode,
+    verified: a.verified,
+    reasons: a.reasons,
+    counts: a.counts,
+    vacuous: a.vacuous,
+    basePasses: baseline ? baseline.passes : null,
+    missing: cap(a.missing),
+    skippedNow: cap(a.skippedNow),
+    failed: cap(a.failed),
+  };
+}
+
+/** Commit trailers that say what "verified" rested on. */
+export function evidenceTrailers(a: AccountingRecord | null): string[] {
+  if (!a) return [];
+  if (a.mode === 'exit-code-only') return ['Loopbox-Verify: exit-code-only'];
+  const c = a.counts;
+  return ['Loopbox-Verify: test-report', ...(c ? [`Loopbox-Tests: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped`] : [])];
+}
+
+/** One short phrase for tables and log lines: what the evidence was. */
+export function evidenceSummary(a: AccountingRecord | null): string {
+  if (!a) return '-';
+  const base = a.basePasses ? ', base passes' : '';
+  if (a.mode === 'exit-code-only') return `exit code only${a.vacuous ? ', no tests ran' : ''}${base}`;
+  if (!a.counts) return `no report${base}`;
+  if (a.vacuous) return `0 tests ran${base}`;
+  return `${a.counts.passed} passed, ${a.counts.failed} failed${base}`;
+}

@@ -18,7 +18,9 @@ export function reportPathIn(setting: ReportSetting, workdir: string): string {
 export async function prepareReport(container: Docker.Container, setting: ReportSetting, workdir: string, uid: number): Promise<{ planted: boolean }> {
   await container.putArchive(Buffer.from(directoryTar(REPORT_DIR.slice(1), uid)), { path: '/' });
   try {
-    await container.infoArchive({ path: reportPathIn(setting, workdir) });
+    // The HEAD answer comes back as a stream: drained, or its socket keeps the process alive.
+    const head = (await container.infoArchive({ path: reportPathIn(setting, workdir) })) as unknown as Readable;
+    head.resume();
     return { planted: true };
   } catch (error) {
     if ((error as { statusCode?: number }).statusCode === 404) return { planted: false };

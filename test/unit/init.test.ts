@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { initProject } from '../../src/config/init.js';
 import { loadConfig } from '../../src/config/load.js';
+import { REPORT_PRESETS } from '../../src/verify/presets.js';
 
 describe('loopbox init', () => {
   const dirs: string[] = [];
@@ -17,7 +18,9 @@ describe('loopbox init', () => {
     const res = await initProject(dir);
     expect(res.written).toEqual(['loopbox.yaml', 'AGENTS.md', path.join('tasks', 'example.md')]);
     const { config } = await loadConfig({ dir });
-    expect(config.verify.command).toEqual(['node', '--test']);
+    // Test accounting is on: the command writes the node-test preset's report, and the config names it.
+    expect(config.verify.command).toEqual(REPORT_PRESETS['node-test'].command);
+    expect(config.verify.report).toMatchObject({ format: 'tap', path: REPORT_PRESETS['node-test'].path });
     expect(await readFile(path.join(dir, 'tasks', 'example.md'), 'utf8')).toMatch(/## Goal[\s\S]*## How to check[\s\S]*## Done when/);
     await writeFile(path.join(dir, 'AGENTS.md'), 'mine');
     await expect(initProject(dir)).rejects.toThrow(/Not overwriting existing file\(s\): loopbox.yaml, AGENTS.md/);
