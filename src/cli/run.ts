@@ -11,6 +11,7 @@ import { loadTask } from '../loop/task.js';
 import { LoopRunner } from '../schedule/runner.js';
 import { loopStatus, stopLoops } from '../schedule/status.js';
 import { modelStatus } from '../model/server.js';
+import { gc } from '../runs/gc.js';
 import { type CliContext, err, out } from './context.js';
 import type { ProgramResult } from './program.js';
 
@@ -42,6 +43,7 @@ Example:
     .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean }) => {
       const { config } = await loadConfig({ file: configFile(), dir: opts.repo });
       if (opts.maxIterations) config.loop.maxIterations = opts.maxIterations;
+      await reapDeadRuns(ctx.docker);
       const onEvent = (e: LoopEvent): void => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e));
       let summaries: LoopSummary[];
       if (opts.resume) {
@@ -99,7 +101,20 @@ export function printLoopEvent(e: LoopEvent): void {
     case 'model-down':
       err(`[${e.task}] iteration ${e.iteration}: the model server died; pausing (not counted against the agent)`);
       break;
+    case 'notice':
+      err(`[${e.task}] ${e.message}`);
+      break;
   }
+}
+
+/**
+ * Containers of runs whose loopbox died (SIGKILL, a crash) go before anything else touches the
+ * state: a crashed run's verify container, or an agent whose deadline has not hit yet.
+ */
+async function reapDeadRuns(docker: CliContext['docker']): Promise<void> {
+  const result = await gc(docker, {}).catch(() => undefined);
+  const n = result?.removed.filter((r) => r.kind === 'container').length ?? 0;
+  if (n) err(`loopbox: removed ${n} container(s) left by runs that are no longer alive`);
 }
 
 export function summaryTable(summaries: LoopSummary[]): string {
@@ -126,6 +141,7 @@ export function registerStatusAndStop(program: Command, ctx: CliContext, result:
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExample:\n  watch -n 5 loopbox status\n')
     .action(async (opts: { json?: boolean }) => {
+      await reapDeadRuns(ctx.docker);
       const [loops, model] = await Promise.all([loopStatus(), modelStatus(ctx.docker).catch(() => ({ running: false as const }))]);
       if (opts.json) return out(JSON.stringify({ loops, model }, null, 2));
       const slots = model.running && 'slots' in model && model.slots ? `${model.slots.busy}/${model.slots.total} slots busy` : 'slots unknown';

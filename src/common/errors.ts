@@ -32,6 +32,11 @@ export class ConfigError extends LoopboxError {
   }
 }
 
+/** Another loop already drives this task: exit code 2, nothing was started. */
+export class TaskBusyError extends LoopboxError {
+  override readonly exitCode = 2;
+}
+
 export class DockerUnavailableError extends LoopboxError {
   constructor(cause: unknown) {
     super(`Cannot reach the Docker engine: ${describe(cause)}`, {

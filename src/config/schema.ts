@@ -34,6 +34,8 @@ export const sandboxSchema = z
     cpus: z.number().positive().max(256).default(2),
     pids: z.number().int().min(16).max(65536).default(512),
     allow: z.array(endpoint).default([]),
+    /** The worktree plus notes may grow to this during an iteration; at the limit the agent is stopped. */
+    disk: size.prefault('10g'),
     /** Extra sysctls are not configurable: the sentry owns the namespace. */
   })
   .prefault({});
@@ -72,6 +74,8 @@ export const agentSchema = z
     /** OpenCode's view of the model's limits (its first prompt alone is ~30k tokens). */
     contextLimit: z.number().int().min(1024).default(65536),
     outputLimit: z.number().int().min(256).default(4096),
+    /** Agent stdout+stderr kept per iteration (head and tail); the bytes between are counted, not kept. */
+    maxOutput: size.prefault('8m'),
   })
   .prefault({});
 

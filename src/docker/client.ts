@@ -38,6 +38,8 @@ export interface ContainerSpec {
   dns?: string[];
   /** Run an init (tini) as pid 1 so signals and zombies are handled. */
   init?: boolean;
+  /** Docker removes the container itself when it exits (nothing to reap after a crash of loopbox). */
+  autoRemove?: boolean;
   /** GPU request: 'all' or a list of device ids. */
   gpus?: 'all' | string[];
   exposedPorts?: number[];
@@ -146,7 +148,7 @@ export class DockerClient {
       Sysctls: spec.sysctls,
       Dns: spec.dns,
       Init: spec.init,
-      AutoRemove: false,
+      AutoRemove: spec.autoRemove ?? false,
     };
     if (spec.gpus) {
       hostConfig.DeviceRequests = [
@@ -220,25 +222,47 @@ export class DockerClient {
 
   /** Waits for the container to exit; on timeout kills it and says so. */
   async wait(id: string, timeoutMs?: number, signal?: AbortSignal): Promise<WaitResult> {
-    const container = this.api.getContainer(id);
+    return this.awaitExit(id, this.api.getContainer(id).wait() as Promise<{ StatusCode: number }>, timeoutMs, signal);
+  }
+
+  /**
+   * Starts a created container and waits for it to exit; on timeout kills it. The wait is
+   * registered before the start, so a container that exits (and, with autoRemove, is removed)
+   * at once is still seen exiting.
+   */
+  async startAndWait(id: string, timeoutMs?: number, signal?: AbortSignal): Promise<WaitResult> {
+    const exited = this.api.getContainer(id).wait({ condition: 'next-exit' }) as Promise<{ StatusCode: number }>;
+    exited.catch(() => undefined); // awaited below; a failed start must not leave it unhandled
+    await this.start(id);
+    return this.awaitExit(id, exited, timeoutMs, signal);
+  }
+
+  private async awaitExit(id: string, exited: Promise<{ StatusCode: number }>, timeoutMs?: number, signal?: AbortSignal): Promise<WaitResult> {
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
-    const onAbort = (): void => {
-      void this.kill(id);
+    // A kill that fails (the engine hiccups) must never become an unhandled rejection: the
+    // container's own deadline (see sandbox/specs.ts) still ends it.
+    const kill = (): void => {
+      this.kill(id).catch(() => undefined);
     };
-    signal?.addEventListener('abort', onAbort, { once: true });
+    signal?.addEventListener('abort', kill, { once: true });
+    if (signal?.aborted) kill();
     if (timeoutMs !== undefined) {
       timer = setTimeout(() => {
         timedOut = true;
-        void this.kill(id);
+        kill();
       }, timeoutMs);
     }
     try {
-      const result = (await container.wait()) as { StatusCode: number };
+      const result = await exited.catch((error: unknown) => {
+        // Removed from outside (or by autoRemove) before the wait saw it: it is gone.
+        if (isGone(error)) return { StatusCode: 137 };
+        throw wrapApiError(error, `waiting for container ${id.slice(0, 12)}`);
+      });
       return { exitCode: result.StatusCode, timedOut };
     } finally {
       if (timer) clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
+      signal?.removeEventListener('abort', kill);
     }
   }
 
@@ -429,10 +453,11 @@ export class DockerClient {
   }
 
   /** Labels and id of an image, or undefined when it does not exist locally. */
-  async findImage(ref: string): Promise<{ id: string; labels: Labels } | undefined> {
+  async findImage(ref: string): Promise<{ id: string; labels: Labels; entrypoint: string[] } | undefined> {
     try {
       const info = await this.api.getImage(ref).inspect();
-      return { id: info.Id, labels: info.Config?.Labels ?? {} };
+      const entrypoint = info.Config?.Entrypoint as unknown;
+      return { id: info.Id, labels: info.Config?.Labels ?? {}, entrypoint: Array.isArray(entrypoint) ? (entrypoint as string[]) : typeof entrypoint === 'string' ? [entrypoint] : [] };
     } catch (error) {
       if (isGone(error)) return undefined;
       throw wrapApiError(error, `inspecting image ${ref}`);

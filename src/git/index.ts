@@ -15,4 +15,4 @@ export {
   snapshotWorktree,
   syncWorktreeIndex,
 } from './worktree.js';
-export type { Author, ChangedPath, EntryMode, RestoreResult, SkippedPath, Snapshot, SnapshotOptions, TaskWorktree, TreeEntry } from './worktree.js';
+export type { Author, ChangedPath, EnsureWorktreeOptions, EntryMode, RestoreResult, SkippedPath, Snapshot, SnapshotOptions, TaskWorktree, TreeEntry } from './worktree.js';

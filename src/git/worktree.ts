@@ -38,6 +38,16 @@ export interface TaskWorktree {
   /** The branch tip the worktree holds. */
   head: string;
   created: boolean;
+  /** Set when the worktree was moved here from `legacyDir`. */
+  movedFrom?: string;
+}
+
+export interface EnsureWorktreeOptions {
+  /**
+   * Where an older loopbox kept this task's worktree. If the branch is checked out there, the
+   * worktree is moved to the new directory (`git worktree move` keeps git's bookkeeping right).
+   */
+  legacyDir?: string;
 }
 
 export interface ChangedPath {
@@ -61,6 +71,11 @@ export interface SnapshotOptions {
   maxFiles?: number;
   /** Directories deeper than this are skipped. Default 128. */
   maxDepth?: number;
+  /**
+   * Paths that always take the base tree's entry, whatever the worktree holds (protected
+   * paths). Their content is hashed to tell whether it changed but never written to git.
+   */
+  keepBase?: (path: string) => boolean;
 }
 
 export interface Snapshot {
@@ -70,6 +85,8 @@ export interface Snapshot {
   base: string;
   changed: ChangedPath[];
   skipped: SkippedPath[];
+  /** `keepBase` paths the worktree holds differently from the base (the tree has the base's). */
+  violations: string[];
 }
 
 export interface Author {
@@ -106,7 +123,7 @@ interface WorktreeRecord {
  * Makes (or reuses) the worktree for `task` on branch `loopbox/<task>`, branched from the repo's
  * HEAD the first time. The checkout is written by node from raw blobs (see the file comment).
  */
-export async function ensureTaskWorktree(repo: string, task: string, worktreeDir: string): Promise<TaskWorktree> {
+export async function ensureTaskWorktree(repo: string, task: string, worktreeDir: string, options: EnsureWorktreeOptions = {}): Promise<TaskWorktree> {
   if (!isSafeName(task)) {
     throw new LoopboxError(`Task name ${JSON.stringify(task)} is not a safe name`, {
       hint: 'Use 1-63 characters: lower-case letters, digits, ".", "_" and "-", starting with a letter or digit.',
@@ -144,6 +161,14 @@ export async function ensureTaskWorktree(repo: string, task: string, worktreeDir
     return { branch, dir: await realpath(here.path), head: tip, created: false };
   }
   const elsewhere = existing.find((w) => w.branch === ref && !w.prunable);
+  if (elsewhere && options.legacyDir && (await samePath(elsewhere.path, options.legacyDir))) {
+    await mkdir(path.dirname(dir), { recursive: true });
+    await git(['worktree', 'move', elsewhere.path, dir], {
+      cwd: info.top,
+      hint: `Move it by hand (git worktree move ${elsewhere.path} ${dir}), or remove it (git worktree remove ${elsewhere.path}); its commits are safe on ${branch}.`,
+    });
+    return { branch, dir: await realpath(dir), head: tip, created: false, movedFrom: elsewhere.path };
+  }
   if (elsewhere) {
     throw new LoopboxError(`Branch ${branch} is already checked out in ${elsewhere.path}`, {
       hint: `Use that directory for task ${task}, or remove it with git worktree remove ${elsewhere.path}.`,
@@ -257,6 +282,10 @@ export async function snapshotWorktree(repo: string, dir: string, options: Snaps
     keep: [],
     gitlinks: new Set([...baseEntries].filter(([, e]) => e.mode === '160000').map(([p]) => p)),
     known: new Set([...baseEntries.values()].map((e) => e.oid)),
+    keepBase: options.keepBase,
+    base: baseEntries,
+    violations: new Set(),
+    keptSeen: new Set(),
   };
   const root = await DirHandle.open(wt.path);
   try {
@@ -272,8 +301,35 @@ export async function snapshotWorktree(repo: string, dir: string, options: Snaps
       entries.set(p, { mode: e.mode, oid: e.oid });
     }
   }
+  if (state.keepBase) {
+    const kept = new Set<string>();
+    for (const [p, e] of baseEntries) {
+      if (!state.keepBase(p)) continue;
+      if (!state.keptSeen.has(p)) state.violations.add(p); // changed, deleted, or replaced by a directory
+      entries.set(p, { mode: e.mode, oid: e.oid });
+      // Whatever the agent put where a parent directory of a kept path was (a file, a symlink)
+      // gives way: the tree cannot hold both.
+      const parts = p.split('/');
+      for (let i = 1; i < parts.length; i += 1) {
+        const parent = parts.slice(0, i).join('/');
+        if (entries.delete(parent)) state.violations.add(parent);
+      }
+      kept.add(p);
+    }
+    // ... and so does anything the agent put below a kept file (the file became a directory).
+    for (const q of [...entries.keys()]) {
+      const parts = q.split('/');
+      for (let i = 1; i < parts.length; i += 1) {
+        if (kept.has(parts.slice(0, i).join('/'))) {
+          entries.delete(q);
+          state.violations.add(q);
+          break;
+        }
+      }
+    }
+  }
   const tree = await writeTree(info.top, entries);
-  return { tree, base, changed: compareTrees(baseEntries, entries), skipped: state.skipped };
+  return { tree, base, changed: compareTrees(baseEntries, entries), skipped: state.skipped, violations: [...state.violations].sort() };
 }
 
 interface WalkState {
@@ -289,6 +345,11 @@ interface WalkState {
   gitlinks: Set<string>;
   /** Object ids that exist already (in the base tree, or written by this snapshot). */
   known: Set<string>;
+  keepBase: ((path: string) => boolean) | undefined;
+  base: Map<string, TreeEntry>;
+  violations: Set<string>;
+  /** `keepBase` paths found unchanged in the worktree. */
+  keptSeen: Set<string>;
 }
 
 // One directory of the walk: lstat each entry, never stat; recurse into real directories only.
@@ -371,6 +432,13 @@ async function addBlob(state: WalkState, rel: string, mode: EntryMode, content: 
     });
   }
   const oid = state.hash(content);
+  if (state.keepBase?.(rel)) {
+    // Protected: the base entry goes in the tree (after the walk); nothing is written to git.
+    const b = state.base.get(rel);
+    if (!b || b.oid !== oid || b.mode !== mode) state.violations.add(rel);
+    else state.keptSeen.add(rel);
+    return;
+  }
   if (!state.known.has(oid)) {
     // --no-filters and --stdin: git never opens the path nor applies a filter or eol conversion.
     const written = (await git(['hash-object', '-w', '--no-filters', '--stdin'], { cwd: state.top, input: content })).trim();
@@ -622,6 +690,12 @@ async function listWorktrees(top: string): Promise<WorktreeRecord[]> {
     else if (current && key === 'prunable') current.prunable = true;
   }
   return records;
+}
+
+async function samePath(a: string, b: string): Promise<boolean> {
+  const ra = await realpath(a).catch(() => path.resolve(a));
+  const rb = await realpath(b).catch(() => path.resolve(b));
+  return ra === rb;
 }
 
 async function findRecord(records: WorktreeRecord[], dir: string): Promise<WorktreeRecord | undefined> {

@@ -1,34 +1,37 @@
 // The Ralph loop: run the agent in a fresh sandbox, read what it left with hardened git,
-// revert protected paths, verify in a clean container, commit from the host, feed failures
-// back, and stop on a brake — never on the agent's word.
-import { createWriteStream, existsSync } from 'node:fs';
-import { chown, lstat, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+// keep protected paths as they were, verify in a clean container, commit from the host, feed
+// failures back, and stop on a brake — never on the agent's word. One iteration is the
+// pipeline in iteration.ts; this file owns the run: its lock, worktree, state and end.
+import { existsSync } from 'node:fs';
+import { chmod, lchown, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { ConfigError, LoopboxError, describe } from '../common/errors.js';
 import { newRunId } from '../common/ids.js';
 import { createLogger } from '../common/logger.js';
 import { runDir, stateDir } from '../common/paths.js';
-import { Semaphore } from '../common/semaphore.js';
-import { ModelSupervisor } from '../model/supervisor.js';
+import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
 import { DEFAULT_PROTECTED } from '../config/schema.js';
 import type { DockerClient } from '../docker/client.js';
-import { commitSnapshot, ensureTaskWorktree, isDirtyRepo, matchesAny, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex } from '../git/index.js';
-import { imageRef } from '../images/catalog.js';
-import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
-import { readTokenTotals } from '../model/server.js';
-import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
 import { managedFilter } from '../docker/labels.js';
-import { isIP } from 'node:net';
-import { Sentry, recoverAuditDir, resolveEndpoints, runAgent } from '../sandbox/sandbox.js';
+import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree } from '../git/index.js';
+import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
+import { ModelSupervisor } from '../model/supervisor.js';
+import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
+import { recoverAuditDir, resolveEndpoints } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
-import { runVerify, type VerifyOptions, type VerifyResult } from '../verify/verify.js';
-import { type AccountingRecord, BASE_PASSES_NOTICE, account, accountingRecord, evidenceSummary, evidenceTrailers } from '../verify/accounting.js';
-import { runBaseline } from '../verify/baseline.js';
-import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
+import { treesSize } from './disk-watch.js';
+import { feedbackText } from './feedback.js';
+import { BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
+import { runBaseline } from '../verify/baseline.js';
+import { type IterationOutcome, type LoopContext, SentryKeeper, runIteration, verifyOptions } from './iteration.js';
 import { type IterationRecord, type LoopState, appendIteration, loadState, readIterations, saveState } from './state.js';
 import { loadTask } from './task.js';
+import { acquireTaskLock, legacyWorktreeDir, lendTree, taskWorktreeDir } from './workspace.js';
+
+export { feedbackText } from './feedback.js';
 
 export interface LoopOptions {
   repo: string;
@@ -54,6 +57,7 @@ export type LoopEvent =
   | { type: 'iteration-start'; runId: string; task: string; iteration: number }
   | { type: 'iteration-end'; runId: string; task: string; record: IterationRecord }
   | { type: 'model-down'; runId: string; task: string; iteration: number }
+  | { type: 'notice'; runId: string; task: string; message: string }
   | { type: 'loop-end'; summary: LoopSummary };
 
 export interface LoopSummary {
@@ -71,11 +75,10 @@ export interface LoopSummary {
   lastCommit: string | null;
   verifiedCommit: string | null;
   runDir: string;
-  /** What the last verification rested on (test report or exit code), and whether the base passed. */
+  /** What the last verification rested on (test counts, or the exit code), and whether the base passed. */
   evidence: string;
 }
 
-const AUTHOR = { name: 'loopbox', email: 'loopbox@localhost' };
 /** `loopbox stop RUN` writes this file in the run directory. */
 export const STOP_FILE = 'stop';
 /** Touching this file in the state directory stops every loop gracefully. */
@@ -94,8 +97,16 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
   const supervisor = config.model.endpoint ? undefined : (options.modelSupervisor ?? new ModelSupervisor(docker));
 
   const runId = previous?.runId ?? options.runId ?? newRunId();
+  // One task, one loop: refused (exit 2) before anything of this run is written.
+  const lock = await acquireTaskLock(repo, task.name, runId, options.stateEnv);
   const dir = runDir(runId, options.stateEnv);
-  const record: RunRecord = await createRun({ runId, kind: 'loop', task: task.name, trigger: options.trigger ?? previous?.trigger ?? 'manual' }, options.stateEnv);
+  let record: RunRecord;
+  try {
+    record = await createRun({ runId, kind: 'loop', task: task.name, trigger: options.trigger ?? previous?.trigger ?? 'manual' }, options.stateEnv);
+  } catch (error) {
+    await lock.release();
+    throw error;
+  }
   const log = createLogger({ file: path.join(dir, 'loop.log'), level: 'debug' });
   const started = Date.now();
   let state: LoopState | undefined = previous;
@@ -111,9 +122,15 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
   }, 500);
   const signal = stop.signal;
   try {
-    const worktreeDir = previous?.worktree ?? path.join(repo, '.loopbox', 'worktrees', task.name);
-    const wt = await ensureTaskWorktree(repo, task.name, worktreeDir);
-    if (state) state = { ...state, endState: undefined, endReason: undefined };
+    const agentUid = agentUidFor();
+    const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
+    // Task worktrees live in the state directory, never in the user's checkout; one that an
+    // older loopbox made in <repo>/.loopbox/worktrees is moved there (git worktree move).
+    const worktreeDir = await taskWorktreeDir(repo, task.name, options.stateEnv);
+    const wt = await ensureTaskWorktree(repo, task.name, worktreeDir, { legacyDir: legacyWorktreeDir(repo, task.name) });
+    if (wt.movedFrom) log.info({ from: wt.movedFrom, to: wt.dir }, 'task worktree moved out of the repository');
+    if (wt.movedFrom) options.onEvent?.({ type: 'notice', runId, task: task.name, message: `moved the task worktree from ${wt.movedFrom} to ${wt.dir}: task worktrees now live outside the repository` });
+    if (state) state = { ...state, worktree: wt.dir, endState: undefined, endReason: undefined };
     state ??= {
       runId,
       task: task.name,
@@ -145,219 +162,95 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       sentries = Math.max(sentries, Number(n[1]));
       await recoverAuditDir(path.join(sandboxesDir, name), { runId, task: task.name, iteration: state.iteration + 1 }, [MODEL_HOSTNAME], options.stateEnv);
     }
-    const mountDir = path.join(dir, 'mount');
-    const notesDir = path.join(dir, 'notes');
-    const gitMask = path.join(dir, 'git-mask');
-    await mkdir(path.join(mountDir, 'notes'), { recursive: true });
-    await mkdir(notesDir, { recursive: true });
-    await mkdir(path.join(dir, 'sandboxes'), { recursive: true });
-    await writeFile(gitMask, '');
-    const agentUid = agentUidFor();
-    const external = config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined;
     const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
-    const verifyBase = (identity: { iteration: number }): VerifyOptions => ({
+    const ctx: LoopContext = {
+      docker,
+      config,
       runId,
-      task: task.name,
-      ...identity,
-      image: config.verify.image ?? config.sandbox.image ?? imageRef('agent'),
-      command: verifyCommand,
-      worktree: state!.worktree,
-      timeoutMs: config.verify.timeout,
-      limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+      task,
+      repo,
+      dir,
+      log,
       signal,
-      report: config.verify.report,
-    });
-    // Test accounting's baseline: the verify command on the base tree, once per run (issue 7
-    // item 5). Only while the worktree still is the base tree (a run resumed after an iteration
-    // that had none goes on without one).
+      verifyCommand,
+      isProtected: (p) => matchesAny(p, protectedPatterns),
+      mountDir: path.join(dir, 'mount'),
+      notesDir: path.join(dir, 'notes'),
+      gitMask: path.join(dir, 'git-mask'),
+      agentUid,
+      lend,
+      supervisor,
+      external: config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined,
+      agentSlots: options.agentSlots,
+      sentries: new SentryKeeper(sandboxesDir, sentries),
+      diskBaseline: 0,
+      stateEnv: options.stateEnv,
+      baseline: null,
+    };
+    await mkdir(path.join(ctx.mountDir, 'notes'), { recursive: true });
+    await mkdir(ctx.notesDir, { recursive: true });
+    await mkdir(sandboxesDir, { recursive: true });
+    await writeFile(ctx.gitMask, '');
+    // Run as root, the agent's uid gets the worktree once per session; after that the host
+    // hands back only the paths it writes itself (restores), so an iteration costs what changed.
+    if (lend) {
+      await lendTree(state.worktree, agentUid);
+      await lendTree(ctx.notesDir, agentUid);
+      await lchown(ctx.notesDir, agentUid, agentUid);
+      // The top stays the host's (git's ownership check), writable for the agent.
+      await chmod(state.worktree, 0o777);
+    }
+    ctx.diskBaseline = await treesSize([state.worktree, ctx.notesDir]);
+    // Test accounting's baseline: the verify command on the base tree, once per run, before the
+    // first agent (issue 7 item 5, issue 12 item 3).
     if (state.baseline === undefined) {
-      const atBase = (await snapshotWorktree(repo, state.worktree)).tree === state.baseTree;
-      state = { ...state, baseline: atBase ? await runBaseline(docker, verifyBase({ iteration: 0 })) : null };
+      state = { ...state, baseline: await takeBaseline(ctx, state) };
       await saveState(dir, state);
+      if (state.baseline) announceBaseline(ctx, state.baseline, options.onEvent);
     }
-    if (state.baseline && state.iteration === 0) {
-      const b = state.baseline;
-      const notice = b.passes ? BASE_PASSES_NOTICE : null;
-      if (notice) log.warn({ baseline: b }, notice);
-      const evidence = b.counts ? `${b.counts.passed} of ${b.counts.total} test(s) pass` : `exit code only: ${b.timedOut ? 'timed out' : `exit ${b.exitCode}`}`;
-      options.onEvent?.({ type: 'baseline', runId, task: task.name, passes: b.passes, evidence, notice });
-    }
-    const baseline = state.baseline ?? null;
-    let lastEvidence: AccountingRecord | null = null;
+    ctx.baseline = state.baseline ?? null;
     const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
     let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
     let lastCommit: string | null = null;
     let verifiedCommit: string | null = null;
+    let lastEvidence = lastRecord?.verify?.accounting ?? null;
     let blocked = 0;
     let decision: { state: EndState; reason: string } | undefined;
-    let sentry: Sentry | undefined;
     try {
-
       while (!decision) {
         const iteration: number = state.iteration + 1;
-        const model = supervisor ? await supervisor.ensureUp() : undefined;
         options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
-        const iterStart = new Date();
-        const invocation = agentInvocation(config, iteration);
-        await writeFile(path.join(mountDir, 'task.md'), task.text);
-        await writeFile(path.join(mountDir, 'feedback.md'), feedback || 'No feedback yet: this is the first iteration.\n');
-        for (const [name, content] of Object.entries(invocation.files)) await writeFile(path.join(mountDir, name), content);
-        // Run as root, the host lends the worktree to the agent's uid for the iteration and takes
-        // it back after, so that git (safe.directory) and the user see their own files between.
-        const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
-        if (lend) {
-          await chownTree(state.worktree, agentUid);
-          await chownTree(notesDir, agentUid);
-        }
-        const agentLog = createWriteStream(path.join(dir, 'sandboxes', `i${iteration}.agent.log`));
-        const tokensBefore = model ? readTokenTotals(docker, model) : Promise.resolve(undefined);
-        // One sentry per run; a new one when the model server came back at another address.
-        if (sentry && model && sentry.modelIp !== model.ip) {
-          await sentry.stop();
-          sentry = undefined;
-        }
-        sentry ??= await Sentry.start(docker, {
-          runId,
-          task: task.name,
-          auditDir: path.join(dir, 'sandboxes', `sentry-${(sentries += 1)}`),
-          allow: config.sandbox.allow,
-          modelEndpoint: external,
-          logger: log,
-          stateEnv: options.stateEnv,
-        });
-        const releaseSlot = options.agentSlots ? await options.agentSlots.acquire(signal).catch(() => undefined) : () => undefined;
-        if (!releaseSlot) {
-          agentLog.end();
+        const outcome = await runIteration(ctx, state, iteration, feedback);
+        if (!outcome) {
           decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
           state = { ...state, endState: decision.state, endReason: decision.reason };
           await saveState(dir, state);
           break;
         }
-        const identity = { runId, task: task.name, iteration };
-        // The agent must not reach the model before the "before" count is taken.
-        const before = await tokensBefore;
-        const agentRun = await runAgent(docker, sentry, {
-          ...identity,
-          cmd: invocation.cmd,
-          env: invocation.env,
-          user: `${agentUid}:${agentUid}`,
-          image: config.sandbox.image,
-          binds: [
-            { host: state.worktree, container: '/workspace', readOnly: false },
-            // The worktree's `.git` pointer is masked: the agent never reaches the repository.
-            { host: gitMask, container: '/workspace/.git', readOnly: true },
-            { host: mountDir, container: LOOP_MOUNT, readOnly: true },
-            { host: notesDir, container: NOTES_MOUNT, readOnly: false },
-          ],
-          workingDir: '/workspace',
-          limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-          timeoutMs: config.agent.timeout,
-          signal,
-          stdout: agentLog,
-          stderr: agentLog,
-        }).finally(() => {
-          releaseSlot();
-          agentLog.end();
-        });
-        const sandbox = agentRun;
-        // Attribution needs the counters read before the next agent starts, not before verify:
-        // collect while the host snapshots and verifies.
-        const collecting = sentry.collect(identity);
-        collecting.catch(() => undefined); // awaited below; never an unhandled rejection meanwhile
-        // A model server that died during the iteration voids it: not the agent's failure.
-        const modelDown = supervisor !== undefined && !(await findModelServer(docker));
+        const { record: iterRecord, modelDown } = outcome;
         if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
-        if (lend) {
-          await chownTree(state.worktree, 0);
-          await chownTree(notesDir, 0);
-        }
-        // Read while the host snapshots and verifies: verification never talks to the model.
-        const tokensAfter = model && !modelDown ? readTokenTotals(docker, model) : Promise.resolve(undefined);
-
-        // Read what the agent left; put protected paths back before anything else sees them.
-        const head = await branchHead(repo, state.branch);
-        let snap = await snapshotWorktree(repo, state.worktree);
-        const violations = snap.changed.map((c) => c.path).filter((p) => matchesAny(p, protectedPatterns));
-        // Files the snapshot cannot take (too big, FIFOs, names git reserves) are put back too,
-        // so that what is verified is exactly what is committed.
-        const rejected = snap.skipped.map((k) => k.path);
-        let untrusted: string | undefined;
-        if (violations.length || rejected.length) {
-          try {
-            await restorePaths(repo, state.worktree, head, [...violations, ...rejected]);
-          } catch (error) {
-            untrusted = `could not put back ${[...violations, ...rejected].join(', ')}: ${describe(error)}`;
-          }
-          snap = await snapshotWorktree(repo, state.worktree);
-          if (snap.skipped.length) untrusted ??= `the worktree still holds files that cannot be committed: ${snap.skipped.map((k) => k.path).join(', ')}`;
-        }
-        let verify: VerifyResult | null = null;
-        if (untrusted) log.warn({ iteration, untrusted }, 'not verifying');
-        if (!sandbox.aborted && !modelDown && !untrusted) {
-          verify = await runVerify(docker, verifyBase({ iteration }));
-        }
-        // Exit code 0 is not enough: every base test ran and passed, and some test ran at all.
-        const evidence = verify && accountingRecord(account(baseline, verify, { unchangedFromBase: snap.tree === state.baseTree }), baseline);
-        if (evidence) lastEvidence = evidence;
-        const [after, audit] = await Promise.all([tokensAfter, collecting]);
-        blocked += audit.traffic.blockedPackets + audit.traffic.dnsBlocked;
-        const tokens = before !== undefined && after !== undefined ? Math.max(0, after - before) : 0;
-        const verified = verify?.passed === true && evidence?.verified === true;
-        let commit: string | null = null;
-        if (verified || snap.changed.length > 0) {
-          commit = await commitSnapshot(repo, state.branch, snap.tree, head, commitMessage(task.name, runId, iteration, verify, verifyCommand, evidence), AUTHOR);
-          await syncWorktreeIndex(repo, state.worktree);
-          lastCommit = commit;
-          if (verified) verifiedCommit = commit;
-        }
-        const iterRecord: IterationRecord = {
-          iteration,
-          startedAt: iterStart.toISOString(),
-          endedAt: new Date().toISOString(),
-          agent: { exitCode: sandbox.exitCode, timedOut: sandbox.timedOut, durationMs: sandbox.durationMs },
-          tree: snap.tree,
-          filesChanged: snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
-          protectedViolations: violations,
-          skipped: rejected.map((p) => ({ path: p, reason: snap.skipped.find((k) => k.path === p)?.reason ?? 'rejected' })),
-          untrusted: untrusted ?? null,
-          verify: verify && { passed: verify.passed, exitCode: verify.exitCode, timedOut: verify.timedOut, durationMs: verify.durationMs, outputTail: verify.outputTail, accounting: evidence! },
-          commit,
-          verified,
-          tokens,
-          audit: { ...audit.traffic, records: audit.records.length },
-          modelDown,
-        };
+        if (outcome.commit) lastCommit = outcome.commit;
+        if (outcome.verified) verifiedCommit = outcome.commit;
+        if (iterRecord.verify?.accounting) lastEvidence = iterRecord.verify.accounting;
+        blocked += iterRecord.audit.blockedPackets + iterRecord.audit.dnsBlocked;
         await appendIteration(dir, iterRecord);
         state = {
           ...state,
           iteration,
           // A voided iteration (model down) does not count towards the brakes.
-          trees: modelDown ? state.trees : [...state.trees, snap.tree],
-          tokens: state.tokens + tokens,
+          trees: modelDown ? state.trees : [...state.trees, iterRecord.tree],
+          tokens: state.tokens + iterRecord.tokens,
           elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
         };
         feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
-        log.info({ iteration, tree: snap.tree, verified, commit, violations, agent: iterRecord.agent }, 'iteration end');
+        log.info({ iteration, tree: iterRecord.tree, verified: outcome.verified, commit: outcome.commit, violations: iterRecord.protectedViolations, agent: iterRecord.agent }, 'iteration end');
         options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
-        if (sandbox.aborted || signal.aborted) decision = { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
-        else if (modelDown) decision = undefined;
-        else {
-          decision = checkBrakes(
-            {
-              maxIterations: config.loop.maxIterations,
-              noProgress: config.loop.noProgress,
-              oscillationWindow: config.loop.oscillationWindow,
-              budgetMs: config.loop.budget,
-              tokenBudget: config.loop.tokenBudget,
-            },
-            { baseTree: state.baseTree, trees: state.trees, verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
-          );
-        }
+        decision = decide(config, state, outcome, signal);
         if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
         await saveState(dir, state);
       }
     } finally {
-      await sentry?.stop();
+      await ctx.sentries.stop().catch((error: unknown) => log.warn({ error: describe(error) }, 'sentry stop failed'));
     }
     const summary: LoopSummary = {
       runId,
@@ -387,8 +280,41 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     clearInterval(watcher);
     options.signal?.removeEventListener('abort', onOuterAbort);
     await finishRun(record, options.stateEnv);
+    await lock.release().catch(() => undefined);
     log.flush();
   }
+}
+
+/**
+ * The verify command on the base tree. Only while the worktree still is the base tree: a run
+ * resumed after an iteration, that had no baseline, goes on without one (null).
+ */
+async function takeBaseline(ctx: LoopContext, state: LoopState): Promise<Baseline | null> {
+  if ((await snapshotWorktree(ctx.repo, state.worktree)).tree !== state.baseTree) return null;
+  return runBaseline(ctx.docker, verifyOptions(ctx, state, 0));
+}
+
+function announceBaseline(ctx: LoopContext, b: Baseline, onEvent: LoopOptions['onEvent']): void {
+  const notice = b.passes ? BASE_PASSES_NOTICE : null;
+  if (notice) ctx.log.warn({ baseline: b }, notice);
+  const evidence = b.counts ? `${b.counts.passed} of ${b.counts.total} test(s) pass` : `exit code only: ${b.timedOut ? 'timed out' : `exit ${b.exitCode}`}`;
+  onEvent?.({ type: 'baseline', runId: ctx.runId, task: ctx.task.name, passes: b.passes, evidence, notice });
+}
+
+/** The decide step: a stop request, a voided iteration, or the brakes. Never the agent's word. */
+function decide(config: Config, state: LoopState, outcome: IterationOutcome, signal: AbortSignal): { state: EndState; reason: string } | undefined {
+  if (outcome.aborted || signal.aborted) return { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
+  if (outcome.modelDown) return undefined;
+  return checkBrakes(
+    {
+      maxIterations: config.loop.maxIterations,
+      noProgress: config.loop.noProgress,
+      oscillationWindow: config.loop.oscillationWindow,
+      budgetMs: config.loop.budget,
+      tokenBudget: config.loop.tokenBudget,
+    },
+    { baseTree: state.baseTree, trees: state.trees, verified: outcome.verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
+  );
 }
 
 /** Config a loop cannot run without; returns the verify command. */
@@ -437,62 +363,9 @@ async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.P
   return state;
 }
 
-function commitMessage(task: string, runId: string, iteration: number, verify: VerifyResult | null, command: string[], evidence: AccountingRecord | null): string {
-  const ok = verify?.passed === true && evidence?.verified === true;
-  const status = ok ? 'verified' : verify?.passed ? 'wip (verify exit 0, not accepted)' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
-  return [
-    `loopbox(${task}): iteration ${iteration} ${status}`,
-    '',
-    `Loopbox-Run: ${runId}`,
-    `Loopbox-Iteration: ${iteration}`,
-    `Loopbox-Verified: ${ok ? 'yes' : 'no'}`,
-    `Loopbox-Verify-Command: ${JSON.stringify(command)}`,
-    ...evidenceTrailers(evidence),
-  ].join('\n');
-}
-
-/** What the next iteration reads in /loopbox/feedback.md. */
-export function feedbackText(record: IterationRecord, command: string[], agentTimeoutMs: number): string {
-  const lines = [`# Feedback from iteration ${record.iteration}`, ''];
-  if (record.agent.timedOut) lines.push(`- The agent was stopped after its time limit (${Math.round(agentTimeoutMs / 1000)} s).`);
-  if (record.protectedViolations.length) {
-    lines.push(`- These paths are protected; your changes to them were reverted: ${record.protectedViolations.join(', ')}`);
-  }
-  if (record.skipped.length) {
-    lines.push(`- These files cannot be committed and were put back or removed: ${record.skipped.map((k) => `${k.path} (${k.reason})`).join(', ')}`);
-  }
-  if (record.untrusted) lines.push(`- Not verified: ${record.untrusted}`);
-  if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
-  if (record.verify?.passed && record.verify.accounting && !record.verify.accounting.verified) {
-    lines.push(`- Verification \`${command.join(' ')}\` exited 0 but is not accepted:`, ...record.verify.accounting.reasons.map((r) => `  - ${r}`));
-  } else if (record.verify) {
-    lines.push(
-      record.verify.passed
-        ? `- Verification \`${command.join(' ')}\` passed.`
-        : `- Verification \`${command.join(' ')}\` failed (${record.verify.timedOut ? 'timed out' : `exit code ${record.verify.exitCode}`}). Its last output lines:`,
-    );
-  }
-  if (record.verify && !record.verified) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
-  return `${lines.join('\n')}\n`;
-}
-
 function agentUidFor(): number {
   const uid = process.getuid?.();
   return uid === undefined || uid === 0 ? AGENT_UID : uid;
-}
-
-/** Gives the agent's uid ownership of the tree it may edit, without following links. */
-async function chownTree(dir: string, uid: number, top = true): Promise<void> {
-  const st = await lstat(dir);
-  if (st.uid !== uid) await chown(dir, uid, uid);
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (top && entry.name === '.git') continue;
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) await chownTree(full, uid, false);
-    else if (entry.isFile()) {
-      if ((await lstat(full)).uid !== uid) await chown(full, uid, uid);
-    }
-  }
 }
 
 /** `model.endpoint` resolved on the host; the sentry answers its host name with that address. */
@@ -503,8 +376,4 @@ async function externalEndpoint(url: string): Promise<{ ip: string; port: number
   const [resolved] = await resolveEndpoints([`${host.includes(':') ? `[${host}]` : host}:${port}`]);
   const ip = resolved!.slice(0, resolved!.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   return { ip, port, names: isIP(host) ? [] : [host] };
-}
-
-function branchHead(repo: string, branch: string): Promise<string> {
-  return revParse(repo, `refs/heads/${branch}`);
 }

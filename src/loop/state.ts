@@ -11,7 +11,15 @@ export interface IterationRecord {
   iteration: number;
   startedAt: string;
   endedAt: string;
-  agent: { exitCode: number; timedOut: boolean; durationMs: number };
+  agent: {
+    exitCode: number;
+    timedOut: boolean;
+    durationMs: number;
+    /** Agent output bytes dropped between the kept head and tail (agent.maxOutput). */
+    outputDropped?: number;
+    /** Why loopbox stopped the agent early, besides its time limit (e.g. the disk limit). */
+    stoppedFor?: string;
+  };
   /** Tree id after the iteration (protected paths reverted): the loop's "diff hash". */
   tree: string;
   filesChanged: string[];
@@ -22,6 +30,8 @@ export interface IterationRecord {
   untrusted: string | null;
   /** `passed`: the command exited 0; `accounting`: whether that is evidence (test accounting). */
   verify: { passed: boolean; exitCode: number; timedOut: boolean; durationMs: number; outputTail: string; accounting?: AccountingRecord } | null;
+  /** What `verified` rests on (`Loopbox-Verify` trailer); null when nothing was verified. */
+  evidence?: string | null;
   commit: string | null;
   verified: boolean;
   tokens: number;

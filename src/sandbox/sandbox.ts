@@ -210,7 +210,7 @@ export interface AgentOptions extends SandboxIdentity {
 /** Runs one agent container in the sentry's namespace, streams its output, removes it. */
 export async function runAgent(docker: DockerClient, sentry: Sentry, options: AgentOptions): Promise<AgentRun> {
   const image = options.image ?? imageRef('agent');
-  await requireImage(docker, image);
+  const found = await requireImage(docker, image);
   const started = Date.now();
   const agentId = await docker.createContainer(
     agentSpec({
@@ -220,7 +220,9 @@ export async function runAgent(docker: DockerClient, sentry: Sentry, options: Ag
       image,
       sentryId: sentry.id,
       cmd: options.cmd,
-      entrypoint: options.entrypoint,
+      // The image's own entrypoint still runs, under the container's deadline.
+      entrypoint: options.entrypoint ?? found.entrypoint,
+      timeoutMs: options.timeoutMs,
       user: options.user,
       env: options.env,
       binds: options.binds ?? [],
@@ -237,8 +239,7 @@ export async function runAgent(docker: DockerClient, sentry: Sentry, options: Ag
     if (options.stderr) streams.stderr.pipe(options.stderr, { end: false });
     else streams.stderr.resume();
     if (options.signal?.aborted) return { exitCode: -1, timedOut: false, aborted: true, durationMs: 0 };
-    await docker.start(agentId);
-    const result = await docker.wait(agentId, options.timeoutMs, options.signal);
+    const result = await docker.startAndWait(agentId, options.timeoutMs, options.signal);
     // Let the attached streams drain what the agent wrote last.
     await streams.drained(1000);
     return { ...result, aborted: options.signal?.aborted ?? false, durationMs: Date.now() - started };
@@ -278,8 +279,10 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
   };
 }
 
-async function requireImage(docker: DockerClient, ref: string): Promise<void> {
-  if (!(await docker.findImage(ref))) throw new LoopboxError(`Image ${ref} is not built.`, { hint: 'Run `loopbox images build` first.' });
+async function requireImage(docker: DockerClient, ref: string): Promise<{ entrypoint: string[] }> {
+  const found = await docker.findImage(ref);
+  if (!found) throw new LoopboxError(`Image ${ref} is not built.`, { hint: 'Run `loopbox images build` first.' });
+  return found;
 }
 
 /**

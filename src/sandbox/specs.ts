@@ -67,21 +67,60 @@ export interface AgentSpecInput extends SandboxIdentity {
   memoryBytes: number;
   cpus: number;
   pids: number;
+  /** The host's timeout for the command; the container's own deadline is this plus a grace. */
+  timeoutMs?: number | undefined;
   role?: 'agent';
+}
+
+/** Without a timeout (ad-hoc `sandbox run` without --timeout), the container still ends. */
+export const DEFAULT_AGENT_DEADLINE_MS = 24 * 3600 * 1000;
+
+/** How long past the host's own timeout a container's init waits before it ends the command. */
+export const DEADLINE_GRACE_MS = 15_000;
+
+export interface Deadline {
+  entrypoint: string[];
+  cmd: string[];
+  user: string;
+  capAdd: string[];
+}
+
+/**
+ * The deadline inside the container, so that nothing outlives it even when loopbox dies: the
+ * container starts as root with only SETUID, SETGID and KILL; Docker's init (pid 1) runs
+ * `timeout`, which drops to the unprivileged `user` with `setpriv` and SIGKILLs the command at
+ * `limitMs` + grace. When `timeout` exits, pid 1 exits and the kernel ends every process in the
+ * container. The command runs as another uid with no capabilities: it cannot signal, stop or
+ * ptrace `timeout` or pid 1. Needs coreutils and util-linux (setpriv) in the image.
+ */
+export function deadline(argv: string[], user: string, limitMs: number): Deadline {
+  const [uid, gid = uid] = user.split(':');
+  const seconds = Math.ceil((limitMs + DEADLINE_GRACE_MS) / 1000);
+  return {
+    entrypoint: ['timeout', '--signal=KILL', `${seconds}s`, 'setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--inh-caps=-all', '--'],
+    cmd: argv,
+    user: '0:0',
+    capAdd: ['SETUID', 'SETGID', 'KILL'],
+  };
 }
 
 export function agentSpec(input: AgentSpecInput): ContainerSpec {
   const user = input.user ?? `${AGENT_UID}:${AGENT_UID}`;
   const [uid, gid = uid] = user.split(':');
+  const limit = deadline([...(input.entrypoint ?? []), ...input.cmd], user, input.timeoutMs ?? DEFAULT_AGENT_DEADLINE_MS);
   return {
     name: containerName(input, 'agent'),
     image: input.image,
-    cmd: input.cmd,
-    ...(input.entrypoint ? { entrypoint: input.entrypoint } : {}),
+    entrypoint: limit.entrypoint,
+    cmd: limit.cmd,
+    capAdd: limit.capAdd,
+    // Nothing to collect from the container after it exits (output is streamed): Docker
+    // removes it, so an agent whose loopbox died leaves nothing behind once its deadline hits.
+    autoRemove: true,
     labels: resourceLabels({ ...input, role: 'agent' }),
     // The agent has no network of its own: it lives in the sentry's namespace and its rules.
     networkMode: `container:${input.sentryId}`,
-    user,
+    user: limit.user,
     env: {
       HOME: AGENT_HOME,
       LOOPBOX_MODEL_URL: `http://${MODEL_HOSTNAME}:${MODEL_PORT}/v1`,

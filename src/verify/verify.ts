@@ -7,7 +7,7 @@ import tar from 'tar-fs';
 import { RecentLines } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
 import { resourceLabels } from '../docker/labels.js';
-import { containerName, type SandboxIdentity } from '../sandbox/specs.js';
+import { containerName, deadline, type SandboxIdentity } from '../sandbox/specs.js';
 import type { SandboxLimits } from '../sandbox/sandbox.js';
 import type { ReportOutcome } from './accounting.js';
 import { collectReport, prepareReport } from './collect.js';
@@ -55,14 +55,16 @@ export function worktreeTar(dir: string): Readable {
 
 export async function runVerify(docker: DockerClient, options: VerifyOptions): Promise<VerifyResult> {
   const started = Date.now();
+  const limit = deadline(options.command, `${VERIFY_UID}:${VERIFY_UID}`, options.timeoutMs);
   const id = await docker.createContainer({
     name: containerName(options, 'verify'),
     image: options.image,
-    entrypoint: [],
-    cmd: options.command,
+    entrypoint: limit.entrypoint,
+    cmd: limit.cmd,
     labels: resourceLabels({ ...options, role: 'verify' }),
     networkMode: 'none',
-    user: `${VERIFY_UID}:${VERIFY_UID}`,
+    user: limit.user,
+    capAdd: limit.capAdd,
     workingDir: VERIFY_WORKDIR,
     env: { HOME: '/tmp/home', CI: 'true' },
     capDrop: ['ALL'],
@@ -80,8 +82,7 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     const streams = await docker.attach(id);
     streams.stdout.on('data', (c: Buffer) => output.push(c.toString('utf8')));
     streams.stderr.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-    await docker.start(id);
-    const result = await docker.wait(id, options.timeoutMs, options.signal);
+    const result = await docker.startAndWait(id, options.timeoutMs, options.signal);
     await streams.drained(1000);
     const report: ReportOutcome = options.report
       ? await collectReport(docker.api.getContainer(id), options.report, VERIFY_WORKDIR, prepared?.planted ?? false)

@@ -81,7 +81,7 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
     expect(verifiedCommits(await branchLog(c.repo))).toBe(0);
   });
 
-  it('an agent that edits what the verify command reads is reverted; nothing verified', async () => {
+  it('an agent that edits a verify script listed in protectedPaths is reverted; nothing verified', async () => {
     const c = track(
       await makeCase('printf "exit 0\\n" > run-tests.sh', {
         verify: { command: ['bash', 'run-tests.sh'], timeout: '60s' },

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { agentSpec, containerName, sentrySpec } from '../../src/sandbox/specs.js';
+import { DEADLINE_GRACE_MS, agentSpec, containerName, sentrySpec } from '../../src/sandbox/specs.js';
 import { parseDebianMirror } from '../../src/images/base.js';
 import { agentInvocation } from '../../src/loop/agents.js';
 import { parseConfig } from '../../src/config/load.js';
@@ -12,9 +12,13 @@ describe('sandbox container specs', () => {
   it('the agent has no network of its own, no capabilities, no privilege gain, a read-only root and limits', () => {
     expect(agent.networkMode).toBe('container:abc');
     expect(agent.capDrop).toEqual(['ALL']);
-    expect(agent.capAdd).toBeUndefined();
+    // Only the container's init keeps these, to drop to the agent's uid and enforce the deadline.
+    expect(agent.capAdd).toEqual(['SETUID', 'SETGID', 'KILL']);
     expect(agent.securityOpt).toContain('no-new-privileges');
-    expect(agent.user).toBe('1000:1000');
+    expect(agent.user).toBe('0:0');
+    expect(agent.entrypoint).toEqual(expect.arrayContaining(['timeout', 'setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', '--inh-caps=-all', '--']));
+    expect(agent.cmd).toEqual(['true']);
+    expect(agent.autoRemove).toBe(true);
     expect(agent.readonlyRootfs).toBe(true);
     expect(Object.keys(agent.tmpfs ?? {})).toEqual(['/tmp', '/home/agent']);
     expect(agent.tmpfs?.['/home/agent']).toContain('uid=1000');
@@ -31,6 +35,14 @@ describe('sandbox container specs', () => {
     expect(sentry.env).toEqual({ LOOPBOX_ALLOW: '10.0.0.2:8080', LOOPBOX_DNS_HOSTS: 'model=10.0.0.2' });
     expect(sentry.binds).toEqual([{ host: '/host/audit', container: '/audit', readOnly: false }]);
     expect(sentry.networkMode).toBe('loopbox-model');
+  });
+
+  it('the container deadline is the host timeout plus the grace, and runs the image entrypoint too', () => {
+    const a = agentSpec({ runId: 'r', image: 'img', sentryId: 'abc', entrypoint: ['/ep'], cmd: ['x'], binds: [], memoryBytes: 1, cpus: 1, pids: 16, timeoutMs: 5000, user: '1234:99' });
+    expect(a.entrypoint?.slice(0, 3)).toEqual(['timeout', '--signal=KILL', `${5 + DEADLINE_GRACE_MS / 1000}s`]);
+    expect(a.entrypoint).toContain('--reuid=1234');
+    expect(a.entrypoint).toContain('--regid=99');
+    expect(a.cmd).toEqual(['/ep', 'x']);
   });
 
   it('names containers from run, task, iteration and role', () => {

@@ -1,0 +1,58 @@
+// What the loop writes for people and for the agent: commit messages with their trailers, and
+// the feedback the next iteration reads in /loopbox/feedback.md.
+import { evidenceTrailers } from '../verify/accounting.js';
+import type { VerifyResult } from '../verify/verify.js';
+import type { Accounting } from './iteration.js';
+import type { IterationRecord } from './state.js';
+
+export interface CommitMessageInput {
+  task: string;
+  runId: string;
+  iteration: number;
+  verify: VerifyResult | null;
+  accounting: Accounting;
+  command: string[];
+}
+
+export function commitMessage(input: CommitMessageInput): string {
+  const { verify, accounting } = input;
+  const verified = accounting.verified;
+  const status = verified ? 'verified' : verify ? `wip (verify ${verify.timedOut ? 'timed out' : verify.passed ? 'not accepted' : `exit ${verify.exitCode}`})` : 'wip (not verified)';
+  const lines = [
+    `loopbox(${input.task}): iteration ${input.iteration} ${status}`,
+    '',
+    `Loopbox-Run: ${input.runId}`,
+    `Loopbox-Iteration: ${input.iteration}`,
+    `Loopbox-Verified: ${verified ? 'yes' : 'no'}`,
+  ];
+  if (verify) lines.push(...(accounting.record ? evidenceTrailers(accounting.record) : [`Loopbox-Verify: ${accounting.evidence}`]));
+  lines.push(`Loopbox-Verify-Command: ${JSON.stringify(input.command)}`);
+  return lines.join('\n');
+}
+
+/** What the next iteration reads in /loopbox/feedback.md. */
+export function feedbackText(record: IterationRecord, command: string[], agentTimeoutMs: number): string {
+  const lines = [`# Feedback from iteration ${record.iteration}`, ''];
+  if (record.agent.timedOut) lines.push(`- The agent was stopped after its time limit (${Math.round(agentTimeoutMs / 1000)} s).`);
+  if (record.agent.stoppedFor) lines.push(`- The agent was stopped: ${record.agent.stoppedFor}.`);
+  if (record.agent.outputDropped) lines.push(`- Your output was longer than the cap: ${record.agent.outputDropped} bytes in the middle were dropped.`);
+  if (record.protectedViolations.length) {
+    lines.push(`- These paths are protected; your changes to them were reverted: ${record.protectedViolations.join(', ')}`);
+  }
+  if (record.skipped.length) {
+    lines.push(`- These paths cannot be committed and were put back or removed: ${record.skipped.map((k) => `${k.path} (${k.reason})`).join(', ')}`);
+  }
+  if (record.untrusted) lines.push(`- Not verified: ${record.untrusted}`);
+  if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
+  if (record.verify?.passed && record.verify.accounting && !record.verify.accounting.verified) {
+    lines.push(`- Verification \`${command.join(' ')}\` exited 0 but is not accepted:`, ...record.verify.accounting.reasons.map((r) => `  - ${r}`));
+  } else if (record.verify) {
+    lines.push(
+      record.verify.passed
+        ? `- Verification \`${command.join(' ')}\` passed.`
+        : `- Verification \`${command.join(' ')}\` failed (${record.verify.timedOut ? 'timed out' : `exit code ${record.verify.exitCode}`}). Its last output lines:`,
+    );
+  }
+  if (record.verify && !record.verified) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
+  return `${lines.join('\n')}\n`;
+}

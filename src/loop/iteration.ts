@@ -1,0 +1,373 @@
+// One iteration of the loop as a pipeline of steps, each with one job:
+//
+//   prepare  → write the task, feedback and adapter files the agent reads
+//   agent    → run the agent in the run's sentry, bounded by its deadline and output cap
+//   collect  → attribute what the sentry logged (and the model's tokens) to this iteration
+//   snapshot → read what the agent left into a tree, protected paths taken from the base,
+//              and put the worktree back where the agent broke it
+//   verify   → run the verify command in a clean container on exactly that tree
+//   account  → decide whether the verify result is evidence of a pass
+//   commit   → commit the tree from the host
+//   decide   → the brakes (loop.ts), never the agent's word
+//
+// The steps share a `LoopContext` (what is fixed for the run) and pass plain values along.
+import { chmod, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { Semaphore } from '../common/semaphore.js';
+import type { Config } from '../config/schema.js';
+import type { DockerClient } from '../docker/client.js';
+import type { IngestResult } from '../egress/ingest.js';
+import { commitSnapshot, ensureTaskWorktree, git, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex, type Snapshot } from '../git/index.js';
+import { imageRef } from '../images/catalog.js';
+import { findModelServer } from '../model/network.js';
+import { readTokenTotals } from '../model/server.js';
+import type { ModelSupervisor } from '../model/supervisor.js';
+import { Sentry, runAgent, type AgentRun } from '../sandbox/sandbox.js';
+import type { SandboxIdentity } from '../sandbox/specs.js';
+import { type AccountingRecord, type Baseline, account as accountTests, accountingRecord } from '../verify/accounting.js';
+import { runVerify, type VerifyOptions, type VerifyResult } from '../verify/verify.js';
+import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
+import { CappedLog } from './capped-log.js';
+import { DiskWatch } from './disk-watch.js';
+import { commitMessage } from './feedback.js';
+import type { IterationRecord, LoopState } from './state.js';
+import type { Task } from './task.js';
+import { forceRemoveTree, lendPaths, lendTree, takeBackPath } from './workspace.js';
+
+export const AUTHOR = { name: 'loopbox', email: 'loopbox@localhost' };
+
+/** What is fixed for one loop run: its folders, limits and shared resources. */
+export interface LoopContext {
+  docker: DockerClient;
+  config: Config;
+  runId: string;
+  task: Task;
+  repo: string;
+  /** The run directory (state.json, iterations.jsonl, sandboxes/, notes/, mount/). */
+  dir: string;
+  log: Logger;
+  signal: AbortSignal;
+  verifyCommand: string[];
+  isProtected: (path: string) => boolean;
+  mountDir: string;
+  notesDir: string;
+  gitMask: string;
+  /** The uid the agent runs as. */
+  agentUid: number;
+  /** Running as root: the host hands the paths it writes back to the agent's uid. */
+  lend: boolean;
+  supervisor?: ModelSupervisor | undefined;
+  external?: { ip: string; port: number; names: string[] } | undefined;
+  agentSlots?: Semaphore | undefined;
+  sentries: SentryKeeper;
+  /** The verify command on the base tree (test accounting); null when none could be taken. */
+  baseline: Baseline | null;
+  /** Bytes in the worktree and notes when the session began (the disk watch's baseline). */
+  diskBaseline: number;
+  stateEnv?: NodeJS.ProcessEnv | undefined;
+}
+
+/** One sentry per run; a new one when the model server came back at another address. */
+export class SentryKeeper {
+  private sentry: Sentry | undefined;
+  constructor(
+    private readonly auditRoot: string,
+    private count: number,
+  ) {}
+
+  async get(ctx: LoopContext, modelIp: string | undefined): Promise<Sentry> {
+    if (this.sentry && modelIp && this.sentry.modelIp !== modelIp) await this.stop();
+    this.sentry ??= await Sentry.start(ctx.docker, {
+      runId: ctx.runId,
+      task: ctx.task.name,
+      auditDir: path.join(this.auditRoot, `sentry-${(this.count += 1)}`),
+      allow: ctx.config.sandbox.allow,
+      modelEndpoint: ctx.external,
+      logger: ctx.log,
+      stateEnv: ctx.stateEnv,
+    });
+    return this.sentry;
+  }
+
+  async stop(): Promise<void> {
+    const s = this.sentry;
+    this.sentry = undefined;
+    await s?.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// prepare
+
+export async function prepare(ctx: LoopContext, iteration: number, feedback: string): Promise<ReturnType<typeof agentInvocation>> {
+  const invocation = agentInvocation(ctx.config, iteration);
+  await writeFile(path.join(ctx.mountDir, 'task.md'), ctx.task.text);
+  await writeFile(path.join(ctx.mountDir, 'feedback.md'), feedback || 'No feedback yet: this is the first iteration.\n');
+  for (const [name, content] of Object.entries(invocation.files)) await writeFile(path.join(ctx.mountDir, name), content);
+  return invocation;
+}
+
+// ---------------------------------------------------------------------------------------------
+// agent
+
+export interface AgentStep {
+  run: AgentRun;
+  /** Bytes of agent output dropped between the kept head and tail. */
+  outputDropped: number;
+  /** Why the host stopped the agent early (not its timeout, not the loop's stop). */
+  stoppedFor: string | undefined;
+  collecting: Promise<IngestResult>;
+  tokens: Promise<number>;
+}
+
+/** Runs the agent; undefined when the loop was stopped while waiting for a model slot. */
+export async function agent(ctx: LoopContext, state: LoopState, iteration: number, invocation: ReturnType<typeof agentInvocation>): Promise<AgentStep | undefined> {
+  const model = ctx.supervisor ? await ctx.supervisor.ensureUp() : undefined;
+  const sentry = await ctx.sentries.get(ctx, model?.ip);
+  const tokensBefore = model ? readTokenTotals(ctx.docker, model).catch(() => undefined) : Promise.resolve(undefined);
+  const releaseSlot = ctx.agentSlots ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
+  if (!releaseSlot) return undefined;
+  const identity: SandboxIdentity = { runId: ctx.runId, task: ctx.task.name, iteration };
+  const agentLog = new CappedLog(path.join(ctx.dir, 'sandboxes', `i${iteration}.agent.log`), ctx.config.agent.maxOutput);
+  // The agent's own stop: the loop's signal, or the disk limit.
+  const stopAgent = new AbortController();
+  const onLoopAbort = (): void => stopAgent.abort(ctx.signal.reason);
+  ctx.signal.addEventListener('abort', onLoopAbort, { once: true });
+  if (ctx.signal.aborted) onLoopAbort();
+  let stoppedFor: string | undefined;
+  let watch: DiskWatch | undefined;
+  let run: AgentRun;
+  try {
+    watch = await DiskWatch.start({
+      dirs: [state.worktree, ctx.notesDir],
+      limitBytes: ctx.config.sandbox.disk,
+      baselineBytes: ctx.diskBaseline,
+      onLimit: (reason) => {
+        stoppedFor = reason;
+        ctx.log.warn({ iteration, reason }, 'stopping the agent');
+        stopAgent.abort(new Error(reason));
+      },
+    });
+    // The agent must not reach the model before the "before" count is taken.
+    const before = await tokensBefore;
+    run = await runAgent(ctx.docker, sentry, {
+      ...identity,
+      cmd: invocation.cmd,
+      env: invocation.env,
+      user: `${ctx.agentUid}:${ctx.agentUid}`,
+      image: ctx.config.sandbox.image,
+      binds: [
+        { host: state.worktree, container: '/workspace', readOnly: false },
+        // The worktree's `.git` pointer is masked: the agent never reaches the repository.
+        { host: ctx.gitMask, container: '/workspace/.git', readOnly: true },
+        { host: ctx.mountDir, container: LOOP_MOUNT, readOnly: true },
+        { host: ctx.notesDir, container: NOTES_MOUNT, readOnly: false },
+      ],
+      workingDir: '/workspace',
+      limits: { memoryBytes: ctx.config.sandbox.memory, cpus: ctx.config.sandbox.cpus, pids: ctx.config.sandbox.pids },
+      timeoutMs: ctx.config.agent.timeout,
+      signal: stopAgent.signal,
+      stdout: agentLog,
+      stderr: agentLog,
+    });
+    // Read while the host snapshots and verifies: verification never talks to the model.
+    const tokens = (async (): Promise<number> => {
+      if (!model || before === undefined) return 0;
+      const after = await readTokenTotals(ctx.docker, model).catch(() => undefined);
+      return after === undefined ? 0 : Math.max(0, after - before);
+    })();
+    // Attribution needs the counters read before the next agent starts, not before verify:
+    // collect while the host snapshots and verifies.
+    const collecting = sentry.collect(identity);
+    collecting.catch(() => undefined); // awaited by the caller; never an unhandled rejection meanwhile
+    tokens.catch(() => undefined);
+    return { run, outputDropped: agentLog.dropped, stoppedFor, collecting, tokens };
+  } finally {
+    watch?.stop();
+    ctx.signal.removeEventListener('abort', onLoopAbort);
+    releaseSlot();
+    await agentLog.close();
+  }
+}
+
+/** A model server that died during the iteration voids it: not the agent's failure. */
+export async function modelWentDown(ctx: LoopContext): Promise<boolean> {
+  return ctx.supervisor !== undefined && !(await findModelServer(ctx.docker));
+}
+
+// ---------------------------------------------------------------------------------------------
+// snapshot
+
+export interface SnapshotStep {
+  /** The branch tip the iteration started from. */
+  head: string;
+  snap: Snapshot;
+  /** Protected paths the agent changed: the tree has the base's entries for them. */
+  violations: string[];
+  /** Paths the snapshot could not take (special files, unreadable, too large...), with why. */
+  skipped: Array<{ path: string; reason: string }>;
+  /** Set when the worktree could not be put back to the committed tree on those paths. */
+  untrusted?: string | undefined;
+}
+
+/**
+ * Reads what the agent left as a tree in which every protected or rejected path has the base's
+ * entry, whatever the worktree holds: what gets verified and committed can never differ from
+ * the base there. Then puts those paths back in the worktree for the next iteration, after
+ * taking back whatever permissions the agent removed.
+ */
+export async function snapshot(ctx: LoopContext, state: LoopState): Promise<SnapshotStep> {
+  const head = await revParse(ctx.repo, `refs/heads/${state.branch}`);
+  const snap = await snapshotWorktree(ctx.repo, state.worktree, { keepBase: ctx.isProtected });
+  const skipped = snap.skipped.map((k) => ({ path: k.path, reason: k.reason }));
+  const paths = [...new Set([...snap.violations, ...skipped.map((k) => k.path)])];
+  let untrusted: string | undefined;
+  if (paths.length) {
+    try {
+      for (const p of paths) await takeBackPath(state.worktree, p);
+      const restored = await restorePaths(ctx.repo, state.worktree, head, paths);
+      if (ctx.lend) await lendPaths(state.worktree, [...restored.restored], ctx.agentUid);
+    } catch (error) {
+      untrusted = `could not put back ${paths.join(', ')} in the worktree: ${describe(error)}`;
+      ctx.log.warn({ untrusted }, 'restore failed');
+    }
+  }
+  return { head, snap, violations: snap.violations, skipped, untrusted };
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+/** Runs the verify command in a clean container, unless the iteration is void or stopped. */
+export async function verify(ctx: LoopContext, state: LoopState, iteration: number, skip: boolean): Promise<VerifyResult | null> {
+  if (skip || ctx.signal.aborted) return null;
+  return runVerify(ctx.docker, verifyOptions(ctx, state, iteration));
+}
+
+/** The verify container's settings, the same for the baseline (iteration 0) and every iteration. */
+export function verifyOptions(ctx: LoopContext, state: LoopState, iteration: number): VerifyOptions {
+  return {
+    runId: ctx.runId,
+    task: ctx.task.name,
+    iteration,
+    image: ctx.config.verify.image ?? ctx.config.sandbox.image ?? imageRef('agent'),
+    command: ctx.verifyCommand,
+    worktree: state.worktree,
+    timeoutMs: ctx.config.verify.timeout,
+    limits: { memoryBytes: ctx.config.sandbox.memory, cpus: ctx.config.sandbox.cpus, pids: ctx.config.sandbox.pids },
+    signal: ctx.signal,
+    report: ctx.config.verify.report,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// account
+
+export interface Accounting {
+  verified: boolean;
+  /** What the verdict rests on: the trailer `Loopbox-Verify: <evidence>`. */
+  evidence: 'exit-code-only' | 'test-report';
+  /** Test accounting's verdict, counts and reasons (iterations.jsonl); null when nothing ran. */
+  record: AccountingRecord | null;
+}
+
+/**
+ * Whether the verify result is evidence of a pass: exit 0 is not enough. With a report, every
+ * test that passed on the base ran and passed, none is missing or newly skipped, and some test
+ * ran at all; without one, the runner did not say it ran no tests. When the base already
+ * passes, an unchanged tree proves nothing (issue 7 item 5, issue 12 item 3).
+ */
+export function account(result: VerifyResult | null, baseline: Baseline | null, options: { unchangedFromBase: boolean }): Accounting {
+  if (!result) return { verified: false, evidence: 'exit-code-only', record: null };
+  const record = accountingRecord(accountTests(baseline, result, options), baseline);
+  return { verified: result.passed && record.verified, evidence: record.mode === 'report' ? 'test-report' : 'exit-code-only', record };
+}
+
+// ---------------------------------------------------------------------------------------------
+// commit
+
+/** Commits the tree when something changed or it verified; moves the worktree's index along. */
+export async function commit(
+  ctx: LoopContext,
+  state: LoopState,
+  iteration: number,
+  step: SnapshotStep,
+  result: VerifyResult | null,
+  accounting: Accounting,
+): Promise<string | null> {
+  if (!accounting.verified && step.snap.changed.length === 0) return null;
+  const message = commitMessage({ task: ctx.task.name, runId: ctx.runId, iteration, verify: result, accounting, command: ctx.verifyCommand });
+  const id = await commitSnapshot(ctx.repo, state.branch, step.snap.tree, step.head, message, AUTHOR);
+  await syncWorktreeIndex(ctx.repo, state.worktree);
+  return id;
+}
+
+/**
+ * The worktree could not be put back on a protected or rejected path (the restore failed even
+ * after taking back permissions): the next iteration must not start from it. The commit has
+ * the agent's other work; the worktree is made again from the branch tip.
+ */
+export async function resetWorktree(ctx: LoopContext, state: LoopState): Promise<void> {
+  await forceRemoveTree(state.worktree);
+  await git(['worktree', 'prune'], { cwd: ctx.repo });
+  const wt = await ensureTaskWorktree(ctx.repo, ctx.task.name, state.worktree);
+  if (ctx.lend) {
+    await lendTree(wt.dir, ctx.agentUid);
+    await chmod(wt.dir, 0o777);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the whole iteration
+
+export interface IterationOutcome {
+  record: IterationRecord;
+  aborted: boolean;
+  modelDown: boolean;
+  verified: boolean;
+  commit: string | null;
+}
+
+/** Runs the steps up to the commit; the caller decides (brakes) and saves state. */
+export async function runIteration(ctx: LoopContext, state: LoopState, iteration: number, feedback: string): Promise<IterationOutcome | undefined> {
+  const startedAt = new Date();
+  const invocation = await prepare(ctx, iteration, feedback);
+  const agentStep = await agent(ctx, state, iteration, invocation);
+  if (!agentStep) return undefined;
+  const modelDown = await modelWentDown(ctx);
+  const snap = await snapshot(ctx, state);
+  const result = await verify(ctx, state, iteration, ctx.signal.aborted || modelDown || snap.untrusted !== undefined);
+  if (snap.untrusted) ctx.log.warn({ iteration, untrusted: snap.untrusted }, 'not verifying');
+  const [audit, tokens] = await Promise.all([agentStep.collecting, agentStep.tokens]);
+  const accounting = account(result, ctx.baseline, { unchangedFromBase: snap.snap.tree === state.baseTree });
+  const commitId = await commit(ctx, state, iteration, snap, result, accounting);
+  if (snap.untrusted) await resetWorktree(ctx, state);
+  const record: IterationRecord = {
+    iteration,
+    startedAt: startedAt.toISOString(),
+    endedAt: new Date().toISOString(),
+    agent: {
+      exitCode: agentStep.run.exitCode,
+      timedOut: agentStep.run.timedOut,
+      durationMs: agentStep.run.durationMs,
+      outputDropped: agentStep.outputDropped,
+      ...(agentStep.stoppedFor ? { stoppedFor: agentStep.stoppedFor } : {}),
+    },
+    tree: snap.snap.tree,
+    filesChanged: snap.snap.changed.map((c) => `${c.status[0]!.toUpperCase()} ${c.path}`),
+    protectedViolations: snap.violations,
+    skipped: snap.skipped,
+    untrusted: snap.untrusted ?? null,
+    verify: result && { passed: result.passed, exitCode: result.exitCode, timedOut: result.timedOut, durationMs: result.durationMs, outputTail: result.outputTail, ...(accounting.record ? { accounting: accounting.record } : {}) },
+    evidence: result ? accounting.evidence : null,
+    commit: commitId,
+    verified: accounting.verified,
+    tokens,
+    audit: { ...audit.traffic, records: audit.records.length },
+    modelDown,
+  };
+  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId };
+}
+
