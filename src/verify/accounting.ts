@@ -189,5 +189,6 @@ export function evidenceSummary(a: AccountingRecord | null): string {
   if (a.mode === 'exit-code-only') return `exit code only${a.vacuous ? ', no tests ran' : ''}${base}`;
   if (!a.counts) return `no report${base}`;
   if (a.vacuous) return `0 tests ran${base}`;
-  return `${a.counts.passed} passed, ${a.counts.failed} failed${base}`;
+  const gone = a.missing.length + a.skippedNow.length;
+  return `${a.counts.passed} passed, ${a.counts.failed} failed${gone ? `, ${gone} base test(s) missing or skipped` : ''}${base}`;
 }

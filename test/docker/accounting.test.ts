@@ -101,6 +101,7 @@ describe('test accounting: early-exit cheats are not verified (real Docker, git)
     expect(verifiedYes(log)).toBe(0);
     expect(log[0]).toContain('Loopbox-Verify: test-report');
     expect(jsonl).toContain('"missing":["add sums"');
+    expect(end?.evidence).toBe('1 passed, 0 failed, 3 base test(s) missing or skipped');
   });
 
   it('process.exit(0) at import of the code under test: not done, nothing verified', async () => {
