@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { type ReportOutcome, type VerifyEvidence, account, makeBaseline, noTestsMarker } from '../../src/verify/accounting.js';
+import { commitMessage, feedbackText } from '../../src/loop/feedback.js';
+import { type ReportOutcome, type VerifyEvidence, account, accountingRecord, evidenceSummary, evidenceTrailers, makeBaseline, noTestsMarker } from '../../src/verify/accounting.js';
 import { parseReport } from '../../src/verify/report.js';
 
 const tap = (lines: string[]): ReportOutcome => ({ kind: 'ok', report: parseReport('tap', ['TAP version 13', ...lines].join('\n')) });
@@ -76,5 +77,41 @@ describe('test accounting', () => {
     expect(noTestsMarker('running 0 tests\n\nrunning 0 tests\n')).toBe('running 0 tests');
     expect(noTestsMarker('running 0 tests\nrunning 3 tests\n')).toBeUndefined();
     expect(noTestsMarker('# tests 10\n')).toBeUndefined();
+  });
+});
+
+describe('what the loop writes from the accounting', () => {
+  const result = { passed: true, exitCode: 0, timedOut: false, durationMs: 1, outputTail: 'ok 1 - /workspace/test/calc.test.js\n', report: { kind: 'missing', detail: 'x' } as const };
+
+  it('a commit that exited 0 without evidence is not verified and says what it rests on', () => {
+    const early = account(base, run(tap(['ok 1 - /workspace/test/calc.test.js'])));
+    const record = accountingRecord(early, base);
+    const message = commitMessage({ task: 't', runId: 'r', iteration: 1, verify: result, accounting: { verified: false, evidence: 'test-report', record }, command: ['node', '--test'] });
+    expect(message).toContain('Loopbox-Verified: no');
+    expect(message).toMatch(/^loopbox\(t\): iteration 1 wip \(verify not accepted\)/);
+    expect(message).toContain('Loopbox-Verify: test-report\nLoopbox-Tests: 1 passed, 0 failed, 0 skipped');
+    expect(evidenceTrailers(accountingRecord(account(null, run({ kind: 'not-configured' })), null))).toEqual(['Loopbox-Verify: exit-code-only']);
+  });
+
+  it('the feedback tells the agent why exit 0 was not accepted, with the output', () => {
+    const record = accountingRecord(account(base, run(tap(['ok 1 - /workspace/test/calc.test.js']))), base);
+    const text = feedbackText(
+      {
+        iteration: 1, startedAt: '', endedAt: '', agent: { exitCode: 0, timedOut: false, durationMs: 1 }, tree: 't', filesChanged: ['M calc.js'], protectedViolations: [], skipped: [], untrusted: null,
+        verify: { passed: true, exitCode: 0, timedOut: false, durationMs: 1, outputTail: 'ok 1 - /workspace/test/calc.test.js', accounting: record },
+        commit: null, verified: false, tokens: 0, audit: { allowedPackets: 0, allowedBytes: 0, blockedPackets: 0, dnsBlocked: 0, dnsAnswered: 0, lostRecords: 0, records: 0 }, modelDown: false,
+      },
+      ['node', '--test'],
+      60_000,
+    );
+    expect(text).toContain('exited 0 but is not accepted');
+    expect(text).toContain('4 test(s) of the base commit did not run: "mul", "sub", "add", "slow"');
+    expect(text).toContain('ok 1 - /workspace/test/calc.test.js');
+  });
+
+  it('the summary phrase says how many tests, what is missing, and whether the base passed', () => {
+    expect(evidenceSummary(accountingRecord(account(base, run(tap(['ok 1 - x']))), base))).toBe('1 passed, 0 failed, 4 base test(s) missing or skipped');
+    expect(evidenceSummary(accountingRecord(account(makeBaseline(run(tap(['ok 1 - a']))), run(tap(['ok 1 - a']))), makeBaseline(run(tap(['ok 1 - a'])))))).toBe('1 passed, 0 failed, base passes');
+    expect(evidenceSummary(null)).toBe('-');
   });
 });
