@@ -125,6 +125,15 @@ describe('test accounting: early-exit cheats are not verified (real Docker, git)
     expect(verifiedYes(log)).toBe(0);
   });
 
+  it('a report preset whose command writes no report ends the run in error before the first iteration, saying why', async () => {
+    const c = track(await makeRepo(NODE_PROJECT, loopConfig('touch agent-ran', { command: ['node', '--test'], report: 'node-test' })));
+    const res = await cli(['--config', c.config, 'run', '--repo', c.repo, path.join(c.repo, 'tasks', 'fix.md')], { timeoutMs: 300_000 });
+    expect(res.exitCode, res.all).toBe(1);
+    expect(res.stderr).toContain('[fix] error: verify.report is set, but verify on the base commit gave no usable report (it exited 1): the verify command wrote no report at /loopbox-report/node-test.tap');
+    expect(res.stderr).not.toMatch(/iteration 1/);
+    expect(await branchLog(c.repo), 'no commit on the task branch').toEqual(['project']);
+  });
+
   it('an honest fix ends done, with the test counts in the commit trailers', async () => {
     const c = track(await makeRepo(NODE_PROJECT, loopConfig(`sed -i 's/a - b/a + b/' calc.js`, nodeVerify)));
     const { res, end, iterations, baseline, log } = await runLoop(c);
