@@ -16,10 +16,22 @@
 // is git, the file system and the audit log. Timings are a report, never asserted. Other
 // Docker work on the machine makes them noisy: compare ratios within one run.
 //
-// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8)
+// S. repo size  the same loop on repositories of 1,000 / 20,000 / 100,000 tracked files: an agent
+//                that appends one line to one file, loopbox vs the bash loop on the same kind of
+//                repository, per-step host times and the slope in ms per 1,000 files.
+//
+// P3. audit flood one iteration in a real sandbox makes 10,000 blocked TCP connections to a
+//                decoy and 100,000 DNS queries for .invalid names: records, aggregates, the total
+//                accounted for vs the attempts, peak RSS (target < 200 MB), audit size, ingest
+//                and verify time.
+//
+// Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8; runs the 20,000-file point)
+//        npm run bench -- --sizes             the repo-size sweep alone (1,000 / 20,000 / 100,000)
+//        npm run bench -- --sizes=1000,5000   the sweep at chosen sizes (BENCH_SIZE_ITERATIONS, default 3)
+//        npm run bench -- --audit-flood       P3 alone (BENCH_P3_TCP, BENCH_P3_DNS, BENCH_P3_WIDTH)
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -224,10 +236,11 @@ async function parallelLoops(docker, repo, loops, concurrency) {
 }
 
 async function cleanup(docker, made, startedModel) {
-  for (const id of pRuns) await rm(runDir(id), { recursive: true, force: true }).catch(() => undefined);
+  for (const id of [...pRuns, ...sizeRuns]) await rm(runDir(id), { recursive: true, force: true }).catch(() => undefined);
   for (const dir of made) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
   await rm(runDir(runId), { recursive: true, force: true }).catch(() => undefined);
-  const left = await docker.listManaged(managedFilter(runId));
+  const left = [];
+  for (const id of [runId, ...sizeRuns]) left.push(...(await docker.listManaged(managedFilter(id))));
   for (const r of left.filter((x) => x.kind === 'container')) await docker.remove(r.id);
   for (const r of left.filter((x) => x.kind === 'network')) await docker.removeNetwork(r.id);
   if (left.length) say(`removed leftovers: ${left.map((r) => `${r.kind} ${r.name}`).join(', ')}`);
@@ -237,6 +250,212 @@ async function cleanup(docker, made, startedModel) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// P3. An audit flood (issue 8.3): one iteration in a real sandbox makes 10,000 blocked TCP
+// connection attempts to a decoy the bench made, and 100,000 DNS queries for distinct names
+// under .invalid. It reports what the host made of it: records kept, aggregates and what they
+// count, the total accounted for against the attempts, the orchestrator's peak RSS (target
+// < 200 MB), the size of audit.jsonl, the time to ingest (collect: counters, stream, limit,
+// append + fsync), and the time to verify the chain.
+const P3_TCP = Number(process.env.BENCH_P3_TCP ?? 10_000);
+const P3_DNS = Number(process.env.BENCH_P3_DNS ?? 100_000);
+// DNS queries in flight at once.
+const P3_WIDTH = Number(process.env.BENCH_P3_WIDTH ?? 32);
+
+const FLOOD = `
+const net = require('net'), dns = require('dns');
+const [host, port, nTcp, nDns, tag, width] = process.argv.slice(1);
+async function pool(n, width, fn) {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => { while (next < n) await fn(next++); }));
+}
+(async () => {
+  const tcp = {};
+  await pool(Number(nTcp), 200, () => new Promise((done) => {
+    const s = net.connect({ host, port: Number(port) });
+    const end = (k) => { tcp[k] = (tcp[k] || 0) + 1; s.destroy(); done(); };
+    s.setTimeout(5000, () => end('timeout'));
+    s.once('connect', () => end('connected'));
+    s.once('error', (e) => end(e.code));
+  }));
+  const r = new dns.promises.Resolver({ timeout: 3000, tries: 1 });
+  r.setServers(['127.0.0.1']);
+  const answers = {};
+  await pool(Number(nDns), Number(width), (i) => r.resolve4('q' + i + '.' + tag + '.invalid').then(() => 'resolved', (e) => e.code).then((k) => { answers[k] = (answers[k] || 0) + 1; }));
+  console.log(JSON.stringify({ tcp, dns: answers }));
+})();`;
+
+async function auditFlood(docker) {
+  const { Sentry, runAgent, verifyAuditChain, resourceLabels, sealAudit } = await import('../dist/index.js');
+  const id = `${runId}-p3`;
+  const network = `lbx-${id}-decoy`;
+  const labels = resourceLabels({ runId, role: 'decoy' });
+  await docker.createNetwork({ name: network, internal: false, labels, subnet: `10.213.${192 + (randomBytes(1)[0] % 8)}.0/24` });
+  const decoy = await docker.createContainer({ name: `lbx-${id}-decoy`, image: imageRef('agent'), entrypoint: ['sleep', '600'], labels, networkMode: network, capDrop: ['ALL'], user: '1000:1000' });
+  await docker.start(decoy);
+  const decoyIp = (await docker.inspect(decoy)).NetworkSettings.Networks[network].IPAddress;
+  let peakRss = process.memoryUsage().rss;
+  const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
+  const dir = runDir(id);
+  let sentry;
+  try {
+    sentry = await Sentry.start(docker, { runId: id, task: 'flood', auditDir: path.join(dir, 'sandboxes', 'sentry-1'), attachNetworks: [network] });
+    const identity = { runId: id, task: 'flood', iteration: 1 };
+    let output = '';
+    const sink = new (await import('node:stream')).Writable({ write: (c, _e, cb) => ((output += c), cb()) });
+    const t0 = performance.now();
+    const agent = await runAgent(docker, sentry, { ...identity, cmd: ['node', '-e', FLOOD, decoyIp, '7000', String(P3_TCP), String(P3_DNS), id, String(P3_WIDTH)], limits: { memoryBytes: 1024 ** 3, cpus: 1, pids: 256 }, timeoutMs: 300_000, stdout: sink, stderr: sink });
+    const agentMs = performance.now() - t0;
+    const t1 = performance.now();
+    const collected = await sentry.collect(identity);
+    const ingestMs = performance.now() - t1;
+    await sentry.stop();
+    sentry = undefined;
+    await sealAudit(id);
+    const seen = JSON.parse(output.trim().split('\n').pop() || '{}');
+    const records = collected.records;
+    const kept = records.filter((r) => !r.aggregate && r.kind !== 'loss');
+    const aggregates = records.filter((r) => r.aggregate);
+    const sum = (rs) => rs.reduce((n, r) => n + r.count, 0);
+    const byKind = (k) => ({ kept: kept.filter((r) => r.kind === k).length, aggregated: sum(aggregates.filter((r) => r.kind === k)) });
+    const loss = sum(records.filter((r) => r.kind === 'loss'));
+    const t2 = performance.now();
+    const chain = await verifyAuditChain(dir);
+    const verifyMs = performance.now() - t2;
+    const size = (await stat(path.join(dir, 'audit.jsonl'))).size;
+    const p = byKind('packet');
+    const d = byKind('dns');
+    const tcpMade = Object.values(seen.tcp ?? {}).reduce((a, b) => a + b, 0);
+    const dnsMade = Object.values(seen.dns ?? {}).reduce((a, b) => a + b, 0);
+    process.stdout.write(
+      [
+        '',
+        `P3 audit flood (one iteration, agent exit ${agent.exitCode}, ${(agentMs / 1000).toFixed(1)} s in the agent):`,
+        `  attempts made by the agent:   ${tcpMade} TCP ${JSON.stringify(seen.tcp)}, ${dnsMade} DNS ${JSON.stringify(seen.dns)}`,
+        `  firewall counted (NFLOG):     ${collected.traffic.blockedPackets} packets; dnsmasq logged ${collected.traffic.dnsBlocked} queries`,
+        `  packets: ${p.kept} records + ${p.aggregated} in aggregates + ${loss} lost = ${p.kept + p.aggregated + loss} accounted of ${tcpMade} attempts`,
+        `  dns:     ${d.kept} records + ${d.aggregated} in aggregates = ${d.kept + d.aggregated} accounted of ${dnsMade} queries`,
+        `  audit records written:        ${records.length} (${aggregates.length} aggregates), audit.jsonl ${(size / 1024).toFixed(0)} KiB`,
+        `  ingest (collect) time:        ${ms(ingestMs)}`,
+        `  chain verify:                 ${chain.ok ? 'ok' : `BROKEN ${chain.firstBreak?.message}`}, ${chain.records} records, ${chain.sealed} sealed, ${ms(verifyMs)}`,
+        `  orchestrator peak RSS:        ${(peakRss / 2 ** 20).toFixed(1)} MiB (target < 200 MiB: ${peakRss < 200 * 2 ** 20 ? 'MET' : 'NOT MET'})`,
+        '',
+      ].join('\n'),
+    );
+  } finally {
+    clearInterval(sampler);
+    if (sentry) await sentry.stop().catch(() => undefined);
+    await docker.remove(decoy).catch(() => undefined);
+    await docker.removeNetwork(network).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S. Repository-size sweep
+
+const SIZE_ITERATIONS = Number(process.env.BENCH_SIZE_ITERATIONS ?? 3);
+const APPEND = 'echo "one more line" >> notes.txt';
+
+/** The example repository plus `files` generated files (500 per directory), one commit. */
+async function sizedRepo(files) {
+  const dir = await mkdtemp(path.join(tmpdir(), `lbx-bench-size${files}-`));
+  made.push(dir);
+  await createExampleRepo(dir);
+  for (let d = 0; d * 500 < files; d += 1) {
+    const sub = path.join(dir, 'gen', `d${d}`);
+    await mkdir(sub, { recursive: true });
+    const writes = [];
+    for (let i = d * 500; i < Math.min(files, (d + 1) * 500); i += 1) writes.push(writeFile(path.join(sub, `f${i}.txt`), `generated file ${i}\n`));
+    await Promise.all(writes);
+  }
+  await execa('git', ['add', '-A'], { cwd: dir });
+  await execa('git', ['-c', 'user.name=bench', '-c', 'user.email=b@localhost', '-c', 'commit.gpgsign=false', 'commit', '-qm', `${files} files`], { cwd: dir });
+  return dir;
+}
+
+const SIZE_BASH_LOOP = `set -euo pipefail
+now() { date +%s%N; }
+for i in $(seq 1 "$N"); do
+  t0=$(now)
+  docker run --rm $LABELS -u "$(id -u):$(id -g)" -v "$WT":/workspace -w /workspace "$IMAGE" sh -c '${APPEND}'
+  t1=$(now)
+  docker run --rm $LABELS --network none -v "$WT":/workspace "$IMAGE" true
+  t2=$(now)
+  git -C "$WT" add -A && git -C "$WT" -c user.name=bench -c user.email=bench@localhost -c commit.gpgsign=false commit -qm wip
+  t3=$(now)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 )) $(( (t3 - t2) / 1000000 ))"
+done`;
+
+async function sizePoint(docker, files, image) {
+  const plain = await sizedRepo(files);
+  const repo = await sizedRepo(files);
+  const { stdout } = await execa('bash', ['-c', SIZE_BASH_LOOP], { env: { N: String(SIZE_ITERATIONS), WT: plain, IMAGE: image, LABELS: labels.join(' ') } });
+  const bashIters = stdout.trim().split('\n').map((l) => l.split(' ').map(Number).reduce((a, b) => a + b, 0));
+  const config = parseConfig({
+    agent: { type: 'command', command: ['sh', '-c', APPEND], timeout: '120s' },
+    verify: { command: ['false'], timeout: '300s' },
+    loop: { maxIterations: SIZE_ITERATIONS, noProgress: SIZE_ITERATIONS + 1, oscillationWindow: 2 },
+    sandbox: { memory: '1g', cpus: 1, pids: 256 },
+  });
+  const records = [];
+  const sizeRun = `${runId}-s${files}`;
+  sizeRuns.push(sizeRun);
+  const summary = await runLoop(docker, {
+    repo,
+    taskFile: path.join(repo, 'tasks', 'fix-add.md'),
+    config,
+    runId: sizeRun,
+    signal: abort.signal,
+    onEvent: (e) => e.type === 'iteration-end' && records.push(e.record),
+  });
+  if (summary.endState !== 'capped') say(`warning: ${files}-file loop ended ${summary.endState} (${summary.reason}), expected capped`);
+  const dur = (r) => Date.parse(r.endedAt) - Date.parse(r.startedAt);
+  const stepNames = ['ownership', 'snapshot', 'restore', 'commit', 'verifyCopy', 'verifyRun'];
+  const steps = Object.fromEntries(stepNames.map((n) => [n, median(records.map((r) => r.steps?.[n] ?? 0))]));
+  return { files, bash: median(bashIters), loopbox: median(records.map(dur)), agent: median(records.map((r) => r.agent.durationMs)), steps };
+}
+
+/** Least-squares slope of y over x, per 1,000 x. */
+function slope(points, y) {
+  const n = points.length;
+  if (n < 2) return NaN;
+  const mx = points.reduce((a, p) => a + p.files, 0) / n;
+  const my = points.reduce((a, p) => a + y(p), 0) / n;
+  const num = points.reduce((a, p) => a + (p.files - mx) * (y(p) - my), 0);
+  const den = points.reduce((a, p) => a + (p.files - mx) ** 2, 0);
+  return (num / den) * 1000;
+}
+
+async function repoSizeSweep(docker, sizes) {
+  const image = imageRef('agent');
+  const points = [];
+  for (const files of sizes) {
+    say(`S: ${files} tracked files, bash loop and loopbox x${SIZE_ITERATIONS}`);
+    points.push(await sizePoint(docker, files, image));
+  }
+  const out = ['', `repository size (agent appends one line; ${SIZE_ITERATIONS} iterations each; medians per iteration):`];
+  const cols = ['files', 'bash', 'loopbox', 'ratio', 'agent', 'ownership', 'snapshot', 'restore', 'commit', 'verifyCopy', 'verifyRun'];
+  out.push(cols.map((c, i) => (i ? c.padStart(11) : c.padEnd(8))).join(''));
+  for (const p of points) {
+    const ratio = p.loopbox / p.bash;
+    const cells = [String(p.files).padEnd(8), ms(p.bash), ms(p.loopbox), `${ratio.toFixed(2)}x`, ms(p.agent), ...cols.slice(5).map((c) => ms(p.steps[c]))];
+    out.push(cells.map((c, i) => (i ? c.padStart(11) : c)).join(''));
+  }
+  for (const p of points) out.push(`  ${p.files} files: loopbox / bash ${(p.loopbox / p.bash).toFixed(2)}x (target <= 1.2x: ${p.loopbox / p.bash <= 1.2 ? 'MET' : 'NOT MET'})`);
+  if (points.length > 1) {
+    const f = (x) => `${x.toFixed(1)} ms`;
+    out.push(`  slope per 1,000 files: loopbox ${f(slope(points, (p) => p.loopbox))}, bash ${f(slope(points, (p) => p.bash))}`);
+    out.push(`    steps: ${cols.slice(5).map((c) => `${c} ${f(slope(points, (p) => p.steps[c]))}`).join(', ')}`);
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+const sizeArg = process.argv.find((a) => a === '--sizes' || a.startsWith('--sizes='));
+const sweepOnly = sizeArg !== undefined;
+const sweepSizes = sizeArg?.includes('=') ? sizeArg.split('=')[1].split(',').map(Number) : sweepOnly ? [1000, 20000, 100000] : [20000];
+const sizeRuns = [];
+
 const P_ITERATIONS = Number(process.env.BENCH_PARALLEL_ITERATIONS ?? 3);
 const pRuns = [];
 const abort = new AbortController();
@@ -245,8 +464,24 @@ const calls = [];
 const docker = timedDocker(calls);
 const made = [];
 let startedModel = false;
+// BENCH_ONLY=p3 (or --audit-flood) runs only the audit flood: it needs the images, not the model server.
+const floodOnly = process.env.BENCH_ONLY === 'p3' || process.argv.includes('--audit-flood');
 try {
-  startedModel = await setup(docker);
+  if (floodOnly) await buildImages(docker, { caCerts: hostCaBundle(), onLine: (l) => say(l) });
+  else {
+    startedModel = await setup(docker);
+    if (!sweepOnly) await defaultSections();
+    await repoSizeSweep(docker, sweepSizes);
+  }
+  if (floodOnly || !sweepOnly) {
+    say(`P3: audit flood, ${P3_TCP} TCP attempts and ${P3_DNS} DNS queries`);
+    await auditFlood(new DockerClient());
+  }
+} finally {
+  await cleanup(docker, made, startedModel);
+}
+
+async function defaultSections() {
   const image = imageRef('agent');
   const plain = await mkdtemp(path.join(tmpdir(), 'lbx-bench-plain-'));
   const repo = await mkdtemp(path.join(tmpdir(), 'lbx-bench-loop-'));
@@ -289,6 +524,4 @@ try {
       '',
     ].join('\n'),
   );
-} finally {
-  await cleanup(docker, made, startedModel);
 }

@@ -31,8 +31,38 @@ export interface AuditRecord {
   verdict: 'rejected' | 'nxdomain' | 'lost';
   /** The firewall rule (NFLOG prefix) or `dns`; for `loss`, the counters that show it. */
   rule: string;
-  /** Number of attempts this record stands for: 1, except for `loss` records. */
+  /** Number of attempts this record stands for: 1, except for `loss` and aggregate records. */
   count: number;
+  /**
+   * Set on an aggregate record: past the per-iteration limit of records of one kind, further
+   * attempts are counted into one record instead of written one by one (docs/audit-log.md).
+   * Stored as null on every other record.
+   */
+  aggregate?: AuditAggregate | null;
+}
+
+export interface AuditAggregate {
+  /** Times of the first and last attempt counted here. */
+  firstTime: string;
+  lastTime: string;
+  /** Distinct destinations (`ip:port`, `ip`) or names (`name TYPE`) among them. */
+  distinct: number;
+  /** True when `distinct` stopped counting at its cap: at least that many. */
+  distinctCapped: boolean;
+  /** The first few distinct destinations or names, as seen. */
+  sample: string[];
+  /** The limit of individual records per kind and iteration that was reached. */
+  limit: number;
+}
+
+/** A record as stored in audit.jsonl: chained to the one before (src/audit/chain.ts). */
+export interface StoredAuditRecord extends AuditRecord {
+  aggregate: AuditAggregate | null;
+  seq: number;
+  /** Hash of the previous line (the run header for seq 1). */
+  prev: string;
+  /** SHA-256 (hex) of this line's RFC 8785 canonical form without `hash`. */
+  hash: string;
 }
 
 /** Per-sandbox totals, kept in the iteration record rather than logged per packet. */

@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { formatAuditTable, formatTable, queryAudit } from '../audit/log.js';
+import { registerAuditChain } from './audit.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import { isSafeName, newRunId } from '../common/ids.js';
 import { runDir } from '../common/paths.js';
@@ -186,7 +187,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       }
     });
 
-  program
+  const audit = program
     .command('audit')
     .description('show blocked egress attempts from the audit logs')
     .option('--run <id>', 'only this run')
@@ -202,6 +203,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       }
       out(records.length ? formatAuditTable(records) : 'no blocked attempts recorded');
     });
+  registerAuditChain(audit, result);
 
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);

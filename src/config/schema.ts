@@ -96,6 +96,8 @@ export const verifySchema = z
     timeout: duration.prefault('10m'),
     /** The test report the harness reads; without it, "verified" rests on the exit code alone. */
     report: reportSchema.optional(),
+    /** The verify copy (built from the commit's tree) is refused past this many bytes. */
+    maxCopy: size.prefault('2g'),
   })
   .prefault({});
 

@@ -1,7 +1,8 @@
 // Turns what the sentry wrote (ulogd's JSON lines, dnsmasq's query log, the firewall
 // counters) into audit records. Each sandbox has its own sentry and its own audit folder, so
 // attribution to the run, task and iteration is by construction, never by clock.
-import { open } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
@@ -82,20 +83,26 @@ export interface DnsQuery {
   port: number | null;
 }
 
-/** Parses dnsmasq `log-queries=extra` lines: `Nov 24 18:30:00 dnsmasq[7]: 3 127.0.0.1/4012 query[A] x.invalid from 127.0.0.1`. */
+/** One dnsmasq `log-queries=extra` query line: `Nov 24 18:30:00 dnsmasq[7]: 3 127.0.0.1/4012 query[A] x.invalid from 127.0.0.1`; other lines give null. */
+export function parseDnsLine(line: string, year = new Date().getUTCFullYear()): DnsQuery | null {
+  const m = DNS_QUERY.exec(line);
+  if (!m) return null;
+  const date = new Date(`${m[1]} ${m[2]} ${year} ${m[3]} UTC`);
+  return {
+    time: Number.isNaN(date.getTime()) ? new Date().toISOString() : date.toISOString(),
+    name: m[7]!.toLowerCase(),
+    type: m[6]!,
+    from: m[8]!,
+    port: m[5] ? Number(m[5]) : null,
+  };
+}
+
+/** Every query line of a dnsmasq log text. */
 export function parseDnsLog(text: string, year = new Date().getUTCFullYear()): DnsQuery[] {
   const out: DnsQuery[] = [];
   for (const line of text.split('\n')) {
-    const m = DNS_QUERY.exec(line);
-    if (!m) continue;
-    const date = new Date(`${m[1]} ${m[2]} ${year} ${m[3]} UTC`);
-    out.push({
-      time: Number.isNaN(date.getTime()) ? new Date().toISOString() : date.toISOString(),
-      name: m[7]!.toLowerCase(),
-      type: m[6]!,
-      from: m[8]!,
-      port: m[5] ? Number(m[5]) : null,
-    });
+    const q = parseDnsLine(line, year);
+    if (q) out.push(q);
   }
   return out;
 }
@@ -126,10 +133,13 @@ export function dnsRecord(query: DnsQuery, id: SandboxIdentity, role: string): A
 }
 
 export interface IngestResult {
+  /** What goes into audit.jsonl: at most `limit` individual records per kind, then aggregates. */
   records: AuditRecord[];
   traffic: SandboxTraffic;
   /** Where the next read of the same folder starts (a sentry serves several iterations). */
   cursor: AuditCursor;
+  /** Attempts behind `records`: the sum of their counts (aggregates and loss included). */
+  attempts: number;
 }
 
 /** How much of a sentry's files and counters earlier reads already attributed. */
@@ -143,37 +153,170 @@ export interface AuditCursor {
 
 export const START_CURSOR: AuditCursor = { packetLines: 0, packetBytes: 0, dnsBytes: 0, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0 } } };
 
+/** Individual records per kind (and verdict, protocol) and iteration before aggregation. */
+export const DEFAULT_RECORD_LIMIT = 1000;
+/** Distinct destinations or names an aggregate counts exactly before it says "at least". */
+export const DISTINCT_CAP = 100_000;
+const SAMPLE_SIZE = 10;
+/** A line longer than this is not something ulogd or dnsmasq wrote: counted as malformed. */
+const MAX_LINE_BYTES = 64 * 1024;
+
 /**
- * The complete lines of `file` after byte `offset` (a line the writer has not finished yet
- * belongs to the next read), and how many bytes they span. Reads only the new part, so a long
- * run does not re-read its whole log after every iteration.
+ * Calls `onLine` for every complete line of `file` from byte `offset` to the size it had when
+ * the read began (a line the writer has not finished belongs to the next read), streaming in
+ * 64 KiB chunks: memory does not grow with the file. Over-long lines are passed as `null`.
+ * Returns how many lines and bytes were consumed.
  */
-async function newLines(file: string, offset: number): Promise<{ lines: string[]; bytes: number }> {
-  let handle;
+export async function streamLines(file: string, offset: number, onLine: (line: string | null) => void): Promise<{ lines: number; bytes: number }> {
+  let size: number;
   try {
-    handle = await open(file, 'r');
+    size = (await stat(file)).size;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { lines: [], bytes: 0 };
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { lines: 0, bytes: 0 };
     throw error;
   }
-  try {
-    const size = (await handle.stat()).size;
-    if (size <= offset) return { lines: [], bytes: 0 };
-    const buffer = Buffer.alloc(size - offset);
-    const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
-    const end = buffer.subarray(0, bytesRead).lastIndexOf(0x0a);
-    if (end < 0) return { lines: [], bytes: 0 };
-    return { lines: buffer.subarray(0, end).toString('utf8').split('\n'), bytes: end + 1 };
-  } finally {
-    await handle.close();
+  if (size <= offset) return { lines: 0, bytes: 0 };
+  let lines = 0;
+  let consumed = 0;
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let overlong = false;
+  for await (const chunk of createReadStream(file, { start: offset, end: size - 1, highWaterMark: 64 * 1024 }) as AsyncIterable<Buffer>) {
+    let from = 0;
+    for (;;) {
+      const nl = chunk.indexOf(0x0a, from);
+      if (nl < 0) break;
+      const piece = chunk.subarray(from, nl);
+      if (overlong || pendingBytes + piece.length > MAX_LINE_BYTES) onLine(null);
+      else onLine((pendingBytes ? Buffer.concat([...pending, piece]) : piece).toString('utf8'));
+      consumed += pendingBytes + piece.length + 1;
+      lines += 1;
+      pending = [];
+      pendingBytes = 0;
+      overlong = false;
+      from = nl + 1;
+    }
+    const rest = chunk.subarray(from);
+    if (rest.length) {
+      if (pendingBytes + rest.length > MAX_LINE_BYTES) {
+        overlong = true;
+        pending = [];
+      } else pending.push(Buffer.from(rest));
+      pendingBytes += rest.length;
+    }
+  }
+  return { lines, bytes: consumed };
+}
+
+/** Counts complete lines of `file` from `offset` (for waiting on the packet logger), streaming. */
+export async function countLines(file: string, offset: number): Promise<{ lines: number; bytes: number }> {
+  return streamLines(file, offset, () => undefined);
+}
+
+/** What an aggregate counts as distinct for a record: its destination, or its name and type. */
+function distinctKey(r: AuditRecord): string {
+  if (r.query !== null) return `${r.query} ${r.queryType ?? ''}`.trim();
+  if (r.dst !== null) return r.dstPort !== null ? `${r.family === 'ipv6' ? `[${r.dst}]` : r.dst}:${r.dstPort}` : r.dst;
+  return r.rule;
+}
+
+interface Aggregate {
+  template: AuditRecord;
+  count: number;
+  firstTime: string;
+  lastTime: string;
+  distinct: Set<string>;
+  capped: boolean;
+  sample: string[];
+  rules: Set<string>;
+  protocols: Set<string | null>;
+}
+
+const COMMON_PROTOCOLS = new Set(['tcp', 'udp', 'icmp', 'icmpv6', 'dns']);
+
+/**
+ * Rate-limits one iteration's records: the first `limit` of each kind (with its verdict and
+ * protocol) are kept as they are; past that, attempts are counted into one aggregate record
+ * per kind with first and last time, count, distinct destinations or names, and a sample.
+ * Memory is bounded by `limit` records and `DISTINCT_CAP` strings per kind. Any record kind
+ * (a new parser's too) goes through `add`.
+ */
+export class RecordLimiter {
+  private readonly kept: AuditRecord[] = [];
+  private readonly seen = new Map<string, number>();
+  private readonly aggregates = new Map<string, Aggregate>();
+  attempts = 0;
+
+  constructor(readonly limit: number = DEFAULT_RECORD_LIMIT) {}
+
+  add(record: AuditRecord): void {
+    this.attempts += record.count;
+    // Unusual IP protocols share one class: an agent cycling through 256 protocol numbers
+    // must not multiply the limit by 256.
+    const protocolClass = record.protocol === null || COMMON_PROTOCOLS.has(record.protocol) ? (record.protocol ?? '') : 'other';
+    const key = `${record.kind}\u0000${record.verdict}\u0000${protocolClass}`;
+    const n = (this.seen.get(key) ?? 0) + 1;
+    this.seen.set(key, n);
+    if (n <= this.limit) {
+      this.kept.push(record);
+      return;
+    }
+    let agg = this.aggregates.get(key);
+    if (!agg) {
+      agg = { template: record, count: 0, firstTime: record.time, lastTime: record.time, distinct: new Set(), capped: false, sample: [], rules: new Set(), protocols: new Set() };
+      this.aggregates.set(key, agg);
+    }
+    agg.count += record.count;
+    if (record.time < agg.firstTime) agg.firstTime = record.time;
+    if (record.time > agg.lastTime) agg.lastTime = record.time;
+    if (agg.rules.size < 16) agg.rules.add(record.rule);
+    agg.protocols.add(record.protocol);
+    const d = distinctKey(record).slice(0, 300);
+    if (!agg.distinct.has(d)) {
+      if (agg.distinct.size < DISTINCT_CAP) {
+        agg.distinct.add(d);
+        if (agg.sample.length < SAMPLE_SIZE) agg.sample.push(d);
+      } else agg.capped = true;
+    }
+  }
+
+  /** The kept records sorted by time, then one aggregate per kind that went over the limit. */
+  finish(): AuditRecord[] {
+    const out = this.kept.sort((a, b) => a.time.localeCompare(b.time));
+    for (const agg of this.aggregates.values()) {
+      const t = agg.template;
+      out.push({
+        ...t,
+        time: agg.firstTime,
+        protocol: agg.protocols.size === 1 ? t.protocol : null,
+        src: null,
+        srcPort: null,
+        dst: null,
+        dstPort: null,
+        uid: null,
+        query: null,
+        queryType: null,
+        icmpType: null,
+        rule: agg.rules.size === 1 ? t.rule : [...agg.rules].sort().join(','),
+        count: agg.count,
+        aggregate: { firstTime: agg.firstTime, lastTime: agg.lastTime, distinct: agg.distinct.size, distinctCapped: agg.capped, sample: agg.sample, limit: this.limit },
+      });
+    }
+    return out;
   }
 }
 
+export interface IngestOptions {
+  /** Individual records per kind before aggregation (default DEFAULT_RECORD_LIMIT). */
+  recordLimit?: number;
+}
+
 /**
- * Reads what the sentry wrote since `since` and attributes it to `id`. `counters` (read from
- * the firewall just before) tell how many packets the NFLOG rules saw: if the files hold fewer,
- * the logger lost some, and a `loss` record says how many, so a flood never drops records
- * silently. Without counters (a crashed attempt) loss cannot be judged.
+ * Reads what the sentry wrote since `since` and attributes it to `id`, line by line in bounded
+ * memory (issue 8.3: a million DNS queries once made this throw ERR_STRING_TOO_LONG).
+ * `counters` (read from the firewall just before) tell how many packets the NFLOG rules saw:
+ * if the files hold fewer, the logger lost some, and a `loss` record says how many, so a flood
+ * never drops records silently. Without counters (a crashed attempt) loss cannot be judged.
  */
 export async function ingestSandboxAudit(
   dir: string,
@@ -182,32 +325,48 @@ export async function ingestSandboxAudit(
   counters: SentryCounters | undefined,
   answeredNames: string[],
   since: AuditCursor = START_CURSOR,
+  options: IngestOptions = {},
 ): Promise<IngestResult> {
-  const records: AuditRecord[] = [];
+  const limiter = new RecordLimiter(options.recordLimit ?? DEFAULT_RECORD_LIMIT);
   let malformed = 0;
-  const packets = await newLines(path.join(dir, PACKETS_FILE), since.packetBytes);
-  for (const line of packets.lines) {
-    if (!line.trim()) continue;
+  let packetRecords = 0;
+  const packets = await streamLines(path.join(dir, PACKETS_FILE), since.packetBytes, (line) => {
+    if (line === null) {
+      malformed += 1;
+      return;
+    }
+    if (!line.trim()) return;
+    let record: AuditRecord;
     try {
-      records.push(packetRecord(JSON.parse(line) as Json, id, role));
+      record = packetRecord(JSON.parse(line) as Json, id, role);
     } catch {
       malformed += 1;
+      return;
     }
-  }
-  const packetCount = records.length + malformed;
+    packetRecords += 1;
+    limiter.add(record);
+  });
+  const packetCount = packetRecords + malformed;
   const answered = new Set(answeredNames.map((n) => n.toLowerCase()));
   let dnsAnswered = 0;
-  const dns = await newLines(path.join(dir, DNS_FILE), since.dnsBytes);
-  for (const query of parseDnsLog(dns.lines.join('\n'))) {
+  let dnsBlocked = 0;
+  const year = new Date().getUTCFullYear();
+  const dns = await streamLines(path.join(dir, DNS_FILE), since.dnsBytes, (line) => {
+    const query = line === null ? null : parseDnsLine(line, year);
+    if (!query) return;
     if (answered.has(query.name)) dnsAnswered += 1;
-    else records.push(dnsRecord(query, id, role));
-  }
+    else {
+      dnsBlocked += 1;
+      limiter.add(dnsRecord(query, id, role));
+    }
+  });
   const now = counters ?? {
     allowed: since.counters.allowed,
     logged: { packets: since.counters.logged.packets + packetCount },
   };
   const logged = Math.max(0, now.logged.packets - since.counters.logged.packets);
   const lost = Math.max(0, logged - packetCount) + malformed;
+  const records = limiter.finish();
   if (lost > 0) {
     records.push({
       time: new Date().toISOString(),
@@ -228,35 +387,29 @@ export async function ingestSandboxAudit(
       queryType: null,
       icmpType: null,
       verdict: 'lost',
-      rule: `firewall logged ${logged} packets, ${packetCount - malformed} records arrived${malformed ? `, ${malformed} malformed` : ''}`,
+      rule: `firewall logged ${logged} packets, ${packetRecords} records arrived${malformed ? `, ${malformed} malformed` : ''}`,
       count: lost,
     });
   }
-  records.sort((a, b) => a.time.localeCompare(b.time));
   return {
     records,
+    attempts: limiter.attempts + lost,
     traffic: {
       allowedPackets: Math.max(0, now.allowed.packets - since.counters.allowed.packets),
       allowedBytes: Math.max(0, now.allowed.bytes - since.counters.allowed.bytes),
       blockedPackets: logged,
-      dnsBlocked: records.filter((r) => r.kind === 'dns').length,
+      dnsBlocked,
       dnsAnswered,
       lostRecords: lost,
     },
     cursor: {
-      packetLines: since.packetLines + packets.lines.length,
+      packetLines: since.packetLines + packets.lines,
       packetBytes: since.packetBytes + packets.bytes,
       dnsBytes: since.dnsBytes + dns.bytes,
       counters: now,
     },
   };
 }
-
-/** How many complete packet records the sentry has written so far. */
-export async function packetLinesWritten(dir: string, since: AuditCursor): Promise<number> {
-  return since.packetLines + (await newLines(path.join(dir, PACKETS_FILE), since.packetBytes)).lines.length;
-}
-
 
 export function parseCounters(text: string): SentryCounters | undefined {
   try {

@@ -8,8 +8,8 @@
 // not follow either. Without /proc (macOS), child paths are plain strings and only the last
 // component is protected: callers must make sure the agent is stopped while they run.
 import { constants, existsSync } from 'node:fs';
-import { lstat, mkdir, open, readdir, readlink, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
+import { chmod, lstat, mkdir, open, opendir, readdir, readlink, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import type { BigIntStats, Stats } from 'node:fs';
 import path from 'node:path';
 import { LoopboxError } from '../common/errors.js';
 
@@ -57,6 +57,54 @@ export class DirHandle {
   /** Names in this directory as raw bytes (file names need not be UTF-8). */
   async names(): Promise<Buffer[]> {
     return readdir(HAS_PROC_FD ? `/proc/self/fd/${this.handle.fd}` : this.display, { encoding: 'buffer' });
+  }
+
+  /**
+   * The names in this directory, streamed in chunks (opendir, not readdir): a directory of
+   * 100 000 entries is never held as one listing.
+   */
+  async *nameChunks(size = 256): AsyncGenerator<Buffer[]> {
+    const dir = await opendir(HAS_PROC_FD ? `/proc/self/fd/${this.handle.fd}` : this.display, { encoding: 'buffer' as BufferEncoding, bufferSize: size });
+    let chunk: Buffer[] = [];
+    for await (const entry of dir) {
+      chunk.push(entry.name as unknown as Buffer);
+      if (chunk.length >= size) {
+        yield chunk;
+        chunk = [];
+      }
+    }
+    if (chunk.length) yield chunk;
+  }
+
+  /** lstat with nanosecond times and 64-bit inode numbers (the snapshot's stat cache needs both). */
+  async lstatBig(name: Name): Promise<BigIntStats | undefined> {
+    try {
+      return await lstat(this.child(name), { bigint: true });
+    } catch (error) {
+      if (isFsError(error, 'ENOENT')) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Opens the regular file `name` for reading (O_NOFOLLOW, O_NONBLOCK as in readFile); the
+   * caller reads and closes it. Undefined when it is gone or no longer a regular file.
+   */
+  async openFile(name: Name): Promise<{ handle: FileHandle; stats: BigIntStats } | 'unreadable' | undefined> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.child(name), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+    } catch (error) {
+      if (isFsError(error, 'EACCES', 'EPERM')) return 'unreadable';
+      if (isFsError(error, 'ELOOP', 'ENOENT', 'ENXIO')) return undefined;
+      throw error;
+    }
+    const stats = await handle.stat({ bigint: true });
+    if (!stats.isFile()) {
+      await handle.close();
+      return undefined;
+    }
+    return { handle, stats };
   }
 
   async lstat(name: Name): Promise<Stats | undefined> {
@@ -136,10 +184,27 @@ export class DirHandle {
       await unlink(this.child(name));
       return true;
     }
-    const sub = await this.openDir(name);
+    let sub = await this.openDir(name).catch((error: unknown) => {
+      if (isFsError(error, 'EACCES', 'EPERM')) return 'unreadable' as const;
+      throw error;
+    });
+    if (sub === 'unreadable') {
+      // A mode-000 directory the agent made: give ourselves (its owner, or root) access first.
+      await chmod(this.child(name), 0o700);
+      sub = await this.openDir(name);
+    }
     if (!sub) return this.remove(name); // raced: it stopped being a directory
     try {
-      for (const child of await sub.names()) await sub.remove(child);
+      // Chunked: a directory of 100 000 entries is never listed at once; each chunk's entries
+      // are gone before the next is read, so the stream never skips or repeats one.
+      for (;;) {
+        let removed = 0;
+        for await (const chunk of sub.nameChunks(512)) {
+          for (const child of chunk) if (await sub.remove(child)) removed += 1;
+          break;
+        }
+        if (!removed) break;
+      }
     } finally {
       await sub.close();
     }

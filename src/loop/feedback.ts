@@ -42,7 +42,7 @@ export function feedbackText(record: IterationRecord, command: string[], agentTi
   if (record.skipped.length) {
     lines.push(`- These paths cannot be committed and were put back or removed: ${record.skipped.map((k) => `${k.path} (${k.reason})`).join(', ')}`);
   }
-  if (record.untrusted) lines.push(`- Not verified: ${record.untrusted}`);
+  if (record.untrusted) lines.push(`- The worktree was made again from the last commit: ${record.untrusted}`);
   if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
   if (record.verify?.passed && record.verify.accounting && !record.verify.accounting.verified) {
     lines.push(`- Verification \`${command.join(' ')}\` exited 0 but is not accepted:`, ...record.verify.accounting.reasons.map((r) => `  - ${r}`));

@@ -98,6 +98,18 @@ export class SentryKeeper {
   }
 }
 
+/** Host-side milliseconds per step of one iteration (the bench reads them). */
+export type StepTimes = Record<string, number>;
+
+async function timed<T>(steps: StepTimes, name: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  try {
+    return await fn();
+  } finally {
+    steps[name] = (steps[name] ?? 0) + performance.now() - t0;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // prepare
 
@@ -218,17 +230,20 @@ export interface SnapshotStep {
  * the base there. Then puts those paths back in the worktree for the next iteration, after
  * taking back whatever permissions the agent removed.
  */
-export async function snapshot(ctx: LoopContext, state: LoopState): Promise<SnapshotStep> {
+export async function snapshot(ctx: LoopContext, state: LoopState, steps: StepTimes = {}): Promise<SnapshotStep> {
   const head = await revParse(ctx.repo, `refs/heads/${state.branch}`);
-  const snap = await snapshotWorktree(ctx.repo, state.worktree, { keepBase: ctx.isProtected });
+  // removeRejected: nested .git, special files, odd names and the like leave the worktree.
+  const snap = await timed(steps, 'snapshot', () => snapshotWorktree(ctx.repo, state.worktree, { keepBase: ctx.isProtected, removeRejected: true }));
   const skipped = snap.skipped.map((k) => ({ path: k.path, reason: k.reason }));
   const paths = [...new Set([...snap.violations, ...skipped.map((k) => k.path)])];
   let untrusted: string | undefined;
   if (paths.length) {
     try {
-      for (const p of paths) await takeBackPath(state.worktree, p);
-      const restored = await restorePaths(ctx.repo, state.worktree, head, paths);
-      if (ctx.lend) await lendPaths(state.worktree, [...restored.restored], ctx.agentUid);
+      await timed(steps, 'restore', async () => {
+        for (const p of paths) await takeBackPath(state.worktree, p);
+        const restored = await restorePaths(ctx.repo, state.worktree, head, paths);
+        if (ctx.lend) await lendPaths(state.worktree, [...restored.restored], ctx.agentUid);
+      });
     } catch (error) {
       untrusted = `could not put back ${paths.join(', ')} in the worktree: ${describe(error)}`;
       ctx.log.warn({ untrusted }, 'restore failed');
@@ -241,21 +256,24 @@ export async function snapshot(ctx: LoopContext, state: LoopState): Promise<Snap
 // verify
 
 /** Runs the verify command in a clean container, unless the iteration is void or stopped. */
-export async function verify(ctx: LoopContext, state: LoopState, iteration: number, skip: boolean): Promise<VerifyResult | null> {
+export async function verify(ctx: LoopContext, tree: string, iteration: number, skip: boolean): Promise<VerifyResult | null> {
   if (skip || ctx.signal.aborted) return null;
-  return runVerify(ctx.docker, verifyOptions(ctx, state, iteration));
+  return runVerify(ctx.docker, verifyOptions(ctx, tree, iteration));
 }
 
 /** The verify container's settings, the same for the baseline (iteration 0) and every iteration. */
-export function verifyOptions(ctx: LoopContext, state: LoopState, iteration: number): VerifyOptions {
+export function verifyOptions(ctx: LoopContext, tree: string, iteration: number): VerifyOptions {
   return {
     runId: ctx.runId,
     task: ctx.task.name,
     iteration,
     image: ctx.config.verify.image ?? ctx.config.sandbox.image ?? imageRef('agent'),
     command: ctx.verifyCommand,
-    worktree: state.worktree,
+    // Exactly the tree that gets committed, from git objects: never the worktree's files.
+    repo: ctx.repo,
+    tree,
     timeoutMs: ctx.config.verify.timeout,
+    maxCopyBytes: ctx.config.verify.maxCopy,
     limits: { memoryBytes: ctx.config.sandbox.memory, cpus: ctx.config.sandbox.cpus, pids: ctx.config.sandbox.pids },
     signal: ctx.signal,
     report: ctx.config.verify.report,
@@ -333,17 +351,19 @@ export interface IterationOutcome {
 /** Runs the steps up to the commit; the caller decides (brakes) and saves state. */
 export async function runIteration(ctx: LoopContext, state: LoopState, iteration: number, feedback: string): Promise<IterationOutcome | undefined> {
   const startedAt = new Date();
+  const steps: StepTimes = {};
   const invocation = await prepare(ctx, iteration, feedback);
   const agentStep = await agent(ctx, state, iteration, invocation);
   if (!agentStep) return undefined;
   const modelDown = await modelWentDown(ctx);
-  const snap = await snapshot(ctx, state);
-  const result = await verify(ctx, state, iteration, ctx.signal.aborted || modelDown || snap.untrusted !== undefined);
-  if (snap.untrusted) ctx.log.warn({ iteration, untrusted: snap.untrusted }, 'not verifying');
+  const snap = await snapshot(ctx, state, steps);
+  // The verify copy comes from the snapshot tree, which has the base's entries on protected
+  // paths even when the worktree could not be put back: it is still sound to verify.
+  const result = await verify(ctx, snap.snap.tree, iteration, ctx.signal.aborted || modelDown);
   const [audit, tokens] = await Promise.all([agentStep.collecting, agentStep.tokens]);
   const accounting = account(result, ctx.baseline, { unchangedFromBase: snap.snap.tree === state.baseTree });
-  const commitId = await commit(ctx, state, iteration, snap, result, accounting);
-  if (snap.untrusted) await resetWorktree(ctx, state);
+  const commitId = await timed(steps, 'commit', () => commit(ctx, state, iteration, snap, result, accounting));
+  if (snap.untrusted) await timed(steps, 'reset', () => resetWorktree(ctx, state));
   const record: IterationRecord = {
     iteration,
     startedAt: startedAt.toISOString(),
@@ -367,6 +387,7 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
     tokens,
     audit: { ...audit.traffic, records: audit.records.length },
     modelDown,
+    steps: { ...steps, ...(result ? { verifyCopy: result.copyMs, verifyRun: result.durationMs - result.copyMs } : {}) },
   };
   return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId };
 }

@@ -285,13 +285,9 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
   }
 }
 
-/**
- * The verify command on the base tree. Only while the worktree still is the base tree: a run
- * resumed after an iteration, that had no baseline, goes on without one (null).
- */
-async function takeBaseline(ctx: LoopContext, state: LoopState): Promise<Baseline | null> {
-  if ((await snapshotWorktree(ctx.repo, state.worktree)).tree !== state.baseTree) return null;
-  return runBaseline(ctx.docker, verifyOptions(ctx, state, 0));
+/** The verify command on the base tree, from git objects like every iteration's. */
+async function takeBaseline(ctx: LoopContext, state: LoopState): Promise<Baseline> {
+  return runBaseline(ctx.docker, verifyOptions(ctx, state.baseTree, 0));
 }
 
 function announceBaseline(ctx: LoopContext, b: Baseline, onEvent: LoopOptions['onEvent']): void {

@@ -38,6 +38,8 @@ export interface IterationRecord {
   audit: SandboxTraffic & { records: number };
   /** The model server died during this iteration: it does not count towards the brakes. */
   modelDown: boolean;
+  /** Host-side milliseconds per step (snapshot, restore, commit, ownership, verifyCopy, verifyRun). */
+  steps?: Record<string, number>;
 }
 
 export interface LoopState {

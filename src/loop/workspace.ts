@@ -37,12 +37,14 @@ export function legacyWorktreeDir(repo: string, task: string): string {
  * Run once per loop session when loopbox runs as root: afterwards the host hands over only the
  * paths it writes itself, so an iteration's cost does not grow with the tree.
  */
-export async function lendTree(dir: string, uid: number, top = true): Promise<void> {
+export async function lendTree(dir: string | Buffer, uid: number, top = true): Promise<void> {
   const st = await lstat(dir);
   if (!top && st.uid !== uid) await lchown(dir, uid, uid);
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (top && entry.name === '.git') continue;
-    const full = path.join(dir, entry.name);
+  // Raw names: a file name that is not UTF-8 must not end the loop.
+  for (const entry of await readdir(dir, { withFileTypes: true, encoding: 'buffer' })) {
+    const name = entry.name as unknown as Buffer;
+    if (top && name.toString('latin1') === '.git') continue;
+    const full = Buffer.concat([Buffer.from(dir), Buffer.from('/'), name]);
     if (entry.isDirectory()) await lendTree(full, uid, false);
     else if ((await lstat(full)).uid !== uid) await lchown(full, uid, uid);
   }

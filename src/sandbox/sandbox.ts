@@ -7,13 +7,14 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { appendAudit } from '../audit/log.js';
+import { appendAudit, openAudit, sealAudit } from '../audit/log.js';
+import { writeJsonAtomic } from '../runs/registry.js';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { silentLogger } from '../common/logger.js';
 import { type Bind, type DockerClient, sleep } from '../docker/client.js';
-import { type AuditCursor, type IngestResult, START_CURSOR, ingestSandboxAudit, packetLinesWritten, parseCounters, type SentryCounters } from '../egress/ingest.js';
+import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, countLines, ingestSandboxAudit, parseCounters, type SentryCounters } from '../egress/ingest.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
 import { SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
@@ -82,6 +83,8 @@ export interface SentryOptions {
   noFirewall?: boolean | undefined;
   logger?: Logger | undefined;
   stateEnv?: NodeJS.ProcessEnv | undefined;
+  /** Individual audit records per kind and iteration before aggregation (default 1000). */
+  recordLimit?: number | undefined;
 }
 
 export interface AgentRun {
@@ -133,7 +136,8 @@ export class Sentry {
     const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
     for (const e of extras) if (!allow.includes(e)) allow.push(e);
     const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
-    await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv);
+    await openAudit(options.runId, options.stateEnv);
+    await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv, options.recordLimit);
     // The sentry runs as root in its container; the folder is the host's, so the host can read
     // and delete what it writes.
     await mkdir(options.auditDir, { recursive: true });
@@ -162,33 +166,51 @@ export class Sentry {
     this.lastIdentity = identity;
     const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
     // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
-    // announce are written; what never comes is reported as lost.
+    // announce are written; what never comes is reported as lost. Each poll counts only the
+    // lines written since the previous poll.
     if (counters) {
       const deadline = Date.now() + 2000;
-      while ((await packetLinesWritten(this.auditDir, this.cursor)) < counters.logged.packets && Date.now() < deadline) await sleep(20);
+      let scanned = { lines: this.cursor.packetLines, bytes: this.cursor.packetBytes };
+      for (;;) {
+        const more = await countLines(path.join(this.auditDir, PACKETS_FILE), scanned.bytes);
+        scanned = { lines: scanned.lines + more.lines, bytes: scanned.bytes + more.bytes };
+        if (scanned.lines >= counters.logged.packets || Date.now() >= deadline) break;
+        await sleep(20);
+      }
     }
-    const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor);
+    const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
+    // Durable (fsynced) before the read position moves past the raw lines.
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
     this.cursor = result.cursor;
-    await writeFile(path.join(this.auditDir, CURSOR_FILE), JSON.stringify(this.cursor));
+    await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
     return result;
   }
 
   /**
    * Stops the sentry (SIGTERM flushes its logs), attributes anything that arrived after the
-   * last collect to the last identity, and removes it; idempotent.
+   * last collect to the last identity, seals the audit log with a checkpoint, and removes the
+   * sentry; idempotent. The folder is marked ingested only when that last read reached the
+   * log: otherwise `--resume` ingests it (issue 8.3).
    */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     const counters = await readCounters(this.docker, this.id).catch(() => undefined);
     await this.docker.stop(this.id, 5).catch(() => undefined);
-    if (this.lastIdentity) {
-      const late = await ingestSandboxAudit(this.auditDir, this.lastIdentity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor).catch(() => undefined);
-      if (late) await appendAudit(this.lastIdentity.runId, late.records, this.options.stateEnv).catch(() => undefined);
+    const identity = this.lastIdentity ?? { runId: this.options.runId, task: this.options.task, iteration: this.options.iteration };
+    let ingested = false;
+    try {
+      const late = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
+      await appendAudit(identity.runId, late.records, this.options.stateEnv);
+      this.cursor = late.cursor;
+      await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
+      ingested = true;
+    } catch (error) {
+      (this.options.logger ?? silentLogger).warn({ error: String(error), auditDir: this.auditDir }, 'audit files not ingested: kept for --resume');
     }
+    await sealAudit(identity.runId, this.options.stateEnv).catch(() => undefined);
     await this.docker.remove(this.id);
-    await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
+    if (ingested) await writeFile(path.join(this.auditDir, INGESTED_MARK), '').catch(() => undefined);
   }
 }
 
@@ -289,7 +311,7 @@ async function requireImage(docker: DockerClient, ref: string): Promise<{ entryp
  * A folder from a sentry whose run crashed before its records were all ingested: ingest the
  * rest now (from the saved cursor; with no counters, loss cannot be judged), then start clean.
  */
-export async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv): Promise<void> {
+export async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv, recordLimit?: number): Promise<void> {
   if (!existsSync(dir)) return;
   if (!existsSync(path.join(dir, INGESTED_MARK))) {
     let cursor = START_CURSOR;
@@ -298,7 +320,9 @@ export async function recoverAuditDir(dir: string, identity: SandboxIdentity, an
     } catch {
       // never collected: everything is left over
     }
-    const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor);
+    // If this throws, the folder stays: its raw files are deleted only once their records are
+    // on disk in audit.jsonl (appendAudit fsyncs before it resolves).
+    const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor, { recordLimit });
     await appendAudit(identity.runId, leftover.records, env);
   }
   await rm(dir, { recursive: true, force: true });

@@ -3,7 +3,7 @@
 // timeouts. Loops beyond the pool queue (visible in `loopbox status`). One loop failing,
 // hanging or being stopped never affects the others.
 import { existsSync } from 'node:fs';
-import { describe as describeError } from '../common/errors.js';
+import { LoopboxError, describe as describeError } from '../common/errors.js';
 import { newRunId } from '../common/ids.js';
 import { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
@@ -157,7 +157,8 @@ function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: Nod
     task: q.task,
     endState,
     reason: aborted ? 'stopped before it started' : (describeError(error).split('\n')[0] ?? 'error'),
-    exitCode: END_STATE_EXIT[endState],
+    // Refused before it started (another loop drives the task, bad input): the error's own code.
+    exitCode: !aborted && error instanceof LoopboxError && error.exitCode === 2 ? 2 : END_STATE_EXIT[endState],
     evidence: '-',
     iterations: 0,
     wallMs: 0,

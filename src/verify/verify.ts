@@ -1,9 +1,9 @@
-// Verification in a separate, clean container: no network at all, the worktree's files copied
-// in (tar; `.git` left out; symlinks kept as links, never dereferenced), the command from the
-// host's config, its own timeout. The agent's container is gone by then; nothing it started
-// survives into this one.
-import type { Readable } from 'node:stream';
-import tar from 'tar-fs';
+// Verification in a separate, clean container: no network at all, the files of the tree that
+// gets committed copied in (a tar made from git objects, see git/archive.ts: never the worktree's
+// file system, so what verify sees is exactly what is committed), the command from the host's
+// config, its own timeout, which covers the copy too. The agent's container is gone by then;
+// nothing it started survives into this one, and each verify is a new container.
+import { treeArchive } from '../git/archive.js';
 import { RecentLines } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
 import { resourceLabels } from '../docker/labels.js';
@@ -15,12 +15,18 @@ import type { ReportSetting } from './presets.js';
 
 export const VERIFY_WORKDIR = '/workspace';
 const VERIFY_UID = 1000;
+export const DEFAULT_MAX_COPY_BYTES = 2 * 1024 ** 3;
 
 export interface VerifyOptions extends SandboxIdentity {
   image: string;
   command: string[];
-  worktree: string;
+  /** The repository and the tree (or commit) whose files are verified. */
+  repo: string;
+  tree: string;
+  /** Covers the copy and the command. */
   timeoutMs: number;
+  /** The copy is refused past this many bytes (default 2 GiB). */
+  maxCopyBytes?: number;
   limits: SandboxLimits;
   signal?: AbortSignal | undefined;
   /** Where the test runner writes its report; read back and parsed on the host after the run. */
@@ -32,25 +38,11 @@ export interface VerifyResult {
   exitCode: number;
   timedOut: boolean;
   durationMs: number;
+  /** Of durationMs, the time spent copying the files into the container. */
+  copyMs: number;
   /** The last lines of the command's output (stdout and stderr interleaved). */
   outputTail: string;
   report: ReportOutcome;
-}
-
-/** The worktree as a tar stream: `.git` at the top left out, links as links, owned by the verify uid. */
-export function worktreeTar(dir: string): Readable {
-  return tar.pack(dir, {
-    ignore: (name) => {
-      const rel = name.slice(dir.length).replace(/^\/+/, '');
-      return rel === '.git' || rel.startsWith('.git/');
-    },
-    dereference: false,
-    map: (header) => {
-      header.uid = VERIFY_UID;
-      header.gid = VERIFY_UID;
-      return header;
-    },
-  }) as unknown as Readable;
 }
 
 export async function runVerify(docker: DockerClient, options: VerifyOptions): Promise<VerifyResult> {
@@ -76,13 +68,19 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
     init: true,
   });
   try {
-    await docker.api.getContainer(id).putArchive(worktreeTar(options.worktree), { path: VERIFY_WORKDIR });
+    const copyStart = Date.now();
+    const copied = await copyTree(docker, id, options);
+    const copyMs = Date.now() - copyStart;
+    if (copied !== 'ok') {
+      return { passed: false, exitCode: -1, timedOut: copied === 'timed out', durationMs: Date.now() - started, copyMs, outputTail: `loopbox: the copy into the verify container failed: ${copied}\n`, report: options.report ? { kind: 'missing', detail: 'the copy into the verify container failed' } : { kind: 'not-configured' } };
+    }
     const prepared = options.report && (await prepareReport(docker.api.getContainer(id), options.report, VERIFY_WORKDIR, VERIFY_UID));
     const output = new RecentLines(60);
     const streams = await docker.attach(id);
     streams.stdout.on('data', (c: Buffer) => output.push(c.toString('utf8')));
     streams.stderr.on('data', (c: Buffer) => output.push(c.toString('utf8')));
-    const result = await docker.startAndWait(id, options.timeoutMs, options.signal);
+    // verify.timeout covers the copy too.
+    const result = await docker.startAndWait(id, Math.max(1, options.timeoutMs - (Date.now() - started)), options.signal);
     await streams.drained(1000);
     const report: ReportOutcome = options.report
       ? await collectReport(docker.api.getContainer(id), options.report, VERIFY_WORKDIR, prepared?.planted ?? false)
@@ -92,10 +90,46 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
       exitCode: result.exitCode,
       timedOut: result.timedOut,
       durationMs: Date.now() - started,
+      copyMs,
       outputTail: output.toString(),
       report,
     };
   } finally {
     await docker.remove(id);
+  }
+}
+
+/** Streams the tree into the container; 'ok', 'timed out' (verify.timeout), or why it failed. */
+async function copyTree(docker: DockerClient, id: string, options: VerifyOptions): Promise<string> {
+  const archive = treeArchive(options.repo, options.tree, {
+    uid: VERIFY_UID,
+    gid: VERIFY_UID,
+    maxBytes: options.maxCopyBytes ?? DEFAULT_MAX_COPY_BYTES,
+    prefix: VERIFY_WORKDIR.slice(1),
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<string>((resolve) => {
+    timer = setTimeout(() => {
+      archive.destroy(new Error('timed out'));
+      resolve('timed out');
+    }, options.timeoutMs);
+  });
+  // A failed archive (too large, git error) ends the upload with that error.
+  const failed = new Promise<string>((resolve) => archive.once('error', (error: Error) => resolve(error.message)));
+  try {
+    return await Promise.race([
+      docker.api
+        .getContainer(id)
+        .putArchive(archive, { path: '/' })
+        .then(
+          () => 'ok',
+          (error: unknown) => (error instanceof Error ? error.message : String(error)),
+        ),
+      failed,
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+    archive.destroy();
   }
 }

@@ -4,7 +4,7 @@ import { DockerClient } from '../../src/docker/client.js';
 import { buildImages, hostCaBundle } from '../../src/images/builder.js';
 import { ensureFixtureModel } from '../../src/model/fixture.js';
 import { modelDown, modelUp } from '../../src/model/server.js';
-import { MODEL_NETWORK } from '../../src/model/network.js';
+import { MODEL_NETWORK, findModelServer } from '../../src/model/network.js';
 
 export async function setup(): Promise<void> {
   const docker = new DockerClient();
@@ -15,9 +15,12 @@ export async function setup(): Promise<void> {
     onLine: (line) => process.stderr.write(`${line}\n`),
   });
   const gguf = await ensureFixtureModel(docker);
-  // OpenCode's first prompt is ~30k tokens: each of the 2 slots gets 65536.
-  const up = await modelUp(docker, { gguf, ctxSize: 131072, parallel: 2, gpuLayers: 0, gpus: 'none', startTimeoutMs: 60_000 });
-  startedModel = !up.reused;
+  // A model server some other checkout started on this engine (any fixture) serves us too.
+  if (!(await findModelServer(docker))) {
+    // OpenCode's first prompt is ~30k tokens: each of the 2 slots gets 65536.
+    const up = await modelUp(docker, { gguf, ctxSize: 131072, parallel: 2, gpuLayers: 0, gpus: 'none', startTimeoutMs: 60_000 });
+    startedModel = !up.reused;
+  }
   process.stderr.write(`docker test setup: images, fixture model and model server ready in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
 }
 

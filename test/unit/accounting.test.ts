@@ -81,7 +81,7 @@ describe('test accounting', () => {
 });
 
 describe('what the loop writes from the accounting', () => {
-  const result = { passed: true, exitCode: 0, timedOut: false, durationMs: 1, outputTail: 'ok 1 - /workspace/test/calc.test.js\n', report: { kind: 'missing', detail: 'x' } as const };
+  const result = { passed: true, exitCode: 0, timedOut: false, durationMs: 1, copyMs: 0, outputTail: 'ok 1 - /workspace/test/calc.test.js\n', report: { kind: 'missing', detail: 'x' } as const };
 
   it('a commit that exited 0 without evidence is not verified and says what it rests on', () => {
     const early = account(base, run(tap(['ok 1 - /workspace/test/calc.test.js'])));

@@ -1,8 +1,13 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { verifyAuditChain } from '../../src/audit/chain.js';
+import { queryAudit, sealAudit } from '../../src/audit/log.js';
+import { recoverAuditDir } from '../../src/sandbox/sandbox.js';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DNS_FILE, PACKETS_FILE, ingestSandboxAudit, packetRecord, parseCounters, parseDnsLog } from '../../src/egress/ingest.js';
+import { createWriteStream } from 'node:fs';
+import { DNS_FILE, PACKETS_FILE, RecordLimiter, ingestSandboxAudit, packetRecord, parseCounters, parseDnsLog, streamLines } from '../../src/egress/ingest.js';
 
 // Real lines as ulogd2 2.0.8 (JSON output) and dnsmasq (log-queries=extra) wrote them in the sentry.
 const TCP = '{"timestamp": "2026-11-24T18:30:25.655729", "dvc": "Netfilter", "raw.pktlen": 60, "raw.pktcount": 1, "oob.prefix": "out-tcp", "oob.time.sec": 1795545025, "oob.time.usec": 655729, "oob.mark": 0, "oob.ifindex_out": 97, "oob.hook": 3, "oob.family": 2, "oob.protocol": 2048, "oob.uid": 1000, "oob.gid": 1000, "raw.label": 0, "ip.protocol": 6, "src_port": 41974, "dest_port": 9000, "tcp.syn": 1, "oob.in": "", "oob.out": "eth0", "src_ip": "172.20.0.3", "dest_ip": "172.20.0.2"}';
@@ -90,5 +95,110 @@ describe('audit ingestion', () => {
   it('reads the counters line and rejects anything else', () => {
     expect(parseCounters('{"allowed":{"packets":6,"bytes":403},"logged":{"packets":7}}\n')).toEqual({ allowed: { packets: 6, bytes: 403 }, logged: { packets: 7 } });
     expect(parseCounters('iptables: oops')).toBeUndefined();
+  });
+
+  it('streams lines across chunk boundaries, leaves an unfinished line for later, and flags over-long lines', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+    dirs.push(dir);
+    const file = path.join(dir, 'x');
+    const long = 'a'.repeat(100_000);
+    const mid = 'é'.repeat(30_000); // two-byte characters, one of them split by the 64 KiB chunk edge
+    const one = 'b'.repeat(40_000);
+    await writeFile(file, `${one}\n${mid}\n${long}\ntwo\npart`);
+    const got: (string | null)[] = [];
+    const res = await streamLines(file, 0, (l) => got.push(l));
+    expect(got).toEqual([one, mid, null, 'two']);
+    expect(res).toEqual({ lines: 4, bytes: Buffer.byteLength(`${one}\n${mid}\n${long}\ntwo\n`) });
+    const rest: (string | null)[] = [];
+    await writeFile(file, `${one}\n${mid}\n${long}\ntwo\npart-done\n`);
+    await streamLines(file, res.bytes, (l) => rest.push(l));
+    expect(rest).toEqual(['part-done']);
+  });
+
+  it('a DNS flood becomes limited records plus a counted aggregate: every query accounted, memory and output bounded', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+    dirs.push(dir);
+    const N = 120_000;
+    const out = createWriteStream(path.join(dir, DNS_FILE));
+    for (let i = 0; i < N; i += 1) {
+      out.write(`Nov 24 18:${String(30 + Math.floor(i / 60_000)).padStart(2, '0')}:${String(Math.floor(i / 1000) % 60).padStart(2, '0')} dnsmasq[42]: ${i} 127.0.0.1/40198 query[A] q${i}.flood.invalid from 127.0.0.1\n`);
+      out.write(`Nov 24 18:30:00 dnsmasq[42]: ${i} 127.0.0.1/40198 config q${i}.flood.invalid is NXDOMAIN\n`);
+    }
+    await new Promise<void>((r) => out.end(r));
+    const pk = createWriteStream(path.join(dir, PACKETS_FILE));
+    for (let i = 0; i < 1500; i += 1) pk.write(`${TCP.replace('"dest_port": 9000', `"dest_port": ${9000 + (i % 3)}`)}\n`);
+    await new Promise<void>((r) => pk.end(r));
+    const before = process.memoryUsage().heapUsed;
+    const res = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 0, bytes: 0 }, logged: { packets: 1500 } }, ['model'], undefined, { recordLimit: 1000 });
+    const grew = process.memoryUsage().heapUsed - before;
+    const dns = res.records.filter((r) => r.kind === 'dns');
+    const packets = res.records.filter((r) => r.kind === 'packet');
+    expect(dns.filter((r) => !r.aggregate)).toHaveLength(1000);
+    expect(packets.filter((r) => !r.aggregate)).toHaveLength(1000);
+    const dnsAgg = dns.find((r) => r.aggregate)!;
+    expect(dnsAgg).toMatchObject({ kind: 'dns', verdict: 'nxdomain', count: N - 1000, query: null, iteration: 2 });
+    // 119,000 distinct names: counted exactly up to DISTINCT_CAP, then "at least".
+    expect(dnsAgg.aggregate).toMatchObject({ distinct: 100_000, distinctCapped: true, limit: 1000, firstTime: '2026-11-24T18:30:01.000Z', lastTime: '2026-11-24T18:31:59.000Z' });
+    expect(dnsAgg.aggregate!.sample).toEqual(Array.from({ length: 10 }, (_, i) => `q${1000 + i}.flood.invalid A`));
+    const pAgg = packets.find((r) => r.aggregate)!;
+    expect(pAgg).toMatchObject({ count: 500, verdict: 'rejected', rule: 'out-tcp', dst: null });
+    expect(pAgg.aggregate).toMatchObject({ distinct: 3 });
+    // Every attempt is accounted for, and the output is bounded by the limit, not the flood.
+    expect(res.records.reduce((n, r) => n + r.count, 0)).toBe(N + 1500);
+    expect(res.attempts).toBe(N + 1500);
+    expect(res.records.length).toBe(2002);
+    expect(res.traffic).toMatchObject({ dnsBlocked: N, blockedPackets: 1500, lostRecords: 0 });
+    // The 120,000 distinct names are the only thing held; nothing like the file (~12 MB) per line.
+    expect(grew).toBeLessThan(64 * 2 ** 20);
+  });
+
+  it('aggregates any record kind the same way, per kind, verdict and protocol', () => {
+    const limiter = new RecordLimiter(2);
+    const base = packetRecord(JSON.parse(TCP) as Record<string, unknown>, id, 'agent');
+    for (let i = 0; i < 5; i += 1) limiter.add({ ...base, dstPort: i });
+    for (let i = 0; i < 3; i += 1) limiter.add({ ...base, protocol: 'udp', rule: 'out-udp' });
+    const out = limiter.finish();
+    expect(out.filter((r) => !r.aggregate)).toHaveLength(4);
+    expect(out.filter((r) => r.aggregate).map((r) => [r.protocol, r.count, r.aggregate!.distinct])).toEqual([['tcp', 3, 3], ['udp', 1, 1]]);
+    // 200 unusual IP protocol numbers share one limit, not 200.
+    const other = new RecordLimiter(2);
+    for (let p = 0; p < 200; p += 1) other.add({ ...base, protocol: String(p + 30), rule: 'out-other' });
+    const rest = other.finish();
+    expect(rest).toHaveLength(3);
+    expect(rest[2]).toMatchObject({ protocol: null, count: 198, rule: 'out-other' });
+  });
+});
+
+describe('recovering a crashed sentry folder', () => {
+  it('appends what is left to the chained log before it deletes the raw files, and keeps them when ingest fails', async () => {
+    const state = await mkdtemp(path.join(tmpdir(), 'lbx-recover-'));
+    const env = { LOOPBOX_STATE_DIR: state };
+    try {
+      const dir = path.join(state, 'runs', 'r1', 'sandboxes', 'sentry-1');
+      await mkdir(dir, { recursive: true });
+      await writeFile(path.join(dir, PACKETS_FILE), `${TCP}\n${ICMP}\n`);
+      await writeFile(path.join(dir, DNS_FILE), DNS);
+      // The first packet line was read before the crash; the rest was not.
+      await writeFile(path.join(dir, '.cursor.json'), JSON.stringify({ packetLines: 1, packetBytes: TCP.length + 1, dnsBytes: 0, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 1 } } }));
+      await recoverAuditDir(dir, { runId: 'r1', task: 't', iteration: 4 }, ['model'], env);
+      expect(existsSync(dir)).toBe(false);
+      await sealAudit('r1', env);
+      const records = await queryAudit({ runId: 'r1' }, env);
+      expect(records.map((r) => [r.kind, r.query ?? r.protocol, r.iteration])).toEqual([
+        ['packet', 'icmp', 4],
+        ['dns', 'foo.invalid', 4],
+        ['dns', 'we ird.invalid', 4],
+      ]);
+      expect(await verifyAuditChain(path.join(state, 'runs', 'r1'), { env })).toMatchObject({ ok: true, records: 3, unsealed: 0 });
+
+      // A folder whose raw files cannot be read stays, raw files and all, for a later attempt.
+      const broken = path.join(state, 'runs', 'r1', 'sandboxes', 'sentry-2');
+      await mkdir(path.join(broken, PACKETS_FILE), { recursive: true });
+      await writeFile(path.join(broken, DNS_FILE), DNS);
+      await expect(recoverAuditDir(broken, { runId: 'r1', task: 't', iteration: 5 }, ['model'], env)).rejects.toThrow(/EISDIR/);
+      expect(existsSync(path.join(broken, DNS_FILE))).toBe(true);
+    } finally {
+      await rm(state, { recursive: true, force: true });
+    }
   });
 });
