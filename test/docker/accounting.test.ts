@@ -128,7 +128,8 @@ describe('test accounting: early-exit cheats are not verified (real Docker, git)
   it('a report preset whose command writes no report ends the run in error before the first iteration, saying why', async () => {
     const c = track(await makeRepo(NODE_PROJECT, loopConfig('touch agent-ran', { command: ['node', '--test'], report: 'node-test' })));
     const res = await cli(['--config', c.config, 'run', '--repo', c.repo, path.join(c.repo, 'tasks', 'fix.md')], { timeoutMs: 300_000 });
-    expect(res.exitCode, res.all).toBe(1);
+    // A ConfigError: exit code 2, as for any bad input refused before the loop starts.
+    expect(res.exitCode, res.all).toBe(2);
     expect(res.stderr).toContain('[fix] error: verify.report is set, but verify on the base commit gave no usable report (it exited 1): the verify command wrote no report at /loopbox-report/node-test.tap');
     expect(res.stderr).not.toMatch(/iteration 1/);
     expect(await branchLog(c.repo), 'no commit on the task branch').toEqual(['project']);
