@@ -17,15 +17,24 @@ export function reportPathIn(setting: ReportSetting, workdir: string): string {
 /** Creates the empty report folder and says whether something already sits at the report path. */
 export async function prepareReport(container: Docker.Container, setting: ReportSetting, workdir: string, uid: number): Promise<{ planted: boolean }> {
   await container.putArchive(Buffer.from(directoryTar(REPORT_DIR.slice(1), uid)), { path: '/' });
+  // Only the copied tree can bring a file along: a path outside it starts absent (the report
+  // folder was just made empty), so the look-up is spared there.
+  const where = reportPathIn(setting, workdir);
+  if (!isInside(where, workdir)) return { planted: false };
   try {
     // The HEAD answer comes back as a stream: drained, or its socket keeps the process alive.
-    const head = (await container.infoArchive({ path: reportPathIn(setting, workdir) })) as unknown as Readable;
+    const head = (await container.infoArchive({ path: where })) as unknown as Readable;
     head.resume();
     return { planted: true };
   } catch (error) {
     if ((error as { statusCode?: number }).statusCode === 404) return { planted: false };
     throw error;
   }
+}
+
+function isInside(file: string, dir: string): boolean {
+  const rel = path.posix.relative(dir, file);
+  return rel !== '' && !rel.startsWith('..') && !path.posix.isAbsolute(rel);
 }
 
 export async function collectReport(container: Docker.Container, setting: ReportSetting, workdir: string, planted: boolean): Promise<ReportOutcome> {
