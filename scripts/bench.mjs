@@ -44,7 +44,6 @@ process.env.LOOPBOX_STATE_DIR = path.join(root, '.loopbox', 'bench-state');
 
 const { DockerClient, buildImages, ensureFixtureModel, findModelServer, modelUp, modelDown, imageRef, parseConfig, runDir, managedFilter, MODEL_NETWORK } =
   await import('../dist/index.js');
-const { hostCaBundle } = await import('../dist/images/builder.js');
 const { runLoop } = await import('../dist/loop/loop.js');
 const { LoopRunner } = await import('../dist/schedule/runner.js');
 const { createExampleRepo } = await import('../dist/demo/example-repo.js');
@@ -90,7 +89,7 @@ function timedDocker(calls) {
 
 async function setup(docker) {
   await docker.ping();
-  await buildImages(docker, { caCerts: hostCaBundle(), onLine: (l) => say(l) });
+  await buildImages(docker, { onLine: (l) => say(l) });
   const gguf = await ensureFixtureModel(docker);
   if (await findModelServer(docker)) return false;
   say('no model server running: starting one (stopped again at the end)');

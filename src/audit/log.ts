@@ -1,18 +1,17 @@
 // The run's audit log: `<run dir>/audit.jsonl`, one JSON record per line, append-only, each
 // line chained to the one before by its hash and sealed by signed checkpoints (chain.ts).
 // Every append is fsynced before it returns: callers delete raw files only after that.
-import { existsSync } from 'node:fs';
-import { mkdir, open, stat, truncate } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { mkdir, open, stat, truncate } from 'node:fs/promises';
 import { ConfigError } from '../common/errors.js';
 import path from 'node:path';
 import { runDir } from '../common/paths.js';
-import { listRuns } from '../runs/registry.js';
 import { AUDIT_FORMAT, CHECKPOINTS_FILE, type AuditKey, checkpointOrigin, lineHash, loadAuditKey, parseCheckpoint, signCheckpoint } from './chain.js';
-import type { AuditRecord, StoredAuditRecord } from './record.js';
+import { AUDIT_FILE, type AuditRecord, type StoredAuditRecord } from './record.js';
+import { streamAudit } from './stream.js';
 
-export const AUDIT_FILE = 'audit.jsonl';
+export { AUDIT_FILE };
 
 export function auditFile(runId: string, env = process.env): string {
   return path.join(runDir(runId, env), AUDIT_FILE);
@@ -240,52 +239,56 @@ export interface AuditQuery {
   since?: Date | undefined;
 }
 
+/** Every matching record, sorted by time (in memory: for exports use streamAudit). */
 export async function queryAudit(query: AuditQuery, env = process.env): Promise<StoredAuditRecord[]> {
   if (query.runId && !existsSync(runDir(query.runId, env))) {
     throw new ConfigError(`No run ${query.runId} under ${path.dirname(runDir(query.runId, env))}.`, [], { hint: 'Check the run id (loopbox status lists live ones) and LOOPBOX_STATE_DIR.' });
   }
-  const runIds = query.runId ? [query.runId] : (await listRuns(env)).map((r) => r.runId);
   const out: StoredAuditRecord[] = [];
-  for (const runId of runIds) {
-    const file = auditFile(runId, env);
-    if (!existsSync(file)) continue;
-    const lines = createInterface({ input: createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
-    for await (const line of lines) {
-      if (!line.trim()) continue;
-      let record: StoredAuditRecord;
-      try {
-        record = JSON.parse(line) as StoredAuditRecord;
-      } catch {
-        continue; // a damaged line: `loopbox audit verify` names it
-      }
-      if ((record.kind as string) === 'header') continue;
-      if (query.task && record.task !== query.task) continue;
-      if (query.since && new Date(record.time) < query.since) continue;
-      out.push(record);
-    }
-  }
-  return out.sort((a, b) => a.time.localeCompare(b.time));
+  for await (const { record } of streamAudit(query, env)) out.push(record as unknown as StoredAuditRecord);
+  return out;
+}
+
+export const AUDIT_TABLE_HEADER = ['TIME (UTC)', 'RUN', 'TASK', 'IT', 'KIND', 'PROTO', 'DESTINATION', 'QUERY', 'UID', 'VERDICT', 'RULE'];
+
+/**
+ * One table row. Query names and other strings come from the sandbox (hostile): control
+ * characters are shown as `?`, so an escape sequence in a DNS name cannot drive the terminal.
+ * Fields a record lacks (a kind this version does not know) show as `-`.
+ */
+export function auditRow(record: AuditRecord): string[] {
+  const r = record as Partial<StoredAuditRecord>;
+  const agg = r.aggregate;
+  const dst = agg
+    ? `${agg.distinct}${agg.distinctCapped ? '+' : ''} distinct, e.g. ${agg.sample[0] ?? '-'}`
+    : r.dst ? `${r.family === 'ipv6' ? `[${r.dst}]` : r.dst}${r.dstPort != null ? `:${r.dstPort}` : ''}` : r.dstPort != null ? `:${r.dstPort}` : '-';
+  const cells = [
+    typeof r.time === 'string' ? r.time.replace('T', ' ').replace('Z', '') : '-',
+    r.runId ?? '-',
+    r.task ?? '-',
+    r.iteration == null ? '-' : String(r.iteration),
+    r.kind ?? '-',
+    r.protocol ?? '-',
+    dst,
+    agg ? `(aggregate until ${agg.lastTime.replace('T', ' ').replace('Z', '')})` : r.query ? `${r.query} ${r.queryType ?? ''}`.trim() : '-',
+    r.uid == null ? '-' : String(r.uid),
+    typeof r.count === 'number' && r.count > 1 ? `${r.verdict ?? '-'} x${r.count}` : (r.verdict ?? '-'),
+    r.rule ?? '-',
+  ];
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point
+  return cells.map((c) => String(c).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?'));
 }
 
 /** A readable table for the terminal. */
 export function formatAuditTable(records: AuditRecord[]): string {
-  const header = ['TIME (UTC)', 'RUN', 'TASK', 'IT', 'KIND', 'PROTO', 'DESTINATION', 'QUERY', 'UID', 'VERDICT', 'RULE'];
-  const rows = records.map((r) => [
-    r.time.replace('T', ' ').replace('Z', ''),
-    r.runId,
-    r.task ?? '-',
-    r.iteration === null ? '-' : String(r.iteration),
-    r.kind,
-    r.protocol ?? '-',
-    r.aggregate
-      ? `${r.aggregate.distinct}${r.aggregate.distinctCapped ? '+' : ''} distinct, e.g. ${r.aggregate.sample[0] ?? '-'}`
-      : r.dst ? `${r.family === 'ipv6' ? `[${r.dst}]` : r.dst}${r.dstPort !== null ? `:${r.dstPort}` : ''}` : r.dstPort !== null ? `:${r.dstPort}` : '-',
-    r.aggregate ? `(aggregate until ${r.aggregate.lastTime.replace('T', ' ').replace('Z', '')})` : r.query ? `${r.query} ${r.queryType ?? ''}`.trim() : '-',
-    r.uid === null ? '-' : String(r.uid),
-    r.count > 1 ? `${r.verdict} x${r.count}` : r.verdict,
-    r.rule,
-  ]);
-  return formatTable(header, rows);
+  return formatTable(AUDIT_TABLE_HEADER, records.map(auditRow));
+}
+
+/** Column widths for a table printed row by row (a follow cannot measure rows it has not seen). */
+export const AUDIT_FOLLOW_WIDTHS = [23, 24, 14, 3, 6, 6, 26, 36, 5, 9, 8];
+
+export function formatFollowRow(cells: string[]): string {
+  return cells.map((c, i) => c.padEnd(AUDIT_FOLLOW_WIDTHS[i] ?? 0)).join('  ').trimEnd();
 }
 
 export function formatTable(header: string[], rows: string[][]): string {

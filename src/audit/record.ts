@@ -2,6 +2,9 @@
 // written by the host, from files the sentry wrote, into the run's `audit.jsonl`: the agent
 // never mounts either.
 
+/** The run's audit log, in its run directory. */
+export const AUDIT_FILE = 'audit.jsonl';
+
 export type AuditKind = 'packet' | 'dns' | 'loss';
 
 export interface AuditRecord {

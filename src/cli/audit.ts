@@ -23,7 +23,9 @@ export function registerAuditChain(audit: Command, result: ProgramResult): void 
     .option('--run <id>', 'only this run (default: every run in the state dir)')
     .option('--key <file>', 'verifier key (the line `loopbox audit key` printed, or a PEM public key); default: the state dir key')
     .option('--json', 'print one JSON result per run')
-    .action(async (opts: { run?: string; key?: string; json?: boolean }) => {
+    .action(async (_opts: unknown, cmd: Command) => {
+      // `audit` itself has --run and --json: commander hands them to the parent, so read both.
+      const opts = cmd.optsWithGlobals<{ run?: string; key?: string; json?: boolean }>();
       const key = opts.key ? parseVerifierKey(await readFile(opts.key, 'utf8').catch((e: unknown) => {
         throw new ConfigError(`Cannot read the key file ${opts.key}: ${(e as Error).message}`);
       })) : undefined;

@@ -1,7 +1,7 @@
 // commander wiring only: parse options, call the library, print. No process.exit here.
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { formatAuditTable, formatTable, queryAudit } from '../audit/log.js';
+import { formatTable } from '../audit/log.js';
 import { registerAuditChain } from './audit.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import { isSafeName, newRunId } from '../common/ids.js';
@@ -11,7 +11,7 @@ import { loadConfig } from '../config/load.js';
 import { parseDuration } from '../config/units.js';
 import { doctor } from '../doctor.js';
 import { buildImages } from '../images/builder.js';
-import { IMAGE_NAMES, type ImageName, imageRef } from '../images/catalog.js';
+import { IMAGE_NAMES, type ImageName, TOOLCHAINS, type Toolchain, imageRef, toolchainImage } from '../images/catalog.js';
 import { ensureFixtureModel } from '../model/fixture.js';
 import { MODEL_CONTAINER, modelDown, modelStatus, modelUp } from '../model/server.js';
 import { pullModel } from '../model/pull.js';
@@ -22,7 +22,9 @@ import { type CliContext, err, out } from './context.js';
 import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from './run.js';
 import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
-import { initProject } from '../config/init.js';
+import { registerAudit } from './audit-query.js';
+import { registerReport, reportPaths } from './report.js';
+import { VERIFY_PROFILES, initProject, verifyImageFor } from '../config/init.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -76,19 +78,25 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
   images
     .command('build')
     .description('build every project image (sentry, agent, llama-cpu), skipping those whose inputs are unchanged')
-    .option('--ca-cert <file>', 'extra CA certificate (PEM) for build steps that fetch packages; repeatable; never left in the image', collect, [])
+    .option('--ca-cert <file>', 'extra CA certificate (PEM) for build steps that fetch packages; repeatable; added to images.caCerts and NODE_EXTRA_CA_CERTS; never left in the image', collect, [])
     .option('--offline', 'never try a registry: make missing base images with debootstrap')
     .option('--mirror <url>', 'Debian mirror for debootstrap (default: this machine\'s apt sources)')
     .addOption(new Option('--only <name>', 'build only this image; repeatable').choices([...IMAGE_NAMES]).argParser(collect))
+    .addOption(
+      new Option('--toolchain <name>', 'also build loopbox/verify-<name>: the agent image plus that toolchain from Debian packages, for verify.image; repeatable')
+        .choices([...TOOLCHAINS])
+        .argParser(collect),
+    )
     .option('--force', 'rebuild even when inputs are unchanged')
-    .addHelpText('after', example('loopbox images build --ca-cert /etc/ssl/certs/corp-proxy.pem --offline'))
-    .action(async (opts: { caCert: string[]; offline?: boolean; mirror?: string; only?: ImageName[]; force?: boolean }) => {
+    .addHelpText('after', `${example('loopbox images build --ca-cert /etc/ssl/certs/corp-proxy.pem --offline')}  loopbox images build --toolchain python   # then verify.image: ${imageRef('verify-python')}\n`)
+    .action(async (opts: { caCert: string[]; offline?: boolean; mirror?: string; only?: ImageName[]; toolchain?: Toolchain[]; force?: boolean }) => {
       const { config } = await loadConfig({ file: configFile() });
       const built = await buildImages(ctx.docker, {
         caCerts: [...config.images.caCerts, ...opts.caCert],
         offline: opts.offline ?? false,
         mirror: opts.mirror ?? config.images.mirror,
         only: opts.only,
+        toolchains: opts.toolchain,
         force: opts.force ?? false,
         onLine: (line) => err(line),
       });
@@ -101,9 +109,11 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
       const rows = [];
-      for (const name of IMAGE_NAMES) {
+      for (const name of [...IMAGE_NAMES, ...TOOLCHAINS.map(toolchainImage)]) {
         const ref = imageRef(name);
         const found = await ctx.docker.findImage(ref);
+        // Toolchain images are optional: listed only once built.
+        if (!found && !(IMAGE_NAMES as readonly string[]).includes(name)) continue;
         rows.push({ name, ref, present: Boolean(found), inputsHash: found?.labels['loopbox.inputs-hash']?.slice(0, 12) ?? null });
       }
       if (opts.json) return out(JSON.stringify(rows, null, 2));
@@ -187,24 +197,8 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       }
     });
 
-  const audit = program
-    .command('audit')
-    .description('show blocked egress attempts from the audit logs')
-    .option('--run <id>', 'only this run')
-    .option('--task <name>', 'only this task')
-    .option('--since <time>', 'only records at or after this time (ISO 8601, or a duration ago like 2h)')
-    .option('--json', 'print JSON lines')
-    .addHelpText('after', example('loopbox audit --since 2h --json | jq .query'))
-    .action(async (opts: { run?: string; task?: string; since?: string; json?: boolean }) => {
-      const records = await queryAudit({ runId: opts.run, task: opts.task, since: opts.since ? parseSince(opts.since) : undefined });
-      if (opts.json) {
-        for (const r of records) out(JSON.stringify(r));
-        return;
-      }
-      out(records.length ? formatAuditTable(records) : 'no blocked attempts recorded');
-    });
-  registerAuditChain(audit, result);
-
+  registerAuditChain(registerAudit(program, ctx, result), result);
+  registerReport(program);
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);
   registerTriggers(program, ctx, configFile);
@@ -213,14 +207,16 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
     .command('demo')
     .description('the whole product on this machine: images, a model server, an example repo, two loops (one ends done, one is stopped by a brake)')
     .option('--gguf <file>', 'use a real GGUF model; then both tasks run OpenCode')
-    .option('--ca-cert <file>', 'extra CA certificate for image builds; repeatable (default: this host\'s bundle)', collect, [])
+    .option('--ca-cert <file>', 'extra CA certificate (PEM) for image builds; repeatable; added to images.caCerts and NODE_EXTRA_CA_CERTS', collect, [])
     .option('--keep-model', 'leave the model server running afterwards')
     .option('--json', 'print one JSON event per line on stdout')
     .addHelpText('after', example('npm run demo   # = loopbox demo'))
     .action(async (opts: { gguf?: string; caCert: string[]; keepModel?: boolean; json?: boolean }) => {
+      const { config } = await loadConfig({ file: configFile() });
       const res = await runDemo(ctx.docker, {
         gguf: opts.gguf,
-        caCerts: opts.caCert.length ? opts.caCert : undefined,
+        caCerts: [...config.images.caCerts, ...opts.caCert],
+        mirror: config.images.mirror,
         signal: ctx.signal,
         keepModel: opts.keepModel ?? false,
         say: (line) => err(line),
@@ -233,18 +229,32 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       if (second) lines.push(`  blocked egress:   loopbox audit --run ${second.runId}`, `  OpenCode run:     ${second.runDir}`);
       err(lines.join('\n'));
       if (second) err(`\nBlocked egress of ${second.task}:\n${res.auditTable}`);
+      for (const r of await reportPaths(res.summaries.map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = first?.endState === 'done' && second && second.endState !== 'error' ? 0 : 1;
     });
 
   program
     .command('init')
-    .description('write a commented loopbox.yaml, an AGENTS.md skill file and tasks/example.md')
+    .description('write a commented loopbox.yaml, an AGENTS.md skill file and tasks/example.md; propose the verify command and image for the test setup found (npm, pytest, go, cargo)')
     .option('--dir <dir>', 'where to write them', '.')
     .option('--force', 'overwrite existing files')
+    .addOption(new Option('--toolchain <name>', 'use this toolchain\'s verify command and image instead of the one detected').choices([...TOOLCHAINS]))
     .addHelpText('after', example('loopbox init && $EDITOR tasks/example.md'))
-    .action(async (opts: { dir: string; force?: boolean }) => {
-      const res = await initProject(opts.dir, { force: opts.force ?? false });
+    .action(async (opts: { dir: string; force?: boolean; toolchain?: Toolchain }) => {
+      const res = await initProject(opts.dir, { force: opts.force ?? false, toolchain: opts.toolchain });
       for (const f of res.written) out(`wrote ${path.join(opts.dir, f)}`);
+      const d = res.detected;
+      if (!d) {
+        out('no test setup detected (package.json with a "test" script, pytest.ini, pyproject.toml, go.mod, Cargo.toml):');
+        out('  verify.command is node --test with its node-test report (test accounting), run in the agent image (Node 18; no npm, Python, Go or Rust). Edit loopbox.yaml.');
+        return;
+      }
+      out(d.evidence === '--toolchain' ? `using ${d.toolchain} (--toolchain; no ${d.toolchain} test setup found)` : `detected ${d.toolchain}: ${d.evidence}`);
+      if (res.found.length > 1) out(`  also found: ${res.found.filter((f) => f.toolchain !== d.toolchain).map((f) => `${f.toolchain} (${f.evidence})`).join(', ')}; pass --toolchain to pick another`);
+      out(`  verify.command: ${JSON.stringify(VERIFY_PROFILES[d.toolchain].command)}`);
+      out(`  verify.report:  ${VERIFY_PROFILES[d.toolchain].report ?? 'none (exit code only; see docs/configuration.md#test-accounting-verifyreport)'}`);
+      out(`  verify.image:   ${verifyImageFor(d.toolchain)} (the default agent image cannot run it); build it with:`);
+      out(`    loopbox images build --toolchain ${d.toolchain}`);
     });
 
   const model = program.command('model').description('the managed llama-server on the internal model network');
@@ -339,12 +349,4 @@ function parseEnv(spec: string): [string, string] {
     throw new ConfigError(`--env ${JSON.stringify(spec)}: expected KEY=VALUE with a shell-style KEY.`);
   }
   return [spec.slice(0, eq), spec.slice(eq + 1)];
-}
-
-function parseSince(value: string): Date {
-  const ms = parseDuration(value);
-  if (ms !== undefined) return new Date(Date.now() - ms);
-  const date = new Date(value);
-  if (Number.isNaN(date.getTime())) throw new ConfigError(`--since ${JSON.stringify(value)}: expected an ISO time or a duration like 2h.`);
-  return date;
 }

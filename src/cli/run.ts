@@ -14,6 +14,7 @@ import { modelStatus } from '../model/server.js';
 import { gc } from '../runs/gc.js';
 import { type CliContext, err, out } from './context.js';
 import type { ProgramResult } from './program.js';
+import { reportPaths } from './report.js';
 
 const positiveInt = (v: string): number => {
   if (!/^\d+$/.test(v) || Number(v) < 1) throw new InvalidArgumentError(`expected a positive integer, got "${v}"`);
@@ -49,10 +50,11 @@ Example:
       if (opts.resume) {
         summaries = [await runLoop(ctx.docker, { repo: opts.repo, config, resume: opts.resume, signal: ctx.signal, onEvent })];
       } else {
-        const files = tasks.length ? tasks : await resolveTaskFiles(opts.repo, config.tasks);
+        // Like `git -C`: a relative task path names a file in --repo, not in the current directory.
+        const files = tasks.length ? tasks.map((t) => path.resolve(opts.repo, t)) : await resolveTaskFiles(opts.repo, config.tasks);
         if (!files.length) throw new ConfigError('No task files found.', [], { hint: `Pass one (loopbox run tasks/x.md) or add files matching ${config.tasks.join(', ')}; \`loopbox init\` writes an example.` });
         // Check every task file before any loop starts: bad input loses nothing.
-        await Promise.all(files.map((f) => loadTask(f)));
+        await Promise.all(files.map((f, i) => loadTask(f, tasks.length ? { given: tasks[i] ?? f, repo: opts.repo } : undefined)));
         await checkRepoAndModel(ctx.docker, path.resolve(opts.repo), config, opts.allowDirty ?? false);
         const runner = await LoopRunner.create(ctx.docker, { repo: opts.repo, config, concurrency: opts.concurrency, allowDirty: opts.allowDirty ?? false, signal: ctx.signal, onEvent });
         if (files.length > 1 && !opts.json) err(`loopbox: ${files.length} tasks, ${runner.concurrency} at once, ${runner.slots} model slot(s)`);
@@ -60,6 +62,7 @@ Example:
       }
       for (const s of summaries) if (s.endState === 'error' && !opts.json) err(`[${s.task}] error: ${s.reason}`);
       if (!opts.json) err(`\n${summaryTable(summaries)}`);
+      for (const r of await reportPaths(summaries.filter((x) => x.iterations > 0).map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = summaries.reduce((code, s) => Math.max(code, s.exitCode), 0);
     });
 }

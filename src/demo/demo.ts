@@ -9,7 +9,7 @@ import { newRunId } from '../common/ids.js';
 import { stateDir } from '../common/paths.js';
 import { parseConfig } from '../config/load.js';
 import type { DockerClient } from '../docker/client.js';
-import { buildImages, hostCaBundle } from '../images/builder.js';
+import { buildImages } from '../images/builder.js';
 import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { ensureFixtureModel } from '../model/fixture.js';
 import { findModelServer } from '../model/network.js';
@@ -19,7 +19,9 @@ import { createExampleRepo } from './example-repo.js';
 export interface DemoOptions {
   /** A real GGUF: then both tasks use OpenCode. */
   gguf?: string | undefined;
+  /** `images.caCerts` and `--ca-cert`; NODE_EXTRA_CA_CERTS is added as for `images build`. */
   caCerts?: string[];
+  mirror?: string | undefined;
   signal?: AbortSignal;
   say: (line: string) => void;
   onEvent: (event: LoopEvent) => void;
@@ -36,7 +38,7 @@ export interface DemoResult {
 export async function runDemo(docker: DockerClient, options: DemoOptions): Promise<DemoResult> {
   const say = options.say;
   say('demo 1/5: building images (cached when unchanged)');
-  await buildImages(docker, { caCerts: options.caCerts ?? hostCaBundle(), onLine: (l) => say(`  ${l}`) });
+  await buildImages(docker, { caCerts: options.caCerts ?? [], mirror: options.mirror, onLine: (l) => say(`  ${l}`) });
   say('demo 2/5: model');
   const gguf = options.gguf ?? (await ensureFixtureModel(docker));
   const hadModel = Boolean(await findModelServer(docker));

@@ -1,5 +1,6 @@
 // `loopbox images build`: builds every project image, tagged with the package version, and
-// skips one whose inputs (Dockerfile dir, base image id, build args, extra CA) are unchanged.
+// skips one whose inputs (Dockerfile dir, base image id, build args) are unchanged. The extra CA
+// is not an input: it is used only while fetching and never reaches a final image.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
@@ -12,11 +13,16 @@ import { expandHome, packageRoot } from '../common/paths.js';
 import { BuildFailure, type DockerClient } from '../docker/client.js';
 import { LABELS } from '../docker/labels.js';
 import { ensureBaseImage } from './base.js';
-import { IMAGE_BASES, IMAGE_NAMES, type ImageName, imageRef } from './catalog.js';
+import { type BuildableImage, IMAGE_BASES, IMAGE_NAMES, type ImageName, type Toolchain, imageRef, toolchainImage } from './catalog.js';
 
 export interface BuildImagesOptions {
   only?: ImageName[];
+  /** Also build `loopbox/verify-<toolchain>` for each (on top of the agent image, built first). */
+  toolchains?: Toolchain[];
+  /** `images.caCerts` and `--ca-cert` files; NODE_EXTRA_CA_CERTS from `env` is added (see caCertFiles). */
   caCerts?: string[];
+  /** Where NODE_EXTRA_CA_CERTS is read from (default: process.env). */
+  env?: NodeJS.ProcessEnv;
   offline?: boolean;
   mirror?: string | undefined;
   /** Rebuild even when the inputs hash matches. */
@@ -25,7 +31,7 @@ export interface BuildImagesOptions {
 }
 
 export interface BuiltImage {
-  name: ImageName;
+  name: BuildableImage;
   ref: string;
   status: 'built' | 'unchanged';
   seconds: number;
@@ -35,26 +41,41 @@ export interface BuiltImage {
 export const EXTRA_CA_FILE = 'loopbox-extra-ca.pem';
 
 export async function buildImages(docker: DockerClient, options: BuildImagesOptions = {}): Promise<BuiltImage[]> {
-  const names = options.only?.length ? options.only : [...IMAGE_NAMES];
-  const ca = await readCaCerts(options.caCerts ?? []);
+  const names: BuildableImage[] = options.only?.length ? [...options.only] : [...IMAGE_NAMES];
+  const toolchains = [...new Set(options.toolchains ?? [])];
+  // A toolchain image is the agent image plus packages: the agent image comes first.
+  if (toolchains.length && !names.includes('agent')) names.unshift('agent');
+  names.push(...toolchains.map(toolchainImage));
+  const ca = await readCaCerts(caCertFiles(options.caCerts ?? [], options.env ?? process.env, (line) => options.onLine?.(line)));
   const results: BuiltImage[] = [];
   for (const name of names) results.push(await buildOne(docker, name, ca, options));
   return results;
 }
 
-async function buildOne(docker: DockerClient, name: ImageName, ca: string, options: BuildImagesOptions): Promise<BuiltImage> {
+async function buildOne(docker: DockerClient, name: BuildableImage, ca: string, options: BuildImagesOptions): Promise<BuiltImage> {
   const started = Date.now();
   const ref = imageRef(name);
-  const { base, suite } = IMAGE_BASES[name];
   const say = (line: string): void => options.onLine?.(`[${name}] ${line}`);
-  await ensureBaseImage(docker, base, suite, { offline: options.offline ?? false, mirror: options.mirror, onLine: say });
+  let base: string;
+  if (isCoreImage(name)) {
+    const { base: debian, suite } = IMAGE_BASES[name];
+    base = debian;
+    await ensureBaseImage(docker, base, suite, { offline: options.offline ?? false, mirror: options.mirror, onLine: say });
+  } else {
+    // Toolchain images build on the agent image of the same tag, built just before.
+    base = imageRef('agent');
+    if (!(await docker.findImage(base))) throw new ImageBuildError(ref, `its base ${base} is missing`, '', { hint: 'Build it first: loopbox images build --only agent' });
+  }
+  // The base's id is an input: a rebuilt agent image rebuilds the toolchain images on it.
   const baseId = (await docker.findImage(base))?.id ?? 'unknown';
   const dir = path.join(packageRoot(), 'images', name);
   const buildArgs = { BASE_IMAGE: base };
   // Images are marked by `loopbox.image`, never `loopbox.managed`: containers inherit their
   // image's labels, and `managed` + a run id is what makes a container gc's to remove.
   const imageLabels = { [LABELS.image]: name };
-  const hash = await inputsHash(dir, { baseId, buildArgs, ca, imageLabels });
+  // The CA is left out on purpose (issue 12): it only lets the fetch stage through a proxy, so a
+  // build with another CA, or none, makes the same final image and must not force a rebuild.
+  const hash = await inputsHash(dir, { baseId, buildArgs, imageLabels });
   const existing = await docker.findImage(ref);
   if (!options.force && existing?.labels[LABELS.inputsHash] === hash) {
     say(`unchanged (${hash.slice(0, 12)})`);
@@ -86,9 +107,13 @@ async function buildOne(docker: DockerClient, name: ImageName, ca: string, optio
   return { name, ref, status: 'built', seconds };
 }
 
+function isCoreImage(name: BuildableImage): name is ImageName {
+  return (IMAGE_NAMES as readonly string[]).includes(name);
+}
+
 function hintFor(text: string): string | undefined {
   if (/SELF_SIGNED_CERT|UNABLE_TO_GET_ISSUER|certificate/i.test(text)) {
-    return 'A TLS-intercepting proxy is in the way: pass its CA with --ca-cert FILE (e.g. the file $NODE_EXTRA_CA_CERTS names).';
+    return 'A TLS-intercepting proxy is in the way: give its CA with --ca-cert FILE, images.caCerts in loopbox.yaml, or NODE_EXTRA_CA_CERTS (as for npm).';
   }
   if (/Temporary failure resolving|Could not resolve|ENOTFOUND/i.test(text)) {
     return 'The build could not reach a package mirror; check the network or use a site mirror.';
@@ -114,14 +139,25 @@ async function readCaCerts(files: string[]): Promise<string> {
 }
 
 /**
- * The CA bundle this host's own tools trust (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE, or Debian's
- * bundle): behind a TLS-intercepting proxy, that is what npm inside a build needs too.
+ * The one CA policy of every command that builds images (`images build`, `demo`, the tests'
+ * set-up, the bench): the configured and given files, plus the file NODE_EXTRA_CA_CERTS names,
+ * the way Node and npm add it to their trusted roots. As in Node, a NODE_EXTRA_CA_CERTS file
+ * that cannot be read is ignored with a warning; a file given explicitly must be readable.
  */
-export function hostCaBundle(env: NodeJS.ProcessEnv = process.env): string[] {
-  for (const file of [env.NODE_EXTRA_CA_CERTS, env.SSL_CERT_FILE, '/etc/ssl/certs/ca-certificates.crt']) {
-    if (file && existsSync(file)) return [file];
+export function caCertFiles(explicit: string[], env: NodeJS.ProcessEnv = process.env, warn: (line: string) => void = () => undefined): string[] {
+  const files = [...explicit];
+  const fromEnv = env.NODE_EXTRA_CA_CERTS;
+  if (fromEnv) {
+    if (existsSync(fromEnv)) files.push(fromEnv);
+    else warn(`warning: ignoring NODE_EXTRA_CA_CERTS=${fromEnv}: no such file`);
   }
-  return [];
+  const seen = new Set<string>();
+  return files.filter((f) => {
+    const key = path.resolve(expandHome(f));
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }
 
 /** Hash of everything that decides an image's content. */

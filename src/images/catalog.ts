@@ -4,6 +4,21 @@ import { packageVersion } from '../common/version.js';
 export const IMAGE_NAMES = ['sentry', 'agent', 'llama-cpu'] as const;
 export type ImageName = (typeof IMAGE_NAMES)[number];
 
+/**
+ * Toolchains `loopbox images build --toolchain` adds to the agent image, each as
+ * `loopbox/verify-<toolchain>` from `images/verify-<toolchain>/Dockerfile`: the agent image has
+ * Node 18 but no npm, Python, Go or Rust, so a project's own test command cannot run there.
+ */
+export const TOOLCHAINS = ['node', 'python', 'go', 'rust'] as const;
+export type Toolchain = (typeof TOOLCHAINS)[number];
+export type ToolchainImageName = `verify-${Toolchain}`;
+/** Every image loopbox can build. */
+export type BuildableImage = ImageName | ToolchainImageName;
+
+export function toolchainImage(toolchain: Toolchain): ToolchainImageName {
+  return `verify-${toolchain}`;
+}
+
 /** The base each Dockerfile's `ARG BASE_IMAGE` defaults to, and the Debian suite that makes it offline. */
 export const IMAGE_BASES: Record<ImageName, { base: string; suite: string }> = {
   sentry: { base: 'debian:bookworm-slim', suite: 'bookworm' },
@@ -16,6 +31,6 @@ export const IMAGE_BASES: Record<ImageName, { base: string; suite: string }> = {
  * two checkouts of loopbox on one engine (a developer's branches, CI next to a user) each keep
  * their own images instead of rebuilding each other's.
  */
-export function imageRef(name: ImageName, version = process.env.LOOPBOX_IMAGE_TAG || packageVersion()): string {
+export function imageRef(name: BuildableImage, version = process.env.LOOPBOX_IMAGE_TAG || packageVersion()): string {
   return `loopbox/${name}:${version}`;
 }

@@ -11,7 +11,7 @@ import { chmod, lchown, lstat, mkdir, open, readFile, readdir, realpath, rename,
 import path from 'node:path';
 import { TaskBusyError } from '../common/errors.js';
 import { stateDir } from '../common/paths.js';
-import { processStartTime } from '../runs/registry.js';
+import { isProcessAlive, processStartTime } from '../runs/registry.js';
 
 /** `<state>/worktrees/<repo>-<hash>/`: the task worktrees of one repository. */
 export async function repoWorktreesDir(repo: string, env?: NodeJS.ProcessEnv): Promise<string> {
@@ -162,14 +162,7 @@ async function readOwner(file: string): Promise<LockOwner | undefined> {
 }
 
 function ownerAlive(owner: LockOwner): boolean {
-  if (owner.pid === process.pid && owner.pidStart === processStartTime(process.pid)) return true;
-  try {
-    process.kill(owner.pid, 0);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  const start = processStartTime(owner.pid);
-  return owner.pidStart === null || start === null || start === owner.pidStart;
+  return isProcessAlive(owner.pid, owner.pidStart);
 }
 
 async function releaseLock(file: string, me: LockOwner): Promise<void> {

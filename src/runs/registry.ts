@@ -73,13 +73,18 @@ export async function listRuns(env = process.env): Promise<RunRecord[]> {
 export function isRunAlive(record: RunRecord | undefined, hostname = currentHostname()): boolean {
   if (!record || record.endedAt) return false;
   if (record.hostname !== hostname) return true; // another machine's run: never ours to judge
+  return isProcessAlive(record.pid, record.pidStart);
+}
+
+/** The process `pid` exists and is the same one (same kernel start time), not a recycled pid. */
+export function isProcessAlive(pid: number, pidStart: string | null): boolean {
   try {
-    process.kill(record.pid, 0);
+    process.kill(pid, 0);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
-  const start = processStartTime(record.pid);
-  return record.pidStart === null || start === null || start === record.pidStart;
+  const start = processStartTime(pid);
+  return pidStart === null || start === null || start === pidStart;
 }
 
 function currentHostname(): string {

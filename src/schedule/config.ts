@@ -3,7 +3,7 @@
 import { Cron } from 'croner';
 import { z } from 'zod';
 import { describe } from '../common/errors.js';
-import { parseSize } from '../config/units.js';
+import { parseDuration, parseSize } from '../config/units.js';
 
 /**
  * Why `cron` (with `timezone`) is not a usable schedule, or undefined when it is. Five fields
@@ -61,6 +61,15 @@ const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
   return bytes;
 });
 
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined || ms < 1000) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration of at least 1s like "5m", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
 export const GITHUB_EVENTS = ['workflow_run', 'check_suite'] as const;
 
 export const serveSchema = z
@@ -74,8 +83,10 @@ export const serveSchema = z
     maxBodyBytes: size.prefault('1m'),
     /** Starts waiting on the loop runner at once; more are refused with 429. */
     queueSize: z.number().int().min(1).max(1024).default(16),
-    /** How many delivery ids are remembered to refuse replays (409). */
+    /** How many signed requests (delivery id and signature) are remembered to refuse replays (409). */
     replayWindow: z.number().int().min(1).max(1_000_000).default(10_000),
+    /** POST /trigger: how far X-Loopbox-Timestamp may be from the server's clock, either way. */
+    signatureWindow: duration.prefault('5m'),
     /** GitHub webhook: the task to run when CI fails. Without it, /hooks/github answers 404. */
     github: z
       .strictObject({

@@ -1,6 +1,8 @@
 // `loopbox serve`: a small webhook server that starts loops. POST /hooks/github starts the
 // configured task when a CI run fails; POST /trigger starts an allowed task by name. Both are
-// HMAC-signed (constant-time check), size-capped, replay-checked by delivery id, and queue-limited.
+// HMAC-signed (constant-time check), size-capped, replay-checked, and queue-limited. /trigger's
+// signature covers a timestamp and the delivery id with the body (issue 8 item 4), so a captured
+// request can be neither replayed under a new delivery id nor later than serve.signatureWindow.
 // docs/triggers.md has the status code table.
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
@@ -42,9 +44,27 @@ const SIGNATURE = /^sha256=([0-9a-f]{64})$/i;
 const DELIVERY = /^[A-Za-z0-9._:-]{1,128}$/;
 const GITHUB_EVENT = /^[a-z_]{1,64}$/;
 
+const TIMESTAMP = /^\d{1,12}$/;
+/** Shortest secret `loopbox serve` accepts, in bytes (as many as the HMAC-SHA256 output). */
+export const MIN_SECRET_BYTES = 32;
+
 /** `sha256=<hex>` of HMAC-SHA256(secret, body): what GitHub sends in X-Hub-Signature-256. */
 export function signBody(secret: string, body: string | Uint8Array): string {
   return `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
+}
+
+/**
+ * What a POST /trigger signature covers (docs/triggers.md): `loopbox-v1`, the timestamp (Unix
+ * seconds, as sent in X-Loopbox-Timestamp), the delivery id, each followed by a newline, then
+ * the raw body. Neither field may hold a newline, so no two requests give the same string.
+ */
+export function triggerSigningString(timestamp: string, delivery: string, body: string | Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from(`loopbox-v1\n${timestamp}\n${delivery}\n`), typeof body === 'string' ? Buffer.from(body) : body]);
+}
+
+/** The X-Loopbox-Signature-256 value for a POST /trigger. */
+export function signTrigger(secret: string, timestamp: string, delivery: string, body: string | Uint8Array): string {
+  return signBody(secret, triggerSigningString(timestamp, delivery, body));
 }
 
 /**
@@ -68,10 +88,14 @@ export function secretFromEnv(config: Pick<ServeConfig, 'secretEnv'>, env: NodeJ
 }
 
 function checkSecret(name: string, secret: string | undefined): asserts secret is string {
+  const hint = `export ${name}="$(openssl rand -hex 32)" and give GitHub (or the /trigger caller) the same value. Set serve.secretEnv to use another variable.`;
   if (secret === undefined || secret.trim() === '') {
-    throw new ConfigError(`The webhook secret ${name} is ${secret === undefined ? 'not set' : 'empty'}; loopbox serve refuses to start without one.`, [], {
-      hint: `export ${name}="$(openssl rand -hex 32)" and give GitHub (or the /trigger caller) the same value. Set serve.secretEnv to use another variable.`,
-    });
+    throw new ConfigError(`The webhook secret ${name} is ${secret === undefined ? 'not set' : 'empty'}; loopbox serve refuses to start without one.`, [], { hint });
+  }
+  // A short secret can be guessed offline from one captured signature.
+  const bytes = Buffer.byteLength(secret);
+  if (bytes < MIN_SECRET_BYTES) {
+    throw new ConfigError(`The webhook secret ${name} is ${bytes} bytes long; loopbox serve needs at least ${MIN_SECRET_BYTES}.`, [], { hint });
   }
 }
 
@@ -104,22 +128,29 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** Delivery ids seen lately, oldest forgotten first; a signed request with a known id is a replay. */
+/**
+ * Signed requests seen lately, oldest forgotten first. A request is a replay when its delivery id
+ * or its signature was seen: GitHub signs the body only, so a captured webhook sent again under a
+ * new X-GitHub-Delivery still carries a known signature.
+ */
 class DeliveryWindow {
   private readonly seen = new Set<string>();
   constructor(private readonly size: number) {}
-  /** True when `id` was new (and is now remembered). */
-  claim(id: string): boolean {
-    if (this.seen.has(id)) return false;
-    this.seen.add(id);
-    if (this.seen.size > this.size) {
+  /** True when neither key was seen (and both are now remembered). */
+  claim(delivery: string, signature: string): boolean {
+    const keys = [`d:${delivery}`, `s:${signature.trim().toLowerCase()}`];
+    if (keys.some((k) => this.seen.has(k))) return false;
+    for (const k of keys) this.seen.add(k);
+    while (this.seen.size > this.size * 2) {
       const oldest = this.seen.values().next().value;
-      if (oldest !== undefined) this.seen.delete(oldest);
+      if (oldest === undefined) break;
+      this.seen.delete(oldest);
     }
     return true;
   }
-  forget(id: string): void {
-    this.seen.delete(id);
+  forget(delivery: string, signature: string): void {
+    this.seen.delete(`d:${delivery}`);
+    this.seen.delete(`s:${signature.trim().toLowerCase()}`);
   }
 }
 
@@ -138,6 +169,8 @@ class Refusal extends Error {
 }
 
 type Reply = { status: number; body: Record<string, unknown>; headers?: Record<string, string> };
+/** What a signed request claimed in the replay cache, given back when it was not acted on. */
+type Claim = { delivery: string; signature: string };
 
 const ROUTES: Record<string, 'GET' | 'POST'> = { '/healthz': 'GET', '/hooks/github': 'POST', '/trigger': 'POST' };
 
@@ -209,11 +242,21 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
     noteDelivery(delivery);
     const event = github ? req.headers['x-github-event'] : 'trigger';
     if (typeof event !== 'string' || !GITHUB_EVENT.test(event)) throw new Refusal(400, 'missing or malformed X-GitHub-Event');
+    let timestamp: string | undefined;
+    if (!github) {
+      const header = req.headers['x-loopbox-timestamp'];
+      if (typeof header !== 'string' || !TIMESTAMP.test(header)) throw new Refusal(401, 'missing or malformed X-Loopbox-Timestamp');
+      // The timestamp is signed: a request outside the window is refused whoever made it, and
+      // one inside it with a forged timestamp fails the signature below.
+      if (Math.abs(Date.now() / 1000 - Number(header)) > config.signatureWindow / 1000) throw new Refusal(401, 'timestamp outside the signature window');
+      timestamp = header;
+    }
 
     const body = await readBody(req, config.maxBodyBytes);
-    if (!verifySignature(secret, body, signature)) throw new Refusal(401, 'bad signature');
+    const signed = timestamp === undefined ? body : triggerSigningString(timestamp, delivery, body);
+    if (!verifySignature(secret, signed, signature)) throw new Refusal(401, 'bad signature');
     // Only signed requests claim an id, so nobody else can burn ids in advance.
-    if (!deliveries.claim(delivery)) throw new Refusal(409, 'replayed delivery id');
+    if (!deliveries.claim(delivery, signature)) throw new Refusal(409, 'replayed delivery id or signature');
     let payload: unknown;
     try {
       payload = JSON.parse(body.toString('utf8'));
@@ -221,17 +264,18 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
       throw new Refusal(400, 'body is not JSON (GitHub: set the content type to application/json)');
     }
 
-    if (github) return githubHook(event, delivery, payload, req);
+    if (github) return githubHook(event, { delivery, signature }, payload, req);
     const parsed = triggerBody.safeParse(payload);
     if (!parsed.success) throw new Refusal(400, 'expected {"task": "<name>"}');
     const name = parsed.data.task.toLowerCase();
     if (!isSafeName(name)) throw new Refusal(400, 'task must be a task name like "fix-tests"');
     const taskFile = resolveTask(name);
     if (taskFile === undefined) throw new Refusal(404, `unknown task ${JSON.stringify(name)}`);
-    return start({ taskFile, trigger: `webhook:trigger:${delivery}` }, delivery, req, {});
+    return start({ taskFile, trigger: `webhook:trigger:${delivery}` }, { delivery, signature }, req, {});
   }
 
-  function githubHook(event: string, delivery: string, payload: unknown, req: http.IncomingMessage): Promise<Reply> | Reply {
+  function githubHook(event: string, claim: Claim, payload: unknown, req: http.IncomingMessage): Promise<Reply> | Reply {
+    const { delivery } = claim;
     const hook = config.github;
     if (!hook) throw new Refusal(404, 'GitHub webhook not configured');
     if (event === 'ping') {
@@ -244,7 +288,7 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
     }
     const verdict = ciVerdict(event, payload);
     if (!verdict.failed) return ignored(verdict.why, delivery, req);
-    return start({ taskFile: hook.task, trigger: `webhook:github:${event}:${delivery}` }, delivery, req, { conclusion: verdict.conclusion, ...verdict.summary });
+    return start({ taskFile: hook.task, trigger: `webhook:github:${event}:${delivery}` }, claim, req, { conclusion: verdict.conclusion, ...verdict.summary });
   }
 
   function ignored(why: string, delivery: string, req: http.IncomingMessage): Reply {
@@ -252,12 +296,12 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
     return { status: 202, body: { ignored: why } };
   }
 
-  async function start(request: StartRequest, delivery: string, req: http.IncomingMessage, detail: Record<string, unknown>): Promise<Reply> {
+  async function start(request: StartRequest, claim: Claim, req: http.IncomingMessage, detail: Record<string, unknown>): Promise<Reply> {
     const task = taskNameOf(request.taskFile);
     const retry = { 'Retry-After': String(RETRY_AFTER_S) };
     // A delivery that was not acted on is forgotten, so a redelivery (same id on GitHub) can retry.
     if (inFlight >= config.queueSize) {
-      deliveries.forget(delivery);
+      deliveries.forget(claim.delivery, claim.signature);
       throw new Refusal(429, `start queue full (${config.queueSize})`, retry);
     }
     inFlight++;
@@ -265,7 +309,7 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
     try {
       result = await starter.start(request);
     } catch (error) {
-      deliveries.forget(delivery);
+      deliveries.forget(claim.delivery, claim.signature);
       log({ event: 'webhook-error', task, trigger: request.trigger, error: describe(error), remote: req.socket.remoteAddress });
       return { status: 500, body: { error: 'could not start the loop' } };
     } finally {
@@ -282,10 +326,10 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
         log({ event: 'webhook-busy', task, trigger: request.trigger, detail: result.detail, remote: req.socket.remoteAddress });
         return { status: 202, body: { busy: result.detail, task } };
       case 'queue-full':
-        deliveries.forget(delivery);
+        deliveries.forget(claim.delivery, claim.signature);
         throw new Refusal(429, `loop queue full: ${result.detail}`, retry);
       case 'unknown-task':
-        deliveries.forget(delivery);
+        deliveries.forget(claim.delivery, claim.signature);
         throw new Refusal(404, `unknown task ${JSON.stringify(task)}: ${result.detail}`);
     }
   }

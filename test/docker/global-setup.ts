@@ -1,7 +1,7 @@
 // Once per `vitest --project docker` run: build the project images (cached by inputs hash),
 // make the fixture model, start the model server. Torn down at the end, leaving nothing.
 import { DockerClient } from '../../src/docker/client.js';
-import { buildImages, hostCaBundle } from '../../src/images/builder.js';
+import { buildImages } from '../../src/images/builder.js';
 import { ensureFixtureModel } from '../../src/model/fixture.js';
 import { modelDown, modelUp } from '../../src/model/server.js';
 import { MODEL_NETWORK, findModelServer } from '../../src/model/network.js';
@@ -10,8 +10,8 @@ export async function setup(): Promise<void> {
   const docker = new DockerClient();
   await docker.ping();
   const started = Date.now();
+  // The same CA policy as `loopbox images build`: NODE_EXTRA_CA_CERTS, as npm and Node use it.
   await buildImages(docker, {
-    caCerts: hostCaBundle(),
     onLine: (line) => process.stderr.write(`${line}\n`),
   });
   const gguf = await ensureFixtureModel(docker);

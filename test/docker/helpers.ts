@@ -9,7 +9,7 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, expect } from 'vitest';
 import { createExampleRepo } from '../../src/demo/example-repo.js';
 import { DockerClient } from '../../src/docker/client.js';
-import { managedFilter, resourceLabels } from '../../src/docker/labels.js';
+import { LABELS, SHARED_RUN_ID, managedFilter, resourceLabels, stateDirLabel } from '../../src/docker/labels.js';
 import { imageRef } from '../../src/images/catalog.js';
 import { createRun, finishRun, type RunRecord } from '../../src/runs/registry.js';
 
@@ -95,6 +95,12 @@ export async function endTestRun(record: RunRecord, stateEnv: NodeJS.ProcessEnv 
   await finishRun(record, stateEnv);
   const after = await docker.listManaged(managedFilter(record.runId));
   expect(after.map((r) => `${r.kind} ${r.name}`)).toEqual([]);
+  // ... nor anything of the runs the tests started through the CLI (their run ids are made
+  // there): every resource of this state dir but the shared model server and its network.
+  const ours = (await docker.listManaged({ label: [`${LABELS.managed}=true`, `${LABELS.stateDir}=${stateDirLabel(stateEnv)}`] })).filter(
+    (r) => r.labels[LABELS.runId] !== SHARED_RUN_ID,
+  );
+  expect(ours.map((r) => `${r.kind} ${r.name} (run ${r.labels[LABELS.runId]})`)).toEqual([]);
 }
 
 /** Containers and networks of a run that are still present (for asserting the CLI cleaned up). */

@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { imageRef } from '../../src/images/catalog.js';
 import { cli, docker } from './helpers.js';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -18,6 +18,30 @@ describe('images and doctor (real Docker)', () => {
     expect(res.exitCode, res.all).toBe(0);
     for (const name of ['sentry', 'agent', 'llama-cpu']) expect(res.stdout).toMatch(new RegExp(`loopbox/${name}:\\S+\\s+unchanged`));
   });
+
+  // Issue 12: after the demo (host CA), `images build` saw changed inputs, rebuilt the agent
+  // image without the CA and failed behind the proxy. The CA is not part of an image's identity.
+  it('after a build with the host CA, a build with no CA or another CA sees every image unchanged', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ca-'));
+    dirs.push(dir);
+    const bundle = await readFile('/etc/ssl/certs/ca-certificates.crt', 'utf8');
+    const first = bundle.slice(0, bundle.indexOf('-----END CERTIFICATE-----') + '-----END CERTIFICATE-----'.length);
+    await writeFile(path.join(dir, 'other.pem'), `${first}\n`);
+    for (const args of [[], ['--ca-cert', path.join(dir, 'other.pem')]]) {
+      const res = await cli(['images', 'build', ...args], { env: { NODE_EXTRA_CA_CERTS: '' } });
+      expect(res.exitCode, res.all).toBe(0);
+      for (const name of ['sentry', 'agent', 'llama-cpu']) expect(res.stdout, res.all).toMatch(new RegExp(`loopbox/${name}:\\S+\\s+unchanged`));
+    }
+  });
+
+  // Behind a TLS-intercepting proxy (this machine), `images build` with no CA flag works: it
+  // honours NODE_EXTRA_CA_CERTS as npm does. --force runs the build (the fetch stage may come
+  // from the build cache only when its CA file is the same as before).
+  it('rebuilds the agent image with no CA flag, trusting NODE_EXTRA_CA_CERTS like npm', async () => {
+    const res = await cli(['images', 'build', '--only', 'agent', '--force'], { timeoutMs: 600_000 });
+    expect(res.exitCode, res.all).toBe(0);
+    expect(res.stdout).toMatch(/loopbox\/agent:\S+\s+built/);
+  }, 600_000);
 
   it('leaves the extra CA out of every layer of the final agent image', async () => {
     const history = (await docker.api.getImage(imageRef('agent')).history()) as Array<{ CreatedBy: string }>;

@@ -151,9 +151,16 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
     expect((await readRun(started[0]!.runId!))?.trigger).toBe('schedule:* * * * * *');
   });
 
+  it('serve: refuses to start with a secret under 32 bytes, saying so (exit 2)', async () => {
+    const repo = track(await makeRepo(['fix-ci'], 'true', { serve: { github: { task: 'tasks/fix-ci.md' }, port: 0 } }));
+    const res = await spawnCli(['--config', repo.config, 'serve', '--repo', repo.repo], { LOOPBOX_WEBHOOK_SECRET: 'short-secret' });
+    expect(res.exitCode).toBe(2);
+    expect(String(res.all)).toContain('The webhook secret LOOPBOX_WEBHOOK_SECRET is 12 bytes long; loopbox serve needs at least 32.');
+  });
+
   it('serve: a signed GitHub CI failure starts a real loop; unsigned and replayed requests are refused', async () => {
     const repo = track(await makeRepo(['fix-ci'], 'sleep 1', { serve: { github: { task: 'tasks/fix-ci.md' }, port: 0 } }));
-    const secret = 'test-secret-do-not-use';
+    const secret = 'test-secret-do-not-use-0123456789abcdef';
     const server = spawnCli(['--config', repo.config, 'serve', '--repo', repo.repo], { LOOPBOX_WEBHOOK_SECRET: secret });
     try {
       let stderr = '';
@@ -169,6 +176,8 @@ describe('parallel loops and triggers (real Docker, llama-server, git)', () => {
       expect(ok.status).toBe(202);
       const { runId } = (await ok.json()) as { runId: string };
       expect((await post({ 'x-github-delivery': 'd-1', 'x-hub-signature-256': sign(body) })).status).toBe(409);
+      // Issue 8 item 4: the captured request under a new delivery id is a replay too.
+      expect((await post({ 'x-github-delivery': 'd-2-forged', 'x-hub-signature-256': sign(body) })).status).toBe(409);
       const run = await waitFor('the webhook run to end', async () => {
         const r = await readRun(runId);
         return r?.endedAt ? r : undefined;

@@ -1,137 +1,149 @@
-import { readFileSync } from 'node:fs';
+// The run report from a run directory and a real git repository: the numbers it shows, the
+// grouping of blocked egress, the gateway's usage, and that everything the agent chose is
+// escaped and nothing outside the file is referenced.
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config/load.js';
-import { directoryTar, singleFileFromTar } from '../../src/verify/collect.js';
-import { REPORT_PRESETS, REPORT_PRESET_NAMES } from '../../src/verify/presets.js';
-import { ReportParseError, countTests, parseGoJson, parseJUnit, parseReport, parseTap } from '../../src/verify/report.js';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AuditRecord } from '../../src/audit/record.js';
+import type { IterationRecord, LoopState } from '../../src/loop/state.js';
+import { type ReportData, gatherReport } from '../../src/report/data.js';
+import { renderReport } from '../../src/report/html.js';
 
-const fixture = (name: string): string => readFileSync(path.join(import.meta.dirname, '..', 'fixtures', 'reports', name), 'utf8');
-const byId = (tests: Array<{ id: string; status: string }>): Record<string, string> => Object.fromEntries(tests.map((t) => [t.id, t.status]));
+const HOSTILE = '"><script>document.title="pwned"</script><img src=x onerror=alert(1)>';
+/** The same without '/', so that it can be a file name. */
+const HOSTILE_FILE = '"><svg onload=alert(1)><img src=x onerror=alert(1)>';
+let root: string;
+let env: NodeJS.ProcessEnv;
+let data: ReportData;
+let html: string;
 
-describe('test reports', () => {
-  it('node:test TAP: leaves with suite paths, skip and todo as skipped, an exited file as one test', () => {
-    const r = parseTap(fixture('node20-mixed.tap'));
-    expect(byId(r.tests)).toEqual({
-      adds: 'passed',
-      'suite > inner ok': 'passed',
-      'suite > inner skip': 'skipped',
-      'suite > inner todo': 'skipped',
-      fails: 'failed',
-      '/tmp/acc-samples/n/test/b.test.js': 'passed',
-    });
-    expect(r.bailedOut).toBe(false);
-  });
+async function git(cwd: string, ...args: string[]): Promise<string> {
+  return (await execa('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', '-c', 'commit.gpgSign=false', ...args], { cwd })).stdout.trim();
+}
 
-  it('node:test JUnit gives the same tests as its TAP', () => {
-    const tap = byId(parseTap(fixture('node20-mixed.tap')).tests);
-    const junit = byId(parseJUnit(fixture('node20-mixed.junit.xml')).tests);
-    // node's junit reporter puts classname="test" on every case.
-    expect(Object.fromEntries(Object.entries(junit).map(([k, v]) => [k.replace(/(^| > )test > /, '$1'), v]))).toEqual(tap);
-  });
+function iteration(n: number, over: Partial<IterationRecord>): IterationRecord {
+  return {
+    iteration: n,
+    startedAt: `2026-01-01T00:00:0${n * 2}.000Z`,
+    endedAt: `2026-01-01T00:00:0${n * 2 + 1}.500Z`,
+    agent: { exitCode: 0, timedOut: false, durationMs: 1000 },
+    tree: 't',
+    filesChanged: [],
+    protectedViolations: [],
+    skipped: [],
+    untrusted: null,
+    verify: { passed: false, exitCode: 1, timedOut: false, durationMs: 300, outputTail: '' },
+    commit: null,
+    verified: false,
+    tokens: 10,
+    audit: { allowedPackets: 4, allowedBytes: 400, blockedPackets: 3, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 0, records: 5 },
+    modelDown: false,
+    ...over,
+  };
+}
 
-  it('pytest JUnit: class and module paths, parametrized cases, skips and failures', () => {
-    const r = parseJUnit(fixture('pytest-mixed.junit.xml'));
-    expect(byId(r.tests)).toEqual({
-      'pytest > tests.test_calc > test_add': 'passed',
-      'pytest > tests.test_calc.TestK > test_m': 'failed',
-      'pytest > tests.test_calc > test_s': 'skipped',
-      'pytest > tests.test_calc > test_p[1]': 'passed',
-      'pytest > tests.test_calc > test_p[2]': 'passed',
-    });
-    expect(countTests(r)).toEqual({ total: 5, passed: 3, failed: 1, skipped: 1 });
-  });
+function rec(time: string, over: Partial<AuditRecord>): AuditRecord {
+  return { time, runId: 'r1', task: 'fix', iteration: 1, role: 'agent', kind: 'packet', protocol: 'tcp', family: 'ipv4', direction: 'out', src: '10.0.0.2', srcPort: 1, dst: '10.0.0.3', dstPort: 7000, uid: 1000, query: null, queryType: null, icmpType: null, verdict: 'rejected', rule: 'out-tcp', count: 1, ...over };
+}
 
-  it('vitest JUnit: entities decoded, a failure message that looks like XML stays text', () => {
-    expect(byId(parseJUnit(fixture('vitest-mixed.junit.xml')).tests)).toEqual({
-      'a.test.mjs > calc > adds': 'passed',
-      'a.test.mjs > calc > sk': 'skipped',
-      'a.test.mjs > calc > bad': 'failed',
-      'a.test.mjs > top': 'passed',
-    });
-    const tricky = '<testsuite name="s"><testcase name="t"><system-out>&lt;testcase name="fake"/&gt;<![CDATA[<testcase name="cdata"/>]]></system-out></testcase></testsuite>';
-    expect(byId(parseJUnit(tricky).tests)).toEqual({ 's > t': 'passed' });
-  });
+beforeAll(async () => {
+  root = await mkdtemp(path.join(tmpdir(), 'lbx-report-unit-'));
+  env = { LOOPBOX_STATE_DIR: path.join(root, 'state') };
+  const repo = path.join(root, 'repo');
+  await mkdir(repo);
+  await git(repo, 'init', '-q', '-b', 'main');
+  await writeFile(path.join(repo, 'calc.js'), 'a - b\n');
+  await git(repo, 'add', '-A');
+  await git(repo, 'commit', '-qm', 'base');
+  const baseTree = await git(repo, 'rev-parse', 'HEAD^{tree}');
+  await writeFile(path.join(repo, 'calc.js'), 'a + b\n');
+  await writeFile(path.join(repo, `${HOSTILE_FILE}.txt`), 'x\ny\n');
+  await git(repo, 'add', '-A');
+  await git(repo, 'commit', '-qm', `fix ${HOSTILE}`);
+  const commit = await git(repo, 'rev-parse', 'HEAD');
 
-  it('empty runs parse to zero tests', () => {
-    expect(parseTap(fixture('node20-empty.tap')).tests).toEqual([]);
-    expect(parseJUnit(fixture('pytest-empty.junit.xml')).tests).toEqual([]);
-  });
-
-  it('refuses a DOCTYPE, text that is no report, and an oversized report', () => {
-    expect(() => parseJUnit('<!DOCTYPE x [<!ENTITY a "aaaa">]><testsuite><testcase name="&a;"/></testsuite>')).toThrow(ReportParseError);
-    expect(() => parseJUnit('all tests passed')).toThrow(/not a JUnit report/);
-    expect(() => parseTap('all tests passed')).toThrow(/not a TAP report/);
-    expect(() => parseGoJson('ok  	example.com/x	0.1s')).toThrow(/no JSON event lines/);
-    expect(() => parseReport('tap', `TAP version 13\n${'x'.repeat(16 * 1024 * 1024)}`)).toThrow(/larger than/);
-  });
-
-  it('TAP: Bail out!, escaped hashes, a failed parent whose children passed, Node 18 file nesting', () => {
-    const text = [
-      'TAP version 13',
-      '# Subtest: /w/test/a.test.js',
-      '    # Subtest: adds \\# one',
-      '    ok 1 - adds \\# one',
-      '    # Subtest: hook',
-      '    ok 2 - hook # SKIP not today',
-      '    1..2',
-      'not ok 1 - /w/test/a.test.js',
-      'Bail out! boom',
-    ].join('\n');
-    const r = parseTap(text);
-    expect(byId(r.tests)).toEqual({ '/w/test/a.test.js > adds # one': 'passed', '/w/test/a.test.js > hook': 'skipped', '/w/test/a.test.js': 'failed' });
-    expect(r.bailedOut).toBe(true);
-  });
-
-  it('go test -json: subtests are the tests, a package that failed to build is a failed test', () => {
-    const lines = [
-      { Action: 'run', Package: 'ex/calc', Test: 'TestAdd' },
-      { Action: 'pass', Package: 'ex/calc', Test: 'TestAdd/small' },
-      { Action: 'fail', Package: 'ex/calc', Test: 'TestAdd/big' },
-      { Action: 'fail', Package: 'ex/calc', Test: 'TestAdd' },
-      { Action: 'skip', Package: 'ex/calc', Test: 'TestMul' },
-      { Action: 'fail', Package: 'ex/calc' },
-      { Action: 'fail', Package: 'ex/broken' },
-    ].map((l) => JSON.stringify(l));
-    expect(byId(parseGoJson(['# ex/broken', ...lines, 'FAIL'].join('\n')).tests)).toEqual({
-      'ex/calc > TestAdd/small': 'passed',
-      'ex/calc > TestAdd/big': 'failed',
-      'ex/calc > TestMul': 'skipped',
-      'ex/broken (package)': 'failed',
-    });
-  });
-
-  it('duplicate names stay apart in report order', () => {
-    expect(parseReport('tap', 'ok 1 - same\nnot ok 2 - same\n').tests).toEqual([
-      { id: 'same', status: 'passed' },
-      { id: 'same #2', status: 'failed' },
-    ]);
-  });
-
-  it('reads the one regular file of an archive and refuses anything else', () => {
-    const dir = directoryTar('loopbox-report', 1000);
-    expect(dir.length).toBe(1536);
-    expect(() => singleFileFromTar(Buffer.from(dir))).toThrow(/not a regular file/);
-    const file = Buffer.from(dir);
-    file.write('0', 156, 'latin1');
-    file.write('00000000005\0', 124, 'latin1');
-    Buffer.from('hello').copy(file, 512);
-    expect(singleFileFromTar(file).toString()).toBe('hello');
-  });
+  const dir = path.join(env.LOOPBOX_STATE_DIR!, 'runs', 'r1');
+  await mkdir(dir, { recursive: true });
+  const state: LoopState = { runId: 'r1', task: 'fix', taskFile: 'tasks/fix.md', repo, branch: 'loopbox/fix', worktree: repo, baseTree, trees: [], iteration: 2, tokens: 20, elapsedMs: 4200, endState: 'done', endReason: 'verification passed after 2 iteration(s)', trigger: 'manual' };
+  await writeFile(path.join(dir, 'state.json'), JSON.stringify(state));
+  await writeFile(path.join(dir, 'run.json'), JSON.stringify({ runId: 'r1', kind: 'loop', pid: 1, pidStart: null, hostname: 'x', startedAt: '2026-01-01T00:00:00Z', endedAt: '2026-01-01T00:00:09Z' }));
+  await writeFile(path.join(dir, 'config.json'), JSON.stringify({ model: { gguf: '/m/qwen.gguf', ctxSize: 8192 } }));
+  const its = [iteration(1, { filesChanged: [`A ${HOSTILE_FILE}.txt`] }), iteration(2, { verified: true, commit, verify: { passed: true, exitCode: 0, timedOut: false, durationMs: 200, outputTail: '' } })];
+  await writeFile(path.join(dir, 'iterations.jsonl'), its.map((i) => JSON.stringify(i)).join('\n') + '\n');
+  const audit = [
+    { kind: 'header', format: 'loopbox-audit/1', runId: 'r1', seq: 0, prev: null, hash: 'h0' },
+    rec('2026-01-01T00:00:02.100Z', {}),
+    rec('2026-01-01T00:00:02.200Z', {}),
+    rec('2026-01-01T00:00:02.300Z', { protocol: 'udp', dstPort: 53, rule: 'out-udp' }),
+    rec('2026-01-01T00:00:03.000Z', { kind: 'dns', protocol: 'dns', dst: null, query: `${HOSTILE}.invalid`, queryType: 'A', verdict: 'nxdomain', rule: 'dns' }),
+    rec('2026-01-01T00:00:04.000Z', { iteration: 2, kind: 'dns', protocol: 'dns', dst: null, query: `${HOSTILE}.invalid`, queryType: 'AAAA', verdict: 'nxdomain', rule: 'dns' }),
+    rec('2026-01-01T00:00:04.500Z', { iteration: 2, kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', query: '/slots', queryType: 'GET', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway 403 path' }),
+    rec('2026-01-01T00:00:05.000Z', { iteration: 2, kind: 'loss', verdict: 'lost', count: 7, rule: 'firewall logged 9, 2 arrived' }),
+  ];
+  await writeFile(path.join(dir, 'audit.jsonl'), audit.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  await writeFile(path.join(dir, 'model.jsonl'), [{ promptTokens: 100, cachedTokens: 40, completionTokens: 5, denied: null }, { promptTokens: null, completionTokens: null, denied: 'path' }].map((r) => JSON.stringify(r)).join('\n') + '\n');
+  data = await gatherReport('r1', { version: '0.1.0', env });
+  html = renderReport(data);
 });
 
-describe('verify.report config', () => {
-  it('accepts every preset by name and an explicit format and path', () => {
-    for (const name of REPORT_PRESET_NAMES) {
-      expect(parseConfig({ verify: { report: name } }).verify.report).toMatchObject({ format: REPORT_PRESETS[name].format, path: REPORT_PRESETS[name].path });
-    }
-    expect(parseConfig({ verify: { report: { format: 'junit', path: 'out/junit.xml' } } }).verify.report).toEqual({ format: 'junit', path: 'out/junit.xml' });
-    expect(parseConfig({}).verify.report).toBeUndefined();
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('run report', () => {
+  it('has the run\'s end state, iterations, blocked count, verified commit and its diff', () => {
+    expect(data).toMatchObject({ endState: 'done', exitCode: 0, tokens: 20, blocked: 10 });
+    expect(data.iterations).toHaveLength(2);
+    expect(data.verified?.files.map((f) => [f.path, f.added, f.deleted])).toEqual([
+      [`${HOSTILE_FILE}.txt`, 2, 0],
+      ['calc.js', 1, 1],
+    ]);
+    expect(data.verified?.message).toContain('fix "><script>');
   });
 
-  it('names the key when the preset or the format is unknown', () => {
-    expect(() => parseConfig({ verify: { report: 'mocha' } })).toThrow(/verify\.report: expected a preset \(node-test, vitest, jest, pytest, go-test, cargo\)/);
-    expect(() => parseConfig({ verify: { report: { format: 'xunit', path: 'x' } } })).toThrow(/verify\.report: expected a preset \(node-test, vitest, jest, pytest, go-test, cargo\)/);
-    expect(() => parseConfig({ verify: { report: { format: 'tap' } } })).toThrow(/verify\.report: expected a preset \(node-test, vitest, jest, pytest, go-test, cargo\)/);
+  it('groups blocked egress by destination and name, counts the gateway\'s refusals and lost records, skips the chain header', () => {
+    const e = data.egress;
+    expect(e).toMatchObject({ records: 7, attempts: 6, packets: 3, dns: 2, modelDenied: 1, lost: 7 });
+    expect(e.groups.map((g) => [g.kind, g.key, g.count, g.detail, g.iterations])).toEqual([
+      ['dns', `${HOSTILE}.invalid`, 2, ['A', 'AAAA'], [1, 2]],
+      ['packet', 'tcp 10.0.0.3:7000', 2, ['out-tcp'], [1]],
+      ['model-denied', 'GET /slots', 1, ['gateway 403 path'], [2]],
+      ['packet', 'udp 10.0.0.3:53', 1, ['out-udp'], [1]],
+    ]);
+    // Seconds since the first attempt: [second, packets (and refused model requests), DNS].
+    expect(e.perSecond).toEqual([
+      [0, 3, 1],
+      [1, 0, 1],
+      [2, 1, 0],
+    ]);
+    expect(data.model).toMatchObject({ name: 'qwen.gguf', ctxSize: 8192, allowedPackets: 8, allowedBytes: 800, requests: { 'model-denied': 1 }, gateway: { requests: 2, denied: 1, promptTokens: 100, cachedTokens: 40, completionTokens: 5, deniedWhy: { path: 1 } } });
+    // These records were written by hand, not by the chained writer: the report says so.
+    expect(data.chain.status).toBe('broken');
+  });
+
+  it('escapes everything the agent chose: no tag, attribute or script of its own reaches the page', () => {
+    expect(html).not.toContain('<script>document.title');
+    expect(html).not.toContain('<img');
+    expect(html).not.toMatch(/<svg onload/);
+    expect(html).toContain('&quot;&gt;&lt;svg onload=alert(1)&gt;&lt;img src=x onerror=alert(1)&gt;.txt');
+    expect(html).toContain('&quot;&gt;&lt;script&gt;document.title=&quot;pwned&quot;&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;.invalid');
+    // One script element: the report's own, with the nonce the CSP names.
+    const scripts = [...html.matchAll(/<script\b[^>]*>/g)].map((m) => m[0]);
+    expect(scripts).toHaveLength(1);
+    const nonce = /script-src 'nonce-([^']+)'/.exec(html)?.[1];
+    expect(nonce).toBeTruthy();
+    expect(scripts[0]).toBe(`<script nonce="${nonce}">`);
+  });
+
+  it('references nothing outside the file and forbids fetching anything', () => {
+    expect(html).toMatch(/<meta http-equiv="Content-Security-Policy" content="default-src 'none';/);
+    // No element of the page loads or links anything (agent text is escaped, so every tag is ours).
+    expect(html).not.toMatch(/<[a-z][^>]*\s(href|src|action|formaction|xlink:href)=/i);
+    expect(html).not.toMatch(/url\(|@import/i);
+    expect(html).toContain('data-testid="iterations">2<');
+    expect(html).toContain('data-testid="blocked">10<');
+    expect(html).toContain('data-testid="end-state">done<');
   });
 });

@@ -42,6 +42,7 @@ describe('serve config', () => {
       maxBodyBytes: 1024 * 1024,
       queueSize: 16,
       replayWindow: 10_000,
+      signatureWindow: 300_000,
       tasks: ['tasks/*.md'],
     });
   });

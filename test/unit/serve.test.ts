@@ -3,10 +3,10 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/common/errors.js';
 import { type ServeConfigInput, serveSchema } from '../../src/schedule/config.js';
-import { ciVerdict, secretFromEnv, signBody, startServer, type TriggerServer, verifySignature } from '../../src/schedule/serve.js';
+import { ciVerdict, secretFromEnv, signBody, signTrigger, startServer, type TriggerServer, verifySignature } from '../../src/schedule/serve.js';
 import type { LoopStarter, StartRequest, StartResult, TriggerEvent } from '../../src/schedule/starter.js';
 
-const SECRET = 'test-secret-0123456789';
+const SECRET = 'test-secret-0123456789abcdef-0123456789';
 
 interface Harness {
   server: TriggerServer;
@@ -47,10 +47,12 @@ async function serve(
 let deliveries = 0;
 const nextDelivery = (): string => `d-${process.pid}-${++deliveries}`;
 
+let runIds = 0;
+/** A workflow_run payload; like GitHub's, each one differs (its run id), so each has its own signature. */
 function workflowRun(conclusion: string, action = 'completed'): Record<string, unknown> {
   return {
     action,
-    workflow_run: { name: 'CI', conclusion, head_branch: 'main', head_sha: 'abc123', html_url: 'https://github.com/o/r/actions/runs/1' },
+    workflow_run: { id: ++runIds, name: 'CI', conclusion, head_branch: 'main', head_sha: 'abc123', html_url: 'https://github.com/o/r/actions/runs/1' },
     repository: { full_name: 'o/r' },
   };
 }
@@ -68,13 +70,20 @@ async function github(
   return { status: res.status, body: (await res.json()) as Record<string, unknown>, headers: res.headers };
 }
 
-async function trigger(h: Harness, payload: unknown, options: { delivery?: string; body?: string } = {}): Promise<{ status: number; body: Record<string, unknown> }> {
+/** The headers a /trigger caller sends: timestamp, delivery id, and the signature over both and the body. */
+type TriggerHeaders = { 'Content-Type': string; 'X-Loopbox-Timestamp': string; 'X-Loopbox-Delivery': string; 'X-Loopbox-Signature-256': string };
+function triggerHeaders(body: string, delivery = nextDelivery(), timestamp = String(Math.floor(Date.now() / 1000))): TriggerHeaders {
+  return {
+    'Content-Type': 'application/json',
+    'X-Loopbox-Timestamp': timestamp,
+    'X-Loopbox-Delivery': delivery,
+    'X-Loopbox-Signature-256': signTrigger(SECRET, timestamp, delivery, body),
+  };
+}
+
+async function trigger(h: Harness, payload: unknown, options: { delivery?: string; body?: string; headers?: Record<string, string> } = {}): Promise<{ status: number; body: Record<string, unknown> }> {
   const body = options.body ?? JSON.stringify(payload);
-  const res = await fetch(`${h.server.url}/trigger`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-Loopbox-Delivery': options.delivery ?? nextDelivery(), 'X-Loopbox-Signature-256': signBody(SECRET, body) },
-    body,
-  });
+  const res = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: options.headers ?? triggerHeaders(body, options.delivery), body });
   return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 }
 
@@ -194,7 +203,7 @@ describe('loopbox serve', () => {
     const h = await serve();
     expect((await github(h, 'workflow_run', workflowRun('failure'), { delivery: 'same' })).status).toBe(202);
     const again = await github(h, 'workflow_run', workflowRun('failure'), { delivery: 'same' });
-    expect(again).toMatchObject({ status: 409, body: { error: 'replayed delivery id' } });
+    expect(again).toMatchObject({ status: 409, body: { error: 'replayed delivery id or signature' } });
     expect(h.requests).toHaveLength(1);
   });
 
@@ -206,9 +215,9 @@ describe('loopbox serve', () => {
 
   it('forgets only the oldest ids beyond replayWindow', async () => {
     const h = await serve({ config: { replayWindow: 2 } });
-    for (const id of ['a', 'b', 'c']) expect((await github(h, 'ping', {}, { delivery: id })).status).toBe(200);
-    expect((await github(h, 'ping', {}, { delivery: 'c' })).status).toBe(409);
-    expect((await github(h, 'ping', {}, { delivery: 'a' })).status).toBe(200);
+    for (const id of ['a', 'b', 'c']) expect((await github(h, 'ping', { id }, { delivery: id })).status).toBe(200);
+    expect((await github(h, 'ping', { id: 'c' }, { delivery: 'c' })).status).toBe(409);
+    expect((await github(h, 'ping', { id: 'a' }, { delivery: 'a' })).status).toBe(200);
   });
 
   it('requires X-GitHub-Event and X-GitHub-Delivery (400)', async () => {
@@ -280,12 +289,14 @@ describe('loopbox serve', () => {
   it('requires the X-Loopbox-Signature-256 and X-Loopbox-Delivery headers on /trigger', async () => {
     const h = await serve();
     const body = JSON.stringify({ task: 'nightly' });
-    const unsigned = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: { 'X-Loopbox-Delivery': 'x' }, body });
+    const { 'X-Loopbox-Delivery': _d, ...noDeliveryHeaders } = triggerHeaders(body, 'x');
+    const { 'X-Loopbox-Signature-256': sig, ...unsignedHeaders } = triggerHeaders(body, 'x');
+    const unsigned = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: unsignedHeaders, body });
     expect(unsigned.status).toBe(401);
-    const noDelivery = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: { 'X-Loopbox-Signature-256': signBody(SECRET, body) }, body });
+    const noDelivery = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: noDeliveryHeaders, body });
     expect(noDelivery.status).toBe(400);
     // A GitHub signature header does not sign /trigger.
-    const wrongHeader = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: { 'X-Hub-Signature-256': signBody(SECRET, body), 'X-Loopbox-Delivery': 'y' }, body });
+    const wrongHeader = await fetch(`${h.server.url}/trigger`, { method: 'POST', headers: { ...unsignedHeaders, 'X-Hub-Signature-256': sig }, body });
     expect(wrongHeader.status).toBe(401);
   });
 
@@ -319,7 +330,71 @@ describe('loopbox serve', () => {
     }
     expect(() => secretFromEnv(config, {})).toThrow(ConfigError);
     expect(() => secretFromEnv(config, { MY_HOOK_SECRET: '' })).toThrow(/MY_HOOK_SECRET is empty/);
-    expect(secretFromEnv(config, { MY_HOOK_SECRET: 's3cret' })).toBe('s3cret');
+    expect(secretFromEnv(config, { MY_HOOK_SECRET: SECRET })).toBe(SECRET);
+  });
+
+  // Issue 8 item 4: a short secret falls to an offline guess from one captured signature.
+  it('refuses a secret under 32 bytes, saying how long it is and how to make one', async () => {
+    const config = serveSchema.parse({ port: 0, secretEnv: 'MY_HOOK_SECRET' });
+    expect(() => secretFromEnv(config, { MY_HOOK_SECRET: 's3cret' })).toThrow('The webhook secret MY_HOOK_SECRET is 6 bytes long; loopbox serve needs at least 32.');
+    const starter: LoopStarter = { start: () => Promise.resolve({ started: true, runId: 'r' }) };
+    await expect(startServer({ config, secret: 'x'.repeat(31), starter, resolveTask: () => undefined, log: () => undefined })).rejects.toThrow(/31 bytes long/);
+    try {
+      secretFromEnv(config, { MY_HOOK_SECRET: 'short' });
+    } catch (error) {
+      expect((error as ConfigError).hint).toMatch(/openssl rand -hex 32/);
+    }
+    expect(secretFromEnv(config, { MY_HOOK_SECRET: 'x'.repeat(32) })).toHaveLength(32);
+  });
+
+  // Issue 8 item 4: the attacker has one request the server accepted and sends it again.
+  it('/trigger: refuses a captured request replayed under a new delivery id', async () => {
+    const h = await serve();
+    const body = JSON.stringify({ task: 'nightly' });
+    const captured = triggerHeaders(body, 'orig-1');
+    expect((await trigger(h, undefined, { body, headers: captured })).status).toBe(202);
+    const replay = await trigger(h, undefined, { body, headers: { ...captured, 'X-Loopbox-Delivery': 'new-id-2' } });
+    expect(replay).toMatchObject({ status: 401, body: { error: 'bad signature' } });
+    // Nor with a fresh timestamp and the old signature.
+    const later = await trigger(h, undefined, { body, headers: { ...captured, 'X-Loopbox-Delivery': 'new-id-3', 'X-Loopbox-Timestamp': String(Math.floor(Date.now() / 1000) + 1) } });
+    expect(later.status).toBe(401);
+    expect(h.requests).toHaveLength(1);
+  });
+
+  it('/trigger: refuses a correctly signed request outside the signature window, or without a timestamp', async () => {
+    const h = await serve({ config: { signatureWindow: '5m' } });
+    const body = JSON.stringify({ task: 'nightly' });
+    const now = Math.floor(Date.now() / 1000);
+    for (const ts of [now - 301, now + 301]) {
+      const res = await trigger(h, undefined, { body, headers: triggerHeaders(body, nextDelivery(), String(ts)) });
+      expect(res, String(ts)).toMatchObject({ status: 401, body: { error: 'timestamp outside the signature window' } });
+    }
+    expect((await trigger(h, undefined, { body, headers: triggerHeaders(body, nextDelivery(), String(now - 290)) })).status).toBe(202);
+    const { 'X-Loopbox-Timestamp': _t, ...noTimestamp } = triggerHeaders(body);
+    expect((await trigger(h, undefined, { body, headers: noTimestamp })).status).toBe(401);
+    // The old scheme (the body alone signed) is refused.
+    const delivery = nextDelivery();
+    const old = { 'X-Loopbox-Timestamp': String(now), 'X-Loopbox-Delivery': delivery, 'X-Loopbox-Signature-256': signBody(SECRET, body) };
+    expect(await trigger(h, undefined, { body, headers: old })).toMatchObject({ status: 401, body: { error: 'bad signature' } });
+    expect(h.requests).toHaveLength(1);
+  });
+
+  it('GitHub: refuses a captured webhook replayed under a new X-GitHub-Delivery (409, signature seen)', async () => {
+    const h = await serve();
+    const body = JSON.stringify(workflowRun('failure'));
+    const signature = signBody(SECRET, body);
+    expect((await github(h, 'workflow_run', undefined, { body, signature, delivery: 'gh-1' })).status).toBe(202);
+    const replay = await github(h, 'workflow_run', undefined, { body, signature, delivery: 'gh-2-forged' });
+    expect(replay).toMatchObject({ status: 409, body: { error: 'replayed delivery id or signature' } });
+    expect(h.requests).toHaveLength(1);
+  });
+
+  it('documents the exact string a /trigger signature covers', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const doc = await readFile(new URL('../../docs/triggers.md', import.meta.url), 'utf8');
+    expect(doc).toContain('loopbox-v1\\n<timestamp>\\n<delivery id>\\n<body>');
+    // The shell recipe in the doc signs the same bytes as signTrigger.
+    expect(signTrigger('k'.repeat(32), '1700000000', 'abc', '{"task":"x"}')).toBe(signBody('k'.repeat(32), 'loopbox-v1\n1700000000\nabc\n{"task":"x"}'));
   });
 
   it('cuts off a client that trickles its headers (slowloris)', async () => {
