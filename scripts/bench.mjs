@@ -10,6 +10,10 @@
 //                  agent), verify `false` in a clean container, N iterations, ends `capped`.
 //                  (verify `true` would end the loop `done` after one iteration; with a failing
 //                  verify and no change loopbox writes no commit, while B commits every time.)
+//   G. gateway    the model gateway's added latency: inside one sentry, as the gateway's own uid
+//                  (the one uid allowed to reach the model directly), the same requests go
+//                  alternately straight to the model and through the gateway, each on a new
+//                  connection; p50/p95 of both and of the difference (target: p50 < 2 ms).
 // It prints per-iteration times, the ratios L/A (target <= 2.5x) and L/B (target <= 1.1x), the
 // orchestrator's peak RSS during L (sampled every 100 ms), and where L's time goes: every
 // Docker API call the loop makes, timed through a wrapped DockerClient; "outside Docker calls"
@@ -29,6 +33,7 @@
 //        npm run bench -- --sizes             the repo-size sweep alone (1,000 / 20,000 / 100,000)
 //        npm run bench -- --sizes=1000,5000   the sweep at chosen sizes (BENCH_SIZE_ITERATIONS, default 3)
 //        npm run bench -- --audit-flood       P3 alone (BENCH_P3_TCP, BENCH_P3_DNS, BENCH_P3_WIDTH)
+//        BENCH_ONLY=gateway npm run bench     G alone (BENCH_GATEWAY_REQUESTS, default 300)
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
 import { mkdir, stat, writeFile } from 'node:fs/promises';
@@ -47,6 +52,7 @@ const { DockerClient, buildImages, ensureFixtureModel, findModelServer, modelUp,
 const { runLoop } = await import('../dist/loop/loop.js');
 const { LoopRunner } = await import('../dist/schedule/runner.js');
 const { createExampleRepo } = await import('../dist/demo/example-repo.js');
+const { Sentry } = await import('../dist/sandbox/sandbox.js');
 
 const N = Number(process.env.BENCH_ITERATIONS ?? 8);
 const runId = `bench-${randomBytes(4).toString('hex')}`;
@@ -455,6 +461,63 @@ const sweepOnly = sizeArg !== undefined;
 const sweepSizes = sizeArg?.includes('=') ? sizeArg.split('=')[1].split(',').map(Number) : sweepOnly ? [1000, 20000, 100000] : [20000];
 const sizeRuns = [];
 
+// Runs in the sentry as the gateway's uid: alternates direct and gateway requests, new
+// connection each, and prints the per-request times in ms as JSON.
+const GATEWAY_CLIENT = `
+import http.client, json, sys, time
+ip, port, n_models, n_chat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+chat = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
+def one(host, p, method, path, body):
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection(host, p, timeout=60)
+    c.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    r = c.getresponse(); r.read(); c.close()
+    if r.status != 200: raise SystemExit("HTTP %d from %s:%d%s" % (r.status, host, p, path))
+    return (time.perf_counter() - t0) * 1000
+out = {}
+for name, method, path, body, n in (("models", "GET", "/v1/models", None, n_models), ("chat", "POST", "/v1/chat/completions", chat, n_chat)):
+    d, g = [], []
+    for i in range(n + 3):
+        a, b = one(ip, port, method, path, body), one("127.0.0.1", 81, method, path, body)
+        if i >= 3: d.append(a); g.append(b)  # the first three warm up
+    out[name] = {"direct": d, "gateway": g}
+print(json.dumps(out))
+`;
+
+const pct = (xs, q) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * (s.length - 1) + 0.5))];
+};
+
+/** G: the gateway's added latency per request, against a direct call in the same run. */
+async function gatewayLatency(docker) {
+  const auditDir = await mkdtemp(path.join(tmpdir(), 'lbx-bench-gw-'));
+  made.push(auditDir);
+  const sentry = await Sentry.start(docker, { runId, auditDir });
+  try {
+    const model = await findModelServer(docker);
+    const nModels = Number(process.env.BENCH_GATEWAY_REQUESTS ?? 300);
+    const nChat = Math.max(10, Math.round(nModels / 6));
+    const res = await docker.exec(sentry.id, ['python3', '-I', '-c', GATEWAY_CLIENT, model.ip, String(model.port), String(nModels), String(nChat)], 'lbxgw');
+    if (res.exitCode !== 0) throw new Error(`gateway bench client failed: ${res.stderr || res.stdout}`);
+    const data = JSON.parse(res.stdout.trim().split('\n').pop());
+    const lines = ['', 'model gateway: added latency per request (inside the sentry, new connection per request, same run):'];
+    lines.push(`  ${'request'.padEnd(28)} ${'n'.padStart(4)}  ${'direct p50/p95'.padStart(16)}  ${'gateway p50/p95'.padStart(16)}  ${'added p50/p95'.padStart(15)}`);
+    let addedP50 = 0;
+    for (const [name, label] of [['models', 'GET /v1/models'], ['chat', 'POST chat, max_tokens 1']]) {
+      const { direct, gateway } = data[name];
+      const added = gateway.map((g, i) => g - direct[i]);
+      if (name === 'models') addedP50 = pct(added, 0.5);
+      const f = (xs) => `${pct(xs, 0.5).toFixed(2)}/${pct(xs, 0.95).toFixed(2)} ms`;
+      lines.push(`  ${label.padEnd(28)} ${String(direct.length).padStart(4)}  ${f(direct).padStart(16)}  ${f(gateway).padStart(16)}  ${f(added).padStart(15)}`);
+    }
+    lines.push(`  added p50 (GET /v1/models): ${addedP50.toFixed(2)} ms  (target < 2 ms: ${addedP50 < 2 ? 'MET' : 'NOT MET'})`, '');
+    process.stdout.write(`${lines.join('\n')}\n`);
+  } finally {
+    await sentry.stop();
+  }
+}
+
 const P_ITERATIONS = Number(process.env.BENCH_PARALLEL_ITERATIONS ?? 3);
 const pRuns = [];
 const abort = new AbortController();
@@ -465,14 +528,21 @@ const made = [];
 let startedModel = false;
 // BENCH_ONLY=p3 (or --audit-flood) runs only the audit flood: it needs the images, not the model server.
 const floodOnly = process.env.BENCH_ONLY === 'p3' || process.argv.includes('--audit-flood');
+const gatewayOnly = process.env.BENCH_ONLY === 'gateway';
 try {
   if (floodOnly) await buildImages(docker, { caCerts: hostCaBundle(), onLine: (l) => say(l) });
   else {
     startedModel = await setup(docker);
-    if (!sweepOnly) await defaultSections();
-    await repoSizeSweep(docker, sweepSizes);
+    if (!sweepOnly) {
+      say('G: model gateway latency');
+      await gatewayLatency(new DockerClient());
+    }
+    if (!gatewayOnly) {
+      if (!sweepOnly) await defaultSections();
+      await repoSizeSweep(docker, sweepSizes);
+    }
   }
-  if (floodOnly || !sweepOnly) {
+  if (floodOnly || (!sweepOnly && !gatewayOnly)) {
     say(`P3: audit flood, ${P3_TCP} TCP attempts and ${P3_DNS} DNS queries`);
     await auditFlood(new DockerClient());
   }

@@ -2,12 +2,21 @@
 # loopbox-sentry: owns the sandbox network namespace.
 #   1. starts ulogd2 (NFLOG group 1 -> /audit/packets.jsonl, JSON, synced)
 #   2. installs the egress firewall (iptables + ip6tables, default deny)
-#   3. starts dnsmasq on 127.0.0.1:53 (names from LOOPBOX_DNS_HOSTS, NXDOMAIN
-#      for the rest, every query logged to /audit/dns.log) and points
-#      Docker's embedded DNS address (127.0.0.11:53) at it
-#   4. prints "loopbox-sentry: ready", then waits; SIGTERM stops both daemons
-#      (records flushed) and exits 0.
+#   3. starts dnsmasq on 127.0.0.1:54 (names from LOOPBOX_DNS_HOSTS, NXDOMAIN
+#      for the rest) behind the DNS front on 127.0.0.1:53 (dnsfront.py: every
+#      query name logged byte for byte to /audit/dns.jsonl), and points Docker's
+#      embedded DNS address (127.0.0.11:53) at the front
+#   4. starts the model gateway (gateway.py) on port $GW_PORT; the agent's
+#      connections to LOOPBOX_MODEL are DNATed to it, and only the gateway's
+#      uid may reach the model itself
+#   5. prints "loopbox-sentry: ready", then drops every capability: the
+#      long-lived processes (tini, a watcher, and the three daemons, each as its
+#      own unprivileged user) hold none. If a daemon dies, the sentry exits 1.
+#      SIGTERM exits 0 (every daemon writes its records synchronously).
 # Env: LOOPBOX_ALLOW="ip:port ..."  LOOPBOX_DNS_HOSTS="name=ip ..."
+#      LOOPBOX_MODEL="ip:port" (the model; reached through the gateway only)
+#      LOOPBOX_GW_MAX_BODY, LOOPBOX_GW_MAX_TOKENS, LOOPBOX_GW_TOKEN_BUDGET,
+#      LOOPBOX_GW_TOKENS_USED (passed to the gateway)
 #      LOOPBOX_NO_FIREWALL=1 (tests only: no rules at all; DNS still runs)
 #      LOOPBOX_IPTABLES=nft|legacy (optional: force the iptables backend)
 set -u
@@ -16,40 +25,51 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 AUDIT=/audit
 RUNDIR=/run/loopbox
 GROUP=1
-ULOGD_PID=
-DNSMASQ_PID=
-STOPPING=0
-
-stop_children() {
-	local p
-	for p in $DNSMASQ_PID $ULOGD_PID; do
-		kill -TERM "$p" 2>/dev/null
-	done
-	for p in $DNSMASQ_PID $ULOGD_PID; do
-		wait "$p" 2>/dev/null
-	done
-}
-
+GW_PORT=81
+GW_USER=lbxgw
+DNS_USER=lbxdns
+DNSMASQ_PORT=54
+# The bash running this script is PID 1 until it execs the watcher: when it exits, the kernel
+# kills every process of the container, daemons included.
 die() {
 	echo "loopbox-sentry: error: $*"
-	stop_children
 	exit 1
 }
+trap 'exit 0' TERM INT
 
-on_term() {
-	STOPPING=1
-	stop_children
-	exit 0
+# A daemon that dropped to its own uid cannot be signalled without CAP_KILL, which the
+# sentry does not have: liveness comes from /proc (a zombie counts as dead).
+alive() {
+	local st
+	read -r _ _ st _ <"/proc/$1/stat" 2>/dev/null && [ "$st" != Z ]
 }
-trap on_term TERM INT
 
 # ---------------------------------------------------------------- checks ---
 capeff=$(awk '/^CapEff:/ { print $2 }' /proc/self/status)
-(((0x${capeff:-0} >> 12) & 1)) || die "CAP_NET_ADMIN missing (run with --cap-add NET_ADMIN)"
+for cap in 12:NET_ADMIN 10:NET_BIND_SERVICE 7:SETUID 6:SETGID 0:CHOWN; do
+	(((0x${capeff:-0} >> ${cap%%:*}) & 1)) || die "CAP_${cap#*:} missing (run with --cap-add ${cap#*:})"
+done
 mkdir -p "$RUNDIR" || die "cannot create $RUNDIR"
 [ -d "$AUDIT" ] || die "$AUDIT is not mounted"
-touch "$AUDIT/packets.jsonl" "$AUDIT/dns.log" 2>/dev/null ||
+GW_UID=$(id -u "$GW_USER") || die "no user $GW_USER in the image"
+DNS_UID=$(id -u "$DNS_USER") || die "no user $DNS_USER in the image"
+# Each daemon opens its file as root, before it drops to its own user, and keeps the handle.
+touch "$AUDIT/packets.jsonl" "$AUDIT/dns.log" "$AUDIT/dns.jsonl" "$AUDIT/gateway.jsonl" 2>/dev/null ||
 	die "$AUDIT is not writable by uid $(id -u)"
+
+MODEL_IP=
+MODEL_PORT=
+if [ -n "${LOOPBOX_MODEL:-}" ]; then
+	MODEL_IP=${LOOPBOX_MODEL%:*}
+	MODEL_PORT=${LOOPBOX_MODEL##*:}
+	[[ "$MODEL_IP" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ && "$MODEL_PORT" =~ ^[0-9]{1,5}$ ]] ||
+		die "bad LOOPBOX_MODEL (want ipv4:port): $LOOPBOX_MODEL"
+	# The agent's connections to the model are DNATed to the sentry's own address on the route
+	# to the model, not to 127.0.0.1: a packet that already has a non-loopback source is not
+	# rerouted to loopback (route_localnet=0).
+	GW_IP=$(python3 -I -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' "$MODEL_IP") ||
+		die "no route to the model at $MODEL_IP"
+fi
 
 ALLOW_V4=()
 ALLOW_V6=()
@@ -99,11 +119,12 @@ IP6T="ip6tables-$backend"
 # ----------------------------------------------------------------- ulogd ---
 # Started before the rules exist, and bound to the NFLOG group before any
 # NFLOG rule can match, so that every logged packet becomes a record.
-ulogd -c /etc/loopbox/ulogd.conf &
+# It binds the group as root (that needs NET_ADMIN), then becomes user ulog: no capabilities.
+ulogd -u ulog -c /etc/loopbox/ulogd.conf &
 ULOGD_PID=$!
 bound=0
 for _ in $(seq 1 100); do
-	kill -0 "$ULOGD_PID" 2>/dev/null || die "ulogd exited during start-up"
+	alive "$ULOGD_PID" || die "ulogd exited during start-up"
 	# /proc/net/netfilter/nfnetlink_log: "<group> <portid> ..." per bound group
 	if awk -v g="$GROUP" '$1 == g { f = 1 } END { exit !f }' /proc/net/netfilter/nfnetlink_log 2>/dev/null; then
 		bound=1
@@ -132,8 +153,27 @@ rules_v4() {
 	echo '-A INPUT -j DROP'
 	echo "-A FORWARD $(nflog fwd)"
 	echo '-A FORWARD -j DROP'
+	# Docker's embedded resolver answers container names on its real (random) port without a
+	# log line: nothing may talk to 127.0.0.11 but the DNATed port 53, which by now points at
+	# 127.0.0.1:53 (issue 8, item 2).
+	echo "-A OUTPUT -d 127.0.0.11/32 $(nflog out-resolver)"
+	echo '-A OUTPUT -d 127.0.0.11/32 -p tcp -j REJECT --reject-with tcp-reset'
+	echo '-A OUTPUT -d 127.0.0.11/32 -j REJECT --reject-with icmp-port-unreachable'
+	# dnsmasq itself answers only the DNS front, which logged the query first.
+	local p
+	for p in udp tcp; do
+		echo "-A OUTPUT -o lo -p $p -m $p --dport $DNSMASQ_PORT -m owner ! --uid-owner $DNS_UID $(nflog out-resolver)"
+		echo "-A OUTPUT -o lo -p $p -m $p --dport $DNSMASQ_PORT -m owner ! --uid-owner $DNS_UID -j REJECT $([ $p = tcp ] && echo '--reject-with tcp-reset')"
+	done
 	echo '-A OUTPUT -o lo -j ACCEPT'
 	local e
+	# The model: the gateway's uid only; everyone else is REDIRECTed to the gateway (nat).
+	if [ -n "$MODEL_IP" ]; then
+		# LOCAL_OUT hooks see the interface of the route before DNAT (eth0), so "-o lo" misses
+		# the DNATed connection to the gateway: accept it by its conntrack origin.
+		echo "-A OUTPUT -d $GW_IP/32 -p tcp -m tcp --dport $GW_PORT -m conntrack --ctstate DNAT --ctorigdst $MODEL_IP --ctorigdstport $MODEL_PORT -m comment --comment lbx-gateway -j ACCEPT"
+		echo "-A OUTPUT -d $MODEL_IP/32 -p tcp -m tcp --dport $MODEL_PORT -m owner --uid-owner $GW_UID -m comment --comment lbx-allow -j ACCEPT"
+	fi
 	for e in "${ALLOW_V4[@]}"; do
 		set -- $e
 		echo "-A OUTPUT -d $1/32 -p tcp -m tcp --dport $2 -m comment --comment lbx-allow -j ACCEPT"
@@ -196,23 +236,28 @@ if [ "${LOOPBOX_NO_FIREWALL:-}" != 1 ]; then
 			-m comment --comment lbx-dns -j DNAT --to-destination 127.0.0.1:53 2>&1) ||
 			die "iptables nat DNAT for DNS ($backend): $err"
 	done
+	if [ -n "$MODEL_IP" ]; then
+		err=$("$IPT" -t nat -I OUTPUT 1 -d "$MODEL_IP/32" -p tcp --dport "$MODEL_PORT" -m owner ! --uid-owner "$GW_UID" \
+			-m comment --comment lbx-gateway -j DNAT --to-destination "$GW_IP:$GW_PORT" 2>&1) ||
+			die "iptables nat DNAT to the gateway ($backend): $err"
+	fi
 fi
 
 # --------------------------------------------------------------- dnsmasq ---
 {
-	echo 'port=53'
+	echo "port=$DNSMASQ_PORT"
 	echo 'listen-address=127.0.0.1'
 	echo 'bind-interfaces'
-	# run as root without setuid/setgid (no SETUID/SETGID capability needed)
-	echo 'user=root'
-	echo 'group='
+	# binds :53 as root, then becomes user dnsmasq and gives up every capability
+	echo 'user=dnsmasq'
+	echo 'group=nogroup'
 	echo 'pid-file='
 	echo 'no-resolv'
 	echo 'no-poll'
 	echo 'no-hosts'
 	echo 'no-negcache'
 	echo 'local-ttl=60'
-	echo 'log-queries=extra'
+	# Queries are logged by the DNS front, which keeps unprintable names as evidence.
 	echo "log-facility=$AUDIT/dns.log"
 	# Every name not given by a host-record below: NXDOMAIN, never forwarded.
 	echo 'address=/#/'
@@ -225,26 +270,57 @@ dnsmasq --keep-in-foreground --conf-file="$RUNDIR/dnsmasq.conf" 2>"$RUNDIR/dnsma
 DNSMASQ_PID=$!
 up=0
 for _ in $(seq 1 100); do
-	kill -0 "$DNSMASQ_PID" 2>/dev/null ||
+	alive "$DNSMASQ_PID" ||
 		die "dnsmasq exited during start-up: $(cat "$RUNDIR/dnsmasq.err" <(grep -v 'FAILED to start up' "$AUDIT/dns.log") | tail -n 1)"
-	# 0100007F:0035 = 127.0.0.1:53; tcp state 0A = LISTEN, udp state 07 = bound
-	if grep -q ' 0100007F:0035 00000000:0000 0A ' /proc/net/tcp &&
-		grep -q ' 0100007F:0035 00000000:0000 07 ' /proc/net/udp; then
+	# 0100007F:0036 = 127.0.0.1:54; tcp state 0A = LISTEN, udp state 07 = bound
+	if grep -q ' 0100007F:0036 00000000:0000 0A ' /proc/net/tcp &&
+		grep -q ' 0100007F:0036 00000000:0000 07 ' /proc/net/udp; then
 		up=1
 		break
 	fi
 	sleep 0.05
 done
-[ "$up" = 1 ] || die "dnsmasq is not listening on 127.0.0.1:53"
+[ "$up" = 1 ] || die "dnsmasq is not listening on 127.0.0.1:$DNSMASQ_PORT"
+
+# ------------------------------------------------------------- DNS front ---
+LOOPBOX_DNS_UPSTREAM_PORT=$DNSMASQ_PORT LOOPBOX_DNS_USER=$DNS_USER LOOPBOX_DNS_RECORDS="$AUDIT/dns.jsonl" \
+	python3 -I /usr/local/lib/loopbox/dnsfront.py >"$RUNDIR/dnsfront.out" 2>&1 &
+DNSFRONT_PID=$!
+up=0
+for _ in $(seq 1 200); do
+	alive "$DNSFRONT_PID" || die "DNS front exited during start-up: $(tail -n 1 "$RUNDIR/dnsfront.out")"
+	if grep -q '^loopbox-dns: listening' "$RUNDIR/dnsfront.out"; then
+		up=1
+		break
+	fi
+	sleep 0.05
+done
+[ "$up" = 1 ] || die "DNS front is not listening on 127.0.0.1:53"
+
+# --------------------------------------------------------------- gateway ---
+GW_PID=
+if [ -n "$MODEL_IP" ]; then
+	LOOPBOX_GW_PORT=$GW_PORT LOOPBOX_GW_UPSTREAM="$MODEL_IP:$MODEL_PORT" LOOPBOX_GW_USER=$GW_USER \
+		LOOPBOX_GW_RECORDS="$AUDIT/gateway.jsonl" python3 -I /usr/local/lib/loopbox/gateway.py >"$RUNDIR/gateway.out" 2>&1 &
+	GW_PID=$!
+	up=0
+	for _ in $(seq 1 200); do
+		alive "$GW_PID" || die "gateway exited during start-up: $(tail -n 1 "$RUNDIR/gateway.out")"
+		if grep -q '^loopbox-gateway: listening' "$RUNDIR/gateway.out"; then
+			up=1
+			break
+		fi
+		sleep 0.05
+	done
+	[ "$up" = 1 ] || die "gateway is not listening on port $GW_PORT"
+fi
 
 echo "loopbox-sentry: ready"
 
 # ------------------------------------------------------------------ wait ---
-# If either daemon dies, the audit trail is incomplete: fail loudly. The rules
-# stay in the namespace (default deny) for as long as anything holds it.
-while :; do
-	wait -n "$ULOGD_PID" "$DNSMASQ_PID"
-	[ "$STOPPING" = 1 ] && exit 0
-	if ! kill -0 "$ULOGD_PID" 2>/dev/null; then die "ulogd exited"; fi
-	if ! kill -0 "$DNSMASQ_PID" 2>/dev/null; then die "dnsmasq exited"; fi
-done
+# From here on no process holds a capability (issue 8, item 5): the bounding set is emptied
+# and tini (PID 1 from now, so it reaps the daemons) runs the watcher. If a daemon dies, the
+# audit trail is incomplete: fail loudly. The rules stay in the namespace (default deny) for
+# as long as anything holds it.
+exec setpriv --bounding-set=-all --inh-caps=-all --reuid=65534 --regid=65534 --clear-groups -- \
+	/usr/bin/tini -s -- /usr/local/bin/loopbox-sentry-watch "$ULOGD_PID:ulogd" "$DNSMASQ_PID:dnsmasq" "$DNSFRONT_PID:dns-front" ${GW_PID:+"$GW_PID:gateway"}

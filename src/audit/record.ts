@@ -5,7 +5,7 @@
 /** The run's audit log, in its run directory. */
 export const AUDIT_FILE = 'audit.jsonl';
 
-export type AuditKind = 'packet' | 'dns' | 'loss';
+export type AuditKind = 'packet' | 'dns' | 'loss' | 'model-denied';
 
 export interface AuditRecord {
   /** UTC time the sentry saw the attempt, ISO 8601 with milliseconds. */
@@ -26,12 +26,12 @@ export interface AuditRecord {
   dstPort: number | null;
   /** uid of the sending process inside the sandbox, when the kernel knows it. */
   uid: number | null;
-  /** DNS query name and type, for `kind: dns`. */
+  /** DNS query name and type, for `kind: dns`; for `model-denied`, the HTTP path and method. */
   query: string | null;
   queryType: string | null;
   icmpType: number | null;
-  /** `rejected` (firewall), `nxdomain` (DNS), `lost` (records the logger dropped). */
-  verdict: 'rejected' | 'nxdomain' | 'lost';
+  /** `rejected` (firewall), `nxdomain` (DNS), `lost` (records the logger dropped), `denied` (model gateway). */
+  verdict: 'rejected' | 'nxdomain' | 'lost' | 'denied';
   /** The firewall rule (NFLOG prefix) or `dns`; for `loss`, the counters that show it. */
   rule: string;
   /** Number of attempts this record stands for: 1, except for `loss` and aggregate records. */

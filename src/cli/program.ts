@@ -180,6 +180,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
           allow: config.sandbox.allow,
           attachNetworks: opts.attachNetwork,
           noFirewall: !opts.firewall,
+          gateway: { maxBodyBytes: config.model.maxRequestBody, maxTokens: config.model.maxTokens },
           timeoutMs: opts.timeout,
           signal: ctx.signal,
           stdout: process.stdout,
@@ -188,7 +189,8 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
         const blocked = res.records.reduce((n, r) => n + r.count, 0);
         err(
           `loopbox: run ${runId} exit ${res.exitCode}${res.timedOut ? ' (timed out)' : ''}; ${blocked} blocked attempt(s) in the audit log` +
-            `${res.traffic.lostRecords ? `, ${res.traffic.lostRecords} LOST` : ''}${res.modelReachable ? '' : '; no model server running'}`,
+            `${res.traffic.lostRecords ? `, ${res.traffic.lostRecords} LOST` : ''}${res.modelReachable ? '' : '; no model server running'}` +
+            `${res.model.requests ? `; ${res.model.requests} model request(s), ${res.model.tokens} tokens (${res.model.cachedTokens} cached prompt tokens apart)` : ''}`,
         );
         if (res.aborted) throw new LoopboxError('Stopped by signal');
         result.exitCode = res.timedOut ? 124 : res.exitCode;

@@ -51,6 +51,14 @@ export const modelSchema = z
     gpuLayers: z.number().int().min(0).default(99),
     gpus: z.union([z.literal('auto'), z.literal('all'), z.literal('none'), z.array(z.string())]).default('auto'),
     startTimeout: duration.prefault('120s'),
+    /** The sandbox's model gateway refuses request bodies larger than this (HTTP 413). */
+    maxRequestBody: size.prefault('16m'),
+    /** The gateway lowers `max_tokens` of every completion request to at most this. */
+    maxTokens: z.number().int().min(1).default(32768),
+  })
+  .refine((m) => m.endpoint === undefined || m.endpoint.startsWith('http://'), {
+    message: 'expected an http:// URL: the sandbox\'s model gateway reads every request and response, so it cannot carry TLS',
+    path: ['endpoint'],
   })
   .prefault({});
 
@@ -110,7 +118,7 @@ export const loopSchema = z
     oscillationWindow: z.number().int().min(2).default(6),
     /** Wall-clock budget per task. */
     budget: duration.optional(),
-    /** Token budget per task (prompt + completion, from the model server's counters). */
+    /** Token budget per task (uncached prompt + completion tokens, metered by the sandbox's model gateway, which refuses the request past it with 429). */
     tokenBudget: z.number().int().min(1).optional(),
   })
   .prefault({});

@@ -6,6 +6,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
+import { DNS_QUERIES_FILE, parseDnsFrontLine } from './dns-records.js';
 
 export const PACKETS_FILE = 'packets.jsonl';
 export const DNS_FILE = 'dns.log';
@@ -148,6 +149,8 @@ export interface AuditCursor {
   packetLines: number;
   packetBytes: number;
   dnsBytes: number;
+  /** Bytes of the DNS front's dns.jsonl read so far (absent in cursors saved before it existed). */
+  dnsFrontBytes?: number;
   counters: SentryCounters;
 }
 
@@ -351,15 +354,17 @@ export async function ingestSandboxAudit(
   let dnsAnswered = 0;
   let dnsBlocked = 0;
   const year = new Date().getUTCFullYear();
-  const dns = await streamLines(path.join(dir, DNS_FILE), since.dnsBytes, (line) => {
-    const query = line === null ? null : parseDnsLine(line, year);
+  const onQuery = (query: DnsQuery | null): void => {
     if (!query) return;
     if (answered.has(query.name)) dnsAnswered += 1;
     else {
       dnsBlocked += 1;
       limiter.add(dnsRecord(query, id, role));
     }
-  });
+  };
+  // dns.log: dnsmasq's own query log (sentries before the DNS front); dns.jsonl: the front's.
+  const dns = await streamLines(path.join(dir, DNS_FILE), since.dnsBytes, (line) => onQuery(line === null ? null : parseDnsLine(line, year)));
+  const front = await streamLines(path.join(dir, DNS_QUERIES_FILE), since.dnsFrontBytes ?? 0, (line) => onQuery(line === null ? null : parseDnsFrontLine(line)));
   const now = counters ?? {
     allowed: since.counters.allowed,
     logged: { packets: since.counters.logged.packets + packetCount },
@@ -406,6 +411,7 @@ export async function ingestSandboxAudit(
       packetLines: since.packetLines + packets.lines,
       packetBytes: since.packetBytes + packets.bytes,
       dnsBytes: since.dnsBytes + dns.bytes,
+      dnsFrontBytes: (since.dnsFrontBytes ?? 0) + front.bytes,
       counters: now,
     },
   };

@@ -18,13 +18,11 @@ import type { Logger } from '../common/logger.js';
 import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
 import type { DockerClient } from '../docker/client.js';
-import type { IngestResult } from '../egress/ingest.js';
 import { commitSnapshot, ensureTaskWorktree, git, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex, type Snapshot } from '../git/index.js';
 import { imageRef } from '../images/catalog.js';
 import { findModelServer } from '../model/network.js';
-import { readTokenTotals } from '../model/server.js';
 import type { ModelSupervisor } from '../model/supervisor.js';
-import { Sentry, runAgent, type AgentRun } from '../sandbox/sandbox.js';
+import { type CollectResult, Sentry, runAgent, type AgentRun } from '../sandbox/sandbox.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
 import { type AccountingRecord, type Baseline, account as accountTests, accountingRecord } from '../verify/accounting.js';
 import { runVerify, type VerifyOptions, type VerifyResult } from '../verify/verify.js';
@@ -77,7 +75,8 @@ export class SentryKeeper {
     private count: number,
   ) {}
 
-  async get(ctx: LoopContext, modelIp: string | undefined): Promise<Sentry> {
+  /** `tokensUsed`: the run's tokens so far, where a new sentry's gateway starts its budget count. */
+  async get(ctx: LoopContext, modelIp: string | undefined, tokensUsed: number): Promise<Sentry> {
     if (this.sentry && modelIp && this.sentry.modelIp !== modelIp) await this.stop();
     this.sentry ??= await Sentry.start(ctx.docker, {
       runId: ctx.runId,
@@ -85,6 +84,8 @@ export class SentryKeeper {
       auditDir: path.join(this.auditRoot, `sentry-${(this.count += 1)}`),
       allow: ctx.config.sandbox.allow,
       modelEndpoint: ctx.external,
+      // The gateway enforces the loop's token budget itself (429 past it).
+      gateway: { maxBodyBytes: ctx.config.model.maxRequestBody, maxTokens: ctx.config.model.maxTokens, tokenBudget: ctx.config.loop.tokenBudget, tokensUsed },
       logger: ctx.log,
       stateEnv: ctx.stateEnv,
     });
@@ -130,15 +131,14 @@ export interface AgentStep {
   outputDropped: number;
   /** Why the host stopped the agent early (not its timeout, not the loop's stop). */
   stoppedFor: string | undefined;
-  collecting: Promise<IngestResult>;
-  tokens: Promise<number>;
+  /** The sentry's records and the model gateway's tokens for this iteration. */
+  collecting: Promise<CollectResult>;
 }
 
 /** Runs the agent; undefined when the loop was stopped while waiting for a model slot. */
 export async function agent(ctx: LoopContext, state: LoopState, iteration: number, invocation: ReturnType<typeof agentInvocation>): Promise<AgentStep | undefined> {
   const model = ctx.supervisor ? await ctx.supervisor.ensureUp() : undefined;
-  const sentry = await ctx.sentries.get(ctx, model?.ip);
-  const tokensBefore = model ? readTokenTotals(ctx.docker, model).catch(() => undefined) : Promise.resolve(undefined);
+  const sentry = await ctx.sentries.get(ctx, model?.ip, state.tokens);
   const releaseSlot = ctx.agentSlots ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
   if (!releaseSlot) return undefined;
   const identity: SandboxIdentity = { runId: ctx.runId, task: ctx.task.name, iteration };
@@ -162,8 +162,6 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
         stopAgent.abort(new Error(reason));
       },
     });
-    // The agent must not reach the model before the "before" count is taken.
-    const before = await tokensBefore;
     run = await runAgent(ctx.docker, sentry, {
       ...identity,
       cmd: invocation.cmd,
@@ -184,18 +182,11 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
       stdout: agentLog,
       stderr: agentLog,
     });
-    // Read while the host snapshots and verifies: verification never talks to the model.
-    const tokens = (async (): Promise<number> => {
-      if (!model || before === undefined) return 0;
-      const after = await readTokenTotals(ctx.docker, model).catch(() => undefined);
-      return after === undefined ? 0 : Math.max(0, after - before);
-    })();
     // Attribution needs the counters read before the next agent starts, not before verify:
     // collect while the host snapshots and verifies.
     const collecting = sentry.collect(identity);
     collecting.catch(() => undefined); // awaited by the caller; never an unhandled rejection meanwhile
-    tokens.catch(() => undefined);
-    return { run, outputDropped: agentLog.dropped, stoppedFor, collecting, tokens };
+    return { run, outputDropped: agentLog.dropped, stoppedFor, collecting };
   } finally {
     watch?.stop();
     ctx.signal.removeEventListener('abort', onLoopAbort);
@@ -346,6 +337,8 @@ export interface IterationOutcome {
   modelDown: boolean;
   verified: boolean;
   commit: string | null;
+  /** The model gateway refused a request because the token budget was used up. */
+  budgetExceeded: boolean;
 }
 
 /** Runs the steps up to the commit; the caller decides (brakes) and saves state. */
@@ -360,7 +353,9 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
   // The verify copy comes from the snapshot tree, which has the base's entries on protected
   // paths even when the worktree could not be put back: it is still sound to verify.
   const result = await verify(ctx, snap.snap.tree, iteration, ctx.signal.aborted || modelDown);
-  const [audit, tokens] = await Promise.all([agentStep.collecting, agentStep.tokens]);
+  const audit = await agentStep.collecting;
+  // Metered by this run's own model gateway: exact with parallel loops and with model.endpoint.
+  const tokens = audit.model.tokens;
   const accounting = account(result, ctx.baseline, { unchangedFromBase: snap.snap.tree === state.baseTree });
   const commitId = await timed(steps, 'commit', () => commit(ctx, state, iteration, snap, result, accounting));
   if (snap.untrusted) await timed(steps, 'reset', () => resetWorktree(ctx, state));
@@ -385,10 +380,11 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
     commit: commitId,
     verified: accounting.verified,
     tokens,
+    model: { promptTokens: audit.model.promptTokens, cachedTokens: audit.model.cachedTokens, completionTokens: audit.model.completionTokens, requests: audit.model.requests, denied: audit.model.denied },
     audit: { ...audit.traffic, records: audit.records.length },
     modelDown,
     steps: { ...steps, ...(result ? { verifyCopy: result.copyMs, verifyRun: result.durationMs - result.copyMs } : {}) },
   };
-  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId };
+  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId, budgetExceeded: audit.model.budgetExceeded };
 }
 

@@ -301,7 +301,7 @@ function announceBaseline(ctx: LoopContext, b: Baseline, onEvent: LoopOptions['o
 function decide(config: Config, state: LoopState, outcome: IterationOutcome, signal: AbortSignal): { state: EndState; reason: string } | undefined {
   if (outcome.aborted || signal.aborted) return { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
   if (outcome.modelDown) return undefined;
-  return checkBrakes(
+  const brake = checkBrakes(
     {
       maxIterations: config.loop.maxIterations,
       noProgress: config.loop.noProgress,
@@ -311,6 +311,11 @@ function decide(config: Config, state: LoopState, outcome: IterationOutcome, sig
     },
     { baseTree: state.baseTree, trees: state.trees, verified: outcome.verified, elapsedMs: state.elapsedMs, tokens: state.tokens },
   );
+  // The gateway's 429 is the budget's own word, even if a request was refused before the sums got there.
+  if (outcome.budgetExceeded && brake?.state !== 'done') {
+    return { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget ?? '?'} used: the model gateway refused a request (${state.tokens} tokens)` };
+  }
+  return brake;
 }
 
 /** Config a loop cannot run without; returns the verify command. */

@@ -34,7 +34,10 @@ export interface IterationRecord {
   evidence?: string | null;
   commit: string | null;
   verified: boolean;
+  /** Uncached prompt + completion tokens of this iteration's model requests (the budget's unit). */
   tokens: number;
+  /** The same requests in detail, from the sandbox's model gateway; absent in older records. */
+  model?: { promptTokens: number; cachedTokens: number; completionTokens: number; requests: number; denied: number };
   audit: SandboxTraffic & { records: number };
   /** The model server died during this iteration: it does not count towards the brakes. */
   modelDown: boolean;

@@ -172,18 +172,6 @@ export async function modelStatus(docker: DockerClient): Promise<ModelStatus> {
   return status;
 }
 
-/**
- * Prompt + generated tokens the server has processed so far (`/metrics`). The loop takes the
- * difference around an iteration; with several loops on one server the figure is per server.
- */
-export async function readTokenTotals(docker: DockerClient, endpoint: ModelEndpoint): Promise<number | undefined> {
-  const text = await modelGet(docker, endpoint, '/metrics');
-  if (text === undefined) return undefined;
-  const m = parsePrometheus(text);
-  // Before the first request the counters may be absent: that is zero, not unknown.
-  return (m['llamacpp:prompt_tokens_total'] ?? 0) + (m['llamacpp:tokens_predicted_total'] ?? 0);
-}
-
 export function parsePrometheus(text: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const line of text.split('\n')) {

@@ -17,7 +17,8 @@ import { type Bind, type DockerClient, sleep } from '../docker/client.js';
 import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, countLines, ingestSandboxAudit, parseCounters, type SentryCounters } from '../egress/ingest.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
-import { SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
+import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
+import { type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
 
 export interface SandboxLimits {
   memoryBytes: number;
@@ -46,6 +47,8 @@ export interface SandboxOptions extends SandboxIdentity {
   attachNetworks?: string[];
   /** Test-only: no firewall rules at all. */
   noFirewall?: boolean;
+  /** The model gateway's limits; default: DEFAULT_GATEWAY_LIMITS. */
+  gateway?: GatewayLimits | undefined;
   timeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
   stdout?: Writable;
@@ -62,13 +65,53 @@ export interface SandboxResult {
   durationMs: number;
   records: AuditRecord[];
   traffic: SandboxTraffic;
+  model: ModelUsage;
   modelReachable: boolean;
 }
+
+/** What `collect()` attributes to an iteration: the firewall's records and the gateway's tokens. */
+export interface CollectResult extends IngestResult {
+  model: ModelUsage;
+}
+
+/** The defaults of `model.maxRequestBody` and `model.maxTokens` (src/config/schema.ts). */
+export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = { maxBodyBytes: 16 * 1024 ** 2, maxTokens: 32768 };
+
+/** uids the sentry's firewall trusts by owner match (images/sentry: lbxgw, lbxdns). */
+export const SENTRY_DAEMON_UIDS = [990, 991];
 
 /** Written into a sentry's audit folder once all its records are in the run's audit log. */
 const INGESTED_MARK = '.ingested';
 /** The sentry's read position, saved after each collect so a crashed run loses no record. */
 const CURSOR_FILE = '.cursor.json';
+/** The read position in the model gateway's file, apart from the firewall's cursor. */
+const FRONTS_CURSOR_FILE = '.fronts-cursor.json';
+
+interface FrontsCursor {
+  gateway: number;
+}
+
+/**
+ * Reads what the model gateway wrote after `cursor` and attributes it to `identity`: refused
+ * requests to the audit log (rate-limited like the firewall's records), requests to
+ * model.jsonl, and the window's tokens. Saves the new position in the folder, after the
+ * records are on disk, so that a crash loses nothing (recoverAuditDir reads on from it).
+ */
+async function collectFronts(
+  dir: string,
+  identity: SandboxIdentity,
+  cursor: FrontsCursor,
+  model: { ip: string; port: number } | undefined,
+  env: NodeJS.ProcessEnv | undefined,
+  recordLimit: number | undefined,
+): Promise<{ model: ModelUsage; cursor: FrontsCursor }> {
+  const gw = await readGatewayRecords(dir, identity, 'agent', cursor.gateway, model, recordLimit);
+  await appendAudit(identity.runId, gw.audit, env);
+  await appendModelRequests(identity.runId, gw.requests, env);
+  const next = { gateway: gw.offset };
+  await writeJsonAtomic(path.join(dir, FRONTS_CURSOR_FILE), next);
+  return { model: gw.usage, cursor: next };
+}
 
 export interface SentryOptions {
   runId: string;
@@ -81,6 +124,7 @@ export interface SentryOptions {
   allow?: string[] | undefined;
   attachNetworks?: string[] | undefined;
   noFirewall?: boolean | undefined;
+  gateway?: GatewayLimits | undefined;
   logger?: Logger | undefined;
   stateEnv?: NodeJS.ProcessEnv | undefined;
   /** Individual audit records per kind and iteration before aggregation (default 1000). */
@@ -104,6 +148,7 @@ export class Sentry {
   private cursor: AuditCursor = START_CURSOR;
   private stopped = false;
   private lastIdentity: SandboxIdentity | undefined;
+  private fronts: FrontsCursor = { gateway: 0 };
 
   private constructor(
     private readonly docker: DockerClient,
@@ -112,6 +157,7 @@ export class Sentry {
     readonly auditDir: string,
     readonly dnsHosts: Record<string, string>,
     readonly modelIp: string | undefined,
+    private readonly modelTarget: { ip: string; port: number } | undefined,
     private readonly options: SentryOptions,
   ) {}
 
@@ -125,16 +171,21 @@ export class Sentry {
     await requireImage(docker, image);
     await ensureNetwork(docker, MODEL_NETWORK, true);
     const model = options.modelEndpoint ?? (await findModelServer(docker));
-    const allow: string[] = [];
     const dnsHosts: Record<string, string> = {};
     if (model) {
-      allow.push(endpoint(model.ip, model.port));
       dnsHosts[MODEL_HOSTNAME] = model.ip;
       for (const name of options.modelEndpoint?.names ?? []) dnsHosts[name] = model.ip;
+      if (isIP(model.ip) !== 4) {
+        throw new ConfigError(`The model at ${model.ip} is not an IPv4 address; the sandbox's model gateway reaches IPv4 endpoints only.`, [], {
+          hint: 'Give model.endpoint as an IPv4 address or a name that resolves to one.',
+        });
+      }
     }
+    // The model is not an allowed endpoint: only the gateway's uid reaches it (issue 8, item 1).
+    const modelTarget = model ? endpoint(model.ip, model.port) : undefined;
+    const allow = (await resolveEndpoints(options.allow ?? [])).filter((e) => e !== modelTarget);
     // An outside model server needs a route: it counts as an extra endpoint (see below).
-    const extras = [...(await resolveEndpoints(options.allow ?? [])), ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
-    for (const e of extras) if (!allow.includes(e)) allow.push(e);
+    const extras = [...allow, ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
     const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
     await openAudit(options.runId, options.stateEnv);
     await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv, options.recordLimit);
@@ -142,7 +193,9 @@ export class Sentry {
     // and delete what it writes.
     await mkdir(options.auditDir, { recursive: true });
     await chmod(options.auditDir, 0o777);
-    const id = await docker.createContainer(sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, noFirewall: options.noFirewall }));
+    const id = await docker.createContainer(
+      sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, model: modelTarget, gateway: options.gateway ?? DEFAULT_GATEWAY_LIMITS, noFirewall: options.noFirewall }),
+    );
     try {
       // Endpoints outside the model network need a route: only then does the sentry join a
       // plain bridge, and the firewall alone decides (docs/security-model.md).
@@ -158,11 +211,11 @@ export class Sentry {
       throw error;
     }
     log.debug({ sentry: id.slice(0, 12), allow }, 'sentry ready');
-    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, options);
+    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, model ? { ip: model.ip, port: model.port } : undefined, options);
   }
 
   /** Attributes what the sentry logged since the last collect to `identity`, into the audit log. */
-  async collect(identity: SandboxIdentity): Promise<IngestResult> {
+  async collect(identity: SandboxIdentity): Promise<CollectResult> {
     this.lastIdentity = identity;
     const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
     // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
@@ -183,7 +236,9 @@ export class Sentry {
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
     this.cursor = result.cursor;
     await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
-    return result;
+    const fronts = await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit);
+    this.fronts = fronts.cursor;
+    return { ...result, model: fronts.model };
   }
 
   /**
@@ -204,6 +259,7 @@ export class Sentry {
       await appendAudit(identity.runId, late.records, this.options.stateEnv);
       this.cursor = late.cursor;
       await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
+      this.fronts = (await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit)).cursor;
       ingested = true;
     } catch (error) {
       (this.options.logger ?? silentLogger).warn({ error: String(error), auditDir: this.auditDir }, 'audit files not ingested: kept for --resume');
@@ -231,6 +287,14 @@ export interface AgentOptions extends SandboxIdentity {
 
 /** Runs one agent container in the sentry's namespace, streams its output, removes it. */
 export async function runAgent(docker: DockerClient, sentry: Sentry, options: AgentOptions): Promise<AgentRun> {
+  const uid = Number((options.user ?? '').split(':')[0]);
+  if (SENTRY_DAEMON_UIDS.includes(uid)) {
+    // The firewall trusts these uids by owner match: an agent running as one would reach the
+    // model past the gateway, or dnsmasq past the DNS front.
+    throw new ConfigError(`The agent cannot run as uid ${uid}: the sentry's model gateway (990) and DNS front (991) own those uids in its namespace.`, [], {
+      hint: 'Run loopbox as another user, or pass another --user.',
+    });
+  }
   const image = options.image ?? imageRef('agent');
   const found = await requireImage(docker, image);
   const started = Date.now();
@@ -282,11 +346,12 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
     allow: options.allow,
     attachNetworks: options.attachNetworks,
     noFirewall: options.noFirewall,
+    gateway: options.gateway,
     logger: options.logger,
     stateEnv: options.stateEnv,
   });
   let run: AgentRun | undefined;
-  let collected: IngestResult | undefined;
+  let collected: CollectResult | undefined;
   try {
     run = await runAgent(docker, sentry, { ...options, ...id });
   } finally {
@@ -297,6 +362,7 @@ export async function runSandbox(docker: DockerClient, options: SandboxOptions):
     ...run,
     records: collected?.records ?? [],
     traffic: collected?.traffic ?? { allowedPackets: 0, allowedBytes: 0, blockedPackets: 0, dnsBlocked: 0, dnsAnswered: 0, lostRecords: 0 },
+    model: collected?.model ?? NO_MODEL_USAGE,
     modelReachable: sentry.modelReachable,
   };
 }
@@ -324,6 +390,13 @@ export async function recoverAuditDir(dir: string, identity: SandboxIdentity, an
     // on disk in audit.jsonl (appendAudit fsyncs before it resolves).
     const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor, { recordLimit });
     await appendAudit(identity.runId, leftover.records, env);
+    let fronts: FrontsCursor = { gateway: 0 };
+    try {
+      fronts = { ...fronts, ...(JSON.parse(await readFile(path.join(dir, FRONTS_CURSOR_FILE), 'utf8')) as Partial<FrontsCursor>) };
+    } catch {
+      // never collected
+    }
+    await collectFronts(dir, identity, fronts, undefined, env, recordLimit);
   }
   await rm(dir, { recursive: true, force: true });
 }

@@ -20,8 +20,21 @@ export interface SentrySpecInput extends SandboxIdentity {
   allow: string[];
   /** Names the sentry's DNS answers, `name -> ip`; everything else is NXDOMAIN. */
   dnsHosts: Record<string, string>;
+  /** The model's `ip:port`: only the sentry's gateway may reach it; the agent is sent there. */
+  model?: string | undefined;
+  gateway?: GatewayLimits | undefined;
   /** Test-only: start without firewall rules, to show the internal network is a wall too. */
   noFirewall?: boolean;
+}
+
+/** What the sentry's model gateway lets through (docs/configuration.md, `model.*`). */
+export interface GatewayLimits {
+  maxBodyBytes: number;
+  maxTokens: number;
+  /** Tokens (uncached prompt + completion) the loop may still use in all; none = no budget. */
+  tokenBudget?: number | undefined;
+  /** Tokens the loop used before this sentry started (resume, a new sentry). */
+  tokensUsed?: number | undefined;
 }
 
 export function sentrySpec(input: SentrySpecInput): ContainerSpec {
@@ -31,6 +44,13 @@ export function sentrySpec(input: SentrySpecInput): ContainerSpec {
       .map(([name, ip]) => `${name}=${ip}`)
       .join(' '),
   };
+  if (input.model) env.LOOPBOX_MODEL = input.model;
+  if (input.gateway) {
+    env.LOOPBOX_GW_MAX_BODY = String(input.gateway.maxBodyBytes);
+    env.LOOPBOX_GW_MAX_TOKENS = String(input.gateway.maxTokens);
+    if (input.gateway.tokenBudget !== undefined) env.LOOPBOX_GW_TOKEN_BUDGET = String(input.gateway.tokenBudget);
+    if (input.gateway.tokensUsed !== undefined) env.LOOPBOX_GW_TOKENS_USED = String(input.gateway.tokensUsed);
+  }
   if (input.noFirewall) env.LOOPBOX_NO_FIREWALL = '1';
   return {
     name: containerName(input, 'sentry'),
@@ -39,15 +59,21 @@ export function sentrySpec(input: SentrySpecInput): ContainerSpec {
     networkMode: MODEL_NETWORK,
     env,
     capDrop: ['ALL'],
-    // NET_ADMIN only: install the firewall and read NFLOG. The namespace's unprivileged port
-    // floor (below) lets dnsmasq bind :53 without NET_BIND_SERVICE.
-    capAdd: ['NET_ADMIN'],
+    // For the set-up only (images/sentry/entrypoint.sh): NET_ADMIN installs the firewall and
+    // binds NFLOG, NET_BIND_SERVICE lets dnsmasq and the gateway bind ports the agent cannot
+    // (the unprivileged port floor is 1024 again, below), SETUID/SETGID let
+    // each daemon become its own user, CHOWN lets dnsmasq hand its log file to that user. Once
+    // set up, no process of the sentry holds any capability (docs/security-model.md).
+    capAdd: ['NET_ADMIN', 'NET_BIND_SERVICE', 'SETUID', 'SETGID', 'CHOWN'],
     securityOpt: ['no-new-privileges'],
     // Docker's embedded resolver (127.0.0.11) forwards unknown names to this server, from
     // inside the namespace: our DNS responder on loopback, which logs and answers NXDOMAIN.
     dns: ['127.0.0.1'],
     // Let unprivileged ping sockets exist so an ICMP attempt reaches the firewall and is logged.
-    sysctls: { 'net.ipv4.ping_group_range': '0 2147483647', 'net.ipv4.ip_unprivileged_port_start': '0' },
+    // Ports below 1024 are privileged again (Docker 20.10+ sets the floor to 0 by default): the
+    // agent, which shares this namespace, cannot bind dnsmasq's :53 or the gateway's :81 and
+    // take their traffic (issue 8, item 2).
+    sysctls: { 'net.ipv4.ping_group_range': '0 2147483647', 'net.ipv4.ip_unprivileged_port_start': '1024' },
     binds: [{ host: input.auditDir, container: '/audit', readOnly: false }],
     readonlyRootfs: false,
     pidsLimit: 64,

@@ -89,7 +89,7 @@ describe('sandbox run (real Docker, real firewall)', () => {
     expect(agent!.Config.Entrypoint).toEqual(expect.arrayContaining(['setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', '--inh-caps=-all']));
     expect(agent!.HostConfig.SecurityOpt).toEqual(['no-new-privileges']);
     expect(agent!.HostConfig.Privileged).toBe(false);
-    expect(sentry!.HostConfig).toMatchObject({ CapDrop: ['ALL'], CapAdd: ['NET_ADMIN'], SecurityOpt: ['no-new-privileges'], PidsLimit: 64, Memory: 128 * 1024 ** 2, Privileged: false });
+    expect(sentry!.HostConfig).toMatchObject({ CapDrop: ['ALL'], CapAdd: ['NET_ADMIN', 'NET_BIND_SERVICE', 'SETUID', 'SETGID', 'CHOWN'], SecurityOpt: ['no-new-privileges'], PidsLimit: 64, Memory: 128 * 1024 ** 2, Privileged: false });
     // The audit signing key is in no container: no bind mount holds it or a folder above it.
     for (const c of [agent!, sentry!]) {
       for (const bind of c.HostConfig.Binds ?? []) {

@@ -45,8 +45,8 @@ const cases: Record<string, AuditRecord & Record<string, unknown>> = {
   dns: rec({ time: '2026-11-24T18:33:58.000Z', kind: 'dns', protocol: 'dns', src: '127.0.0.1', srcPort: 57808, dst: null, dstPort: 53, uid: null, query: 'exfil.invalid', queryType: 'AAAA', verdict: 'nxdomain', rule: 'dns' }),
   loss: rec({ kind: 'loss', protocol: null, family: null, direction: null, src: null, srcPort: null, dst: null, dstPort: null, uid: null, verdict: 'lost', rule: 'firewall logged 12000 packets, 11800 records arrived', count: 200 }),
   // The model gateway's refusal: path in `query`, method in `queryType`.
-  modelDenied: rec({ kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/slots?x=<b>', queryType: 'GET', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway 403 path' }),
-  modelDeniedOddMethod: rec({ kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/v1/x', queryType: 'BREW', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway' }),
+  modelDenied: rec({ kind: 'model-denied', protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/slots?x=<b>', queryType: 'GET', verdict: 'denied', rule: 'gateway 403 path' }),
+  modelDeniedOddMethod: rec({ kind: 'model-denied', protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/v1/x', queryType: 'BREW', verdict: 'denied', rule: 'gateway' }),
   // A kind this version does not map yet, with fields of its own.
   unknownKind: rec({ kind: 'model-future' as AuditRecord['kind'], protocol: 'http', path: '/slots', method: 'GET', reason: 'not allowed' }),
   // An aggregate record: attempts past the per-iteration limit, counted in one record.

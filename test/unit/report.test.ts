@@ -79,7 +79,7 @@ beforeAll(async () => {
     rec('2026-01-01T00:00:02.300Z', { protocol: 'udp', dstPort: 53, rule: 'out-udp' }),
     rec('2026-01-01T00:00:03.000Z', { kind: 'dns', protocol: 'dns', dst: null, query: `${HOSTILE}.invalid`, queryType: 'A', verdict: 'nxdomain', rule: 'dns' }),
     rec('2026-01-01T00:00:04.000Z', { iteration: 2, kind: 'dns', protocol: 'dns', dst: null, query: `${HOSTILE}.invalid`, queryType: 'AAAA', verdict: 'nxdomain', rule: 'dns' }),
-    rec('2026-01-01T00:00:04.500Z', { iteration: 2, kind: 'model-denied' as AuditRecord['kind'], protocol: 'http', query: '/slots', queryType: 'GET', verdict: 'denied' as AuditRecord['verdict'], rule: 'gateway 403 path' }),
+    rec('2026-01-01T00:00:04.500Z', { iteration: 2, kind: 'model-denied', protocol: 'http', query: '/slots', queryType: 'GET', verdict: 'denied', rule: 'gateway 403 path' }),
     rec('2026-01-01T00:00:05.000Z', { iteration: 2, kind: 'loss', verdict: 'lost', count: 7, rule: 'firewall logged 9, 2 arrived' }),
   ];
   await writeFile(path.join(dir, 'audit.jsonl'), audit.map((r) => JSON.stringify(r)).join('\n') + '\n');

@@ -27,12 +27,20 @@ describe('sandbox container specs', () => {
     expect(agent.labels).toMatchObject({ 'loopbox.managed': 'true', 'loopbox.run-id': 'r', 'loopbox.task': 't', 'loopbox.iteration': '1', 'loopbox.role': 'agent' });
   });
 
-  it('the sentry gets only NET_ADMIN, our DNS, and the audit folder', () => {
-    const sentry = sentrySpec({ runId: 'r', image: 'img', auditDir: '/host/audit', allow: ['10.0.0.2:8080'], dnsHosts: { model: '10.0.0.2' } });
+  it('the sentry gets only its set-up capabilities, privileged low ports, our DNS, and the audit folder', () => {
+    const sentry = sentrySpec({
+      runId: 'r', image: 'img', auditDir: '/host/audit', allow: ['10.0.0.9:443'], dnsHosts: { model: '10.0.0.2' },
+      model: '10.0.0.2:8080', gateway: { maxBodyBytes: 1000, maxTokens: 64, tokenBudget: 500, tokensUsed: 20 },
+    });
     expect(sentry.capDrop).toEqual(['ALL']);
-    expect(sentry.capAdd).toEqual(['NET_ADMIN']);
+    expect(sentry.capAdd).toEqual(['NET_ADMIN', 'NET_BIND_SERVICE', 'SETUID', 'SETGID', 'CHOWN']);
+    // Docker's default floor of 0 would let the agent bind :53 beside dnsmasq (issue 8, item 2).
+    expect(sentry.sysctls?.['net.ipv4.ip_unprivileged_port_start']).toBe('1024');
     expect(sentry.dns).toEqual(['127.0.0.1']);
-    expect(sentry.env).toEqual({ LOOPBOX_ALLOW: '10.0.0.2:8080', LOOPBOX_DNS_HOSTS: 'model=10.0.0.2' });
+    expect(sentry.env).toEqual({
+      LOOPBOX_ALLOW: '10.0.0.9:443', LOOPBOX_DNS_HOSTS: 'model=10.0.0.2', LOOPBOX_MODEL: '10.0.0.2:8080',
+      LOOPBOX_GW_MAX_BODY: '1000', LOOPBOX_GW_MAX_TOKENS: '64', LOOPBOX_GW_TOKEN_BUDGET: '500', LOOPBOX_GW_TOKENS_USED: '20',
+    });
     expect(sentry.binds).toEqual([{ host: '/host/audit', container: '/audit', readOnly: false }]);
     expect(sentry.networkMode).toBe('loopbox-model');
   });
