@@ -9,13 +9,22 @@ export function printLoopEvent(e: LoopEvent): void {
       err(`loopbox: run ${e.runId} task ${e.task} on branch ${e.branch}${e.resumedAt ? ` (resuming after iteration ${e.resumedAt})` : ''}`);
       err(`         worktree ${e.worktree}`);
       break;
+    case 'baseline':
+      err(`[${e.task}] base commit: ${e.evidence}${e.notice ? `\nloopbox: warning: ${e.notice}` : ''}`);
+      break;
     case 'iteration-start':
       if (tty) process.stderr.write(`[${e.task}] iteration ${e.iteration}: agent running…\r`);
       break;
     case 'iteration-end': {
       const r = e.record;
       const agent = r.agent.timedOut ? 'agent timed out' : `agent exit ${r.agent.exitCode}`;
-      const verify = r.verify ? (r.verified ? `verify PASS (${r.evidence ?? 'exit-code-only'})` : r.verify.passed ? 'verify exit 0, not accepted' : `verify FAIL (${r.verify.timedOut ? 'timeout' : `exit ${r.verify.exitCode}`})`) : 'not verified';
+      const verify = !r.verify
+        ? 'not verified'
+        : r.verified
+          ? 'verify PASS'
+          : r.verify.passed
+            ? `verify exit 0, NOT ACCEPTED (${r.verify.accounting?.reasons[0] ?? 'no evidence'})`
+            : `verify FAIL (${r.verify.timedOut ? 'timeout' : `exit ${r.verify.exitCode}`})`;
       const blocked = r.audit.blockedPackets + r.audit.dnsBlocked;
       err(
         `${tty ? '\x1b[2K' : ''}[${e.task}] iteration ${r.iteration}: ${agent} in ${(r.agent.durationMs / 1000).toFixed(1)} s, ` +
@@ -47,7 +56,7 @@ export function printLoopEvent(e: LoopEvent): void {
 
 export function summaryTable(summaries: LoopSummary[]): string {
   return formatTable(
-    ['TASK', 'END STATE', 'ITERATIONS', 'WALL', 'TOKENS', 'BLOCKED', 'VERIFIED COMMIT', 'RUN'],
+    ['TASK', 'END STATE', 'ITERATIONS', 'WALL', 'TOKENS', 'BLOCKED', 'VERIFIED COMMIT', 'EVIDENCE', 'RUN'],
     summaries.map((s) => [
       s.task,
       s.endState === 'error' && s.iterations === 0 ? `error: ${s.reason}`.slice(0, 60) : s.endState,
@@ -56,6 +65,7 @@ export function summaryTable(summaries: LoopSummary[]): string {
       String(s.tokens),
       String(s.blocked),
       s.verifiedCommit ? s.verifiedCommit.slice(0, 10) : '-',
+      s.evidence,
       s.runId,
     ]),
   );

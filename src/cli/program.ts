@@ -220,12 +220,13 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       const d = res.detected;
       if (!d) {
         out('no test setup detected (package.json with a "test" script, pytest.ini, pyproject.toml, go.mod, Cargo.toml):');
-        out('  verify.command is ["node", "--test"], run in the agent image (Node 18; no npm, Python, Go or Rust). Edit loopbox.yaml.');
+        out('  verify.command is node --test with its node-test report (test accounting), run in the agent image (Node 18; no npm, Python, Go or Rust). Edit loopbox.yaml.');
         return;
       }
       out(d.evidence === '--toolchain' ? `using ${d.toolchain} (--toolchain; no ${d.toolchain} test setup found)` : `detected ${d.toolchain}: ${d.evidence}`);
       if (res.found.length > 1) out(`  also found: ${res.found.filter((f) => f.toolchain !== d.toolchain).map((f) => `${f.toolchain} (${f.evidence})`).join(', ')}; pass --toolchain to pick another`);
       out(`  verify.command: ${JSON.stringify(VERIFY_PROFILES[d.toolchain].command)}`);
+      out(`  verify.report:  ${VERIFY_PROFILES[d.toolchain].report ?? 'none (exit code only; see docs/configuration.md#test-accounting-verifyreport)'}`);
       out(`  verify.image:   ${verifyImageFor(d.toolchain)} (the default agent image cannot run it); build it with:`);
       out(`    loopbox images build --toolchain ${d.toolchain}`);
     });

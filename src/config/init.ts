@@ -6,6 +6,7 @@ import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import { TOOLCHAINS, type Toolchain, imageRef, toolchainImage } from '../images/catalog.js';
+import { REPORT_PRESETS, type ReportPresetName } from '../verify/presets.js';
 
 /**
  * What `init` writes for each toolchain it detects. One row per toolchain, so that a setting
@@ -16,13 +17,15 @@ export interface VerifyProfile {
   command: string[];
   /** What the verify command reads besides the code: the agent may not change it. */
   protectedPaths: string[];
+  /** The `verify.report` preset the command writes (test accounting); none: exit code only. */
+  report?: ReportPresetName;
 }
 
 export const VERIFY_PROFILES: Record<Toolchain, VerifyProfile> = {
   // package.json is protected: its "test" script is the verify command's real content.
   node: { command: ['npm', 'test'], protectedPaths: ['test/**', 'package.json', 'package-lock.json'] },
   // pytest reads its options (addopts, testpaths) from these files.
-  python: { command: ['python3', '-m', 'pytest', '-q'], protectedPaths: ['tests/**', 'test/**', 'conftest.py', 'pytest.ini', 'pyproject.toml', 'setup.cfg', 'tox.ini'] },
+  python: { command: [...REPORT_PRESETS.pytest.command, '-q'], report: 'pytest', protectedPaths: ['tests/**', 'test/**', 'conftest.py', 'pytest.ini', 'pyproject.toml', 'setup.cfg', 'tox.ini'] },
   go: { command: ['go', 'test', './...'], protectedPaths: ['**/*_test.go', 'go.mod', 'go.sum'] },
   rust: { command: ['cargo', 'test', '--offline'], protectedPaths: ['tests/**', 'Cargo.toml', 'Cargo.lock'] },
 };
@@ -74,8 +77,12 @@ async function evidenceFor(dir: string, toolchain: Toolchain): Promise<string | 
   }
 }
 
-/** The template's verify command line, which `configTemplate` replaces for a detected toolchain. */
-const TEMPLATE_COMMAND_LINE = '  command: ["node", "--test"]\n';
+/** The template's verify command and report lines, which `configTemplate` replaces for a detected toolchain. */
+const TEMPLATE_COMMAND_LINE = `  command: ${JSON.stringify(REPORT_PRESETS['node-test'].command).replaceAll('","', '", "')}
+  # Test accounting: the harness reads the runner's report, so an early exit(0), a skipped test
+  # or a run of zero tests is not a pass. Presets: node-test, vitest, jest, pytest, go-test, cargo.
+  report: node-test
+`;
 
 /**
  * The lines that stand for `command:` in the template's `verify:` section when a toolchain was
@@ -86,7 +93,7 @@ function verifyLines(detected: Detected): string {
   const profile = VERIFY_PROFILES[detected.toolchain];
   return `  # Proposed by \`loopbox init\`: ${detected.evidence}.
   command: ${JSON.stringify(profile.command).replaceAll(',', ', ')}
-  # The agent image has no npm, Python, Go or Rust: this one adds ${detected.toolchain} (Debian packages).
+${profile.report ? `  report: ${profile.report}        # test accounting: the harness reads the runner's report\n` : '  # No test report for this runner: verified rests on the exit code (see verify.report).\n'}  # The agent image has no npm, Python, Go or Rust: this one adds ${detected.toolchain} (Debian packages).
   # Build it with: loopbox images build --toolchain ${detected.toolchain}
   image: ${verifyImageFor(detected.toolchain)}
 `;
@@ -129,7 +136,10 @@ verify:
   # The verify image (default: the agent image: git, bash, Node 18; no npm, Python, Go or Rust)
   # must hold your toolchain, and the repository your dependencies. \`loopbox images build
   # --toolchain node|python|go|rust\` builds one; set verify.image to it.
-  command: ["node", "--test"]
+  command: ["node", "--test", "--test-reporter=tap", "--test-reporter-destination=/loopbox-report/node-test.tap", "--test-reporter=spec", "--test-reporter-destination=stdout"]
+  # Test accounting: the harness reads the runner's report, so an early exit(0), a skipped test
+  # or a run of zero tests is not a pass. Presets: node-test, vitest, jest, pytest, go-test, cargo.
+  report: node-test
   timeout: 10m
 
 loop:

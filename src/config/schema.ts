@@ -2,6 +2,8 @@
 // unknown keys are errors, so a typo never silently falls back to a default.
 import { z } from 'zod';
 import { scheduleSchema, serveSchema } from './triggers.js';
+import { REPORT_PRESETS, REPORT_PRESET_NAMES, type ReportPresetName } from '../verify/presets.js';
+import { REPORT_FORMATS } from '../verify/report.js';
 import { parseDuration, parseSize } from './units.js';
 
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
@@ -85,12 +87,23 @@ export const agentSchema = z
   })
   .prefault({});
 
+/** `verify.report`: a preset name, or where the runner writes which format (issue 7 item 5). */
+const reportSchema = z.union([
+  z.enum(REPORT_PRESET_NAMES as [ReportPresetName, ...ReportPresetName[]]).transform((name) => ({ format: REPORT_PRESETS[name].format, path: REPORT_PRESETS[name].path, preset: name })),
+  z.strictObject({
+    format: z.enum(REPORT_FORMATS as ['junit', 'tap', 'go-json']),
+    path: z.string().min(1).refine((p) => !p.includes('\0'), 'expected a path without NUL'),
+  }),
+], { error: `expected a preset (${REPORT_PRESET_NAMES.join(', ')}) or { format: ${REPORT_FORMATS.join(' | ')}, path: "<file>" }` });
+
 export const verifySchema = z
   .strictObject({
     /** The verify command, from the host's config only (never from the worktree). */
     command: argv.optional(),
     image: z.string().min(1).optional().describe('default: the agent image'),
     timeout: duration.prefault('10m'),
+    /** The test report the harness reads; without it, "verified" rests on the exit code alone. */
+    report: reportSchema.optional(),
     /** The verify copy (built from the commit's tree) is refused past this many bytes. */
     maxCopy: size.prefault('2g'),
   })

@@ -119,7 +119,7 @@ export class DockerClient {
   }
 
   /** Unpacks a tar stream into the container at `path`. */
-  putArchive(id: string, tar: Readable, path: string): Promise<void> {
+  putArchive(id: string, tar: Readable | Buffer, path: string): Promise<void> {
     return containers.putArchive(this.api, id, tar, path);
   }
 

@@ -167,7 +167,7 @@ export async function listContainers(api: Docker, labels: string[], options: { a
 }
 
 /** Unpacks a tar stream into the container's file system at `path` (the container need not run). */
-export async function putArchive(api: Docker, id: string, tar: Readable, path: string): Promise<void> {
+export async function putArchive(api: Docker, id: string, tar: Readable | Buffer, path: string): Promise<void> {
   try {
     await api.getContainer(id).putArchive(tar, { path });
   } catch (error) {

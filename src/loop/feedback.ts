@@ -1,6 +1,7 @@
 // What the loop writes for people and for the agent: commit messages with their trailers, and
 // the feedback the next iteration reads in /loopbox/feedback.md.
 import type { ReviewResult } from '../review/review.js';
+import { type AccountingRecord, evidenceTrailers } from '../verify/accounting.js';
 import type { VerifyResult } from '../verify/verify.js';
 import type { IterationRecord } from './state.js';
 
@@ -8,7 +9,9 @@ import type { IterationRecord } from './state.js';
 export interface Accounting {
   verified: boolean;
   /** What the verdict rests on: the trailer `Loopbox-Verify: <evidence>`. */
-  evidence: 'exit-code-only';
+  evidence: 'exit-code-only' | 'test-report';
+  /** Test accounting's verdict, counts and reasons (iterations.jsonl); null when nothing ran. */
+  record: AccountingRecord | null;
 }
 
 export interface CommitMessageInput {
@@ -33,7 +36,7 @@ export function commitMessage(input: CommitMessageInput): string {
     `Loopbox-Iteration: ${input.iteration}`,
     `Loopbox-Verified: ${verified ? 'yes' : 'no'}`,
   ];
-  if (verify) lines.push(`Loopbox-Verify: ${accounting.evidence}`);
+  if (verify) lines.push(...(accounting.record ? evidenceTrailers(accounting.record) : [`Loopbox-Verify: ${accounting.evidence}`]));
   lines.push(`Loopbox-Verify-Command: ${JSON.stringify(input.command)}`);
   // The model name comes from the host's config (no control characters: schema.ts).
   if (input.review) lines.push(`Loopbox-Review: ${input.review.approved ? `approved (${input.review.model})` : 'rejected'}`);
@@ -54,14 +57,16 @@ export function feedbackText(record: IterationRecord, command: string[], agentTi
   }
   if (record.untrusted) lines.push(`- The worktree was made again from the last commit: ${record.untrusted}`);
   if (!record.filesChanged.length) lines.push('- You changed no files in this iteration.');
-  if (record.verify) {
+  if (record.verify?.passed && record.verify.accounting && !record.verify.accounting.verified) {
+    lines.push(`- Verification \`${command.join(' ')}\` exited 0 but is not accepted:`, ...record.verify.accounting.reasons.map((r) => `  - ${r}`));
+  } else if (record.verify) {
     lines.push(
       record.verify.passed
         ? `- Verification \`${command.join(' ')}\` passed.`
         : `- Verification \`${command.join(' ')}\` failed (${record.verify.timedOut ? 'timed out' : `exit code ${record.verify.exitCode}`}). Its last output lines:`,
     );
-    if (!record.verify.passed) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
   }
+  if (record.verify && !record.verified) lines.push('', '```', record.verify.outputTail.trimEnd(), '```');
   const review = record.review;
   if (review && review.verdict !== 'approve') {
     lines.push(`- The reviewer did not accept the change${review.gaming ? ': it looks like the tests were gamed, not the task done' : ''}. The loop goes on until it does. Its reasons:`);

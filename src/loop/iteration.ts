@@ -26,7 +26,8 @@ import type { ModelSupervisor } from '../model/supervisor.js';
 import type { AgentRun, CollectResult } from '../sandbox/sandbox.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
 import { askReviewer, reviewDiff, reviewRequired, type ReviewResult } from '../review/review.js';
-import type { VerifyResult } from '../verify/verify.js';
+import { type AccountingRecord, type Baseline, account as accountTests, accountingRecord } from '../verify/accounting.js';
+import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
 import { DiskWatch } from './disk-watch.js';
@@ -61,6 +62,8 @@ export interface LoopContext {
   external?: { ip: string; port: number; names: string[] } | undefined;
   agentSlots?: Semaphore | undefined;
   sentries: SentryKeeper;
+  /** The verify command on the base tree (test accounting); null when none could be taken. */
+  baseline: Baseline | null;
   /** Bytes in the worktree and notes when the session began (the disk watch's baseline). */
   diskBaseline: number;
   stateEnv?: NodeJS.ProcessEnv | undefined;
@@ -248,7 +251,12 @@ export async function snapshot(ctx: LoopContext, state: LoopState, steps: StepTi
 /** Runs the verify command in a clean container, unless the iteration is void or stopped. */
 export async function verify(ctx: LoopContext, tree: string, iteration: number, skip: boolean): Promise<VerifyResult | null> {
   if (skip || ctx.signal.aborted) return null;
-  return ctx.backend.runVerify({
+  return ctx.backend.runVerify(verifyOptions(ctx, tree, iteration));
+}
+
+/** The verify container's settings, the same for the baseline (iteration 0) and every iteration. */
+export function verifyOptions(ctx: LoopContext, tree: string, iteration: number): VerifyOptions {
+  return {
     runId: ctx.runId,
     task: ctx.task.name,
     iteration,
@@ -263,15 +271,23 @@ export async function verify(ctx: LoopContext, tree: string, iteration: number, 
     maxCopyBytes: ctx.config.verify.maxCopy,
     limits: { memoryBytes: ctx.config.sandbox.memory, cpus: ctx.config.sandbox.cpus, pids: ctx.config.sandbox.pids },
     signal: ctx.signal,
-  });
+    report: ctx.config.verify.report,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
 // account
 
-/** Whether the verify result is evidence of a pass. */
-export function account(result: VerifyResult | null): Accounting {
-  return { verified: result?.passed === true, evidence: 'exit-code-only' };
+/**
+ * Whether the verify result is evidence of a pass: exit 0 is not enough. With a report, every
+ * test that passed on the base ran and passed, none is missing or newly skipped, and some test
+ * ran at all; without one, the runner did not say it ran no tests. When the base already
+ * passes, an unchanged tree proves nothing (issue 7 item 5, issue 12 item 3).
+ */
+export function account(result: VerifyResult | null, baseline: Baseline | null, options: { unchangedFromBase: boolean }): Accounting {
+  if (!result) return { verified: false, evidence: 'exit-code-only', record: null };
+  const record = accountingRecord(accountTests(baseline, result, options), baseline);
+  return { verified: result.passed && record.verified, evidence: record.mode === 'report' ? 'test-report' : 'exit-code-only', record };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +302,9 @@ export async function review(ctx: LoopContext, state: LoopState, iteration: numb
   const cfg = ctx.config.review;
   if (!cfg || !reviewRequired(ctx.config) || !accounting.verified || !result || ctx.signal.aborted) return undefined;
   const diff = await reviewDiff(ctx.repo, state.baseTree, tree, ctx.isProtected, cfg.maxDiffBytes);
-  const subject = { taskText: ctx.task.text, verifyCommand: ctx.verifyCommand, verify: result, evidence: accounting.evidence, diff };
+  // The tests the report says ran, with their outcome, when test accounting read one.
+  const tests = result?.report.kind === 'ok' ? result.report.report.tests.slice(0, 500).map((t) => `${t.status}: ${t.id}`) : undefined;
+  const subject = { taskText: ctx.task.text, verifyCommand: ctx.verifyCommand, verify: result, evidence: accounting.evidence, diff, tests };
   const verdict = await askReviewer({ config: cfg, subject, runId: ctx.runId, task: ctx.task.name, iteration, stateEnv: ctx.stateEnv, signal: ctx.signal });
   ctx.log.info({ iteration, verdict: verdict.verdict, gaming: verdict.gaming, attempts: verdict.attempts, diffCutBytes: verdict.diffCutBytes, cost: verdict.cost }, 'review');
   return verdict;
@@ -357,7 +375,7 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
   const audit = await agentStep.collecting;
   // Metered by this run's own model gateway: exact with parallel loops and with model.endpoint.
   const tokens = audit.model.tokens;
-  const accounting = account(result);
+  const accounting = account(result, ctx.baseline, { unchangedFromBase: snap.snap.tree === state.baseTree });
   const reviewed = await timed(steps, 'review', () => review(ctx, state, iteration, snap.snap.tree, result, accounting));
   const commitId = await timed(steps, 'commit', () => commit(ctx, state, iteration, snap, result, accounting, reviewed));
   if (snap.untrusted) await timed(steps, 'reset', () => resetWorktree(ctx, state));
@@ -377,7 +395,7 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
     protectedViolations: snap.violations,
     skipped: snap.skipped,
     untrusted: snap.untrusted ?? null,
-    verify: result && { passed: result.passed, exitCode: result.exitCode, timedOut: result.timedOut, durationMs: result.durationMs, outputTail: result.outputTail },
+    verify: result && { passed: result.passed, exitCode: result.exitCode, timedOut: result.timedOut, durationMs: result.durationMs, outputTail: result.outputTail, ...(accounting.record ? { accounting: accounting.record } : {}) },
     evidence: result ? accounting.evidence : null,
     commit: commitId,
     verified: accounting.verified,

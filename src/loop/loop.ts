@@ -24,9 +24,11 @@ import { AGENT_UID } from '../sandbox/specs.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
 import { feedbackText } from './feedback.js';
-import { type IterationOutcome, type LoopContext, SentryKeeper, runIteration } from './iteration.js';
 import { reviewApiKey, reviewRequired } from '../review/review.js';
 import { type IterationRecord, type LoopState, type ReviewTotals, addReview, appendIteration, loadState, readIterations, saveState } from './state.js';
+import { BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
+import { runBaseline } from '../verify/baseline.js';
+import { type IterationOutcome, type LoopContext, SentryKeeper, runIteration, verifyOptions } from './iteration.js';
 import { loadTask } from './task.js';
 import { acquireTaskLock, legacyWorktreeDir, lendTree, taskWorktreeDir } from './workspace.js';
 
@@ -52,6 +54,7 @@ export interface LoopOptions {
 
 export type LoopEvent =
   | { type: 'loop-start'; runId: string; task: string; branch: string; worktree: string; resumedAt: number }
+  | { type: 'baseline'; runId: string; task: string; passes: boolean; evidence: string; notice: string | null }
   | { type: 'iteration-start'; runId: string; task: string; iteration: number }
   | { type: 'iteration-end'; runId: string; task: string; record: IterationRecord }
   | { type: 'model-down'; runId: string; task: string; iteration: number }
@@ -75,6 +78,8 @@ export interface LoopSummary {
   runDir: string;
   /** Reviewer requests, tokens and cost over the run (review on). */
   review?: ReviewTotals | undefined;
+  /** What the last verification rested on (test counts, or the exit code), and whether the base passed. */
+  evidence: string;
 }
 
 /** `loopbox stop RUN` writes this file in the run directory. */
@@ -184,6 +189,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       sentries: new SentryKeeper(sandboxesDir, sentries),
       diskBaseline: 0,
       stateEnv: options.stateEnv,
+      baseline: null,
     };
     await mkdir(path.join(ctx.mountDir, 'notes'), { recursive: true });
     await mkdir(ctx.notesDir, { recursive: true });
@@ -199,10 +205,19 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       await chmod(state.worktree, 0o777);
     }
     ctx.diskBaseline = await treesSize([state.worktree, ctx.notesDir]);
+    // Test accounting's baseline: the verify command on the base tree, once per run, before the
+    // first agent (issue 7 item 5, issue 12 item 3).
+    if (state.baseline === undefined) {
+      state = { ...state, baseline: await takeBaseline(ctx, state) };
+      await saveState(dir, state);
+      if (state.baseline) announceBaseline(ctx, state.baseline, options.onEvent);
+    }
+    ctx.baseline = state.baseline ?? null;
     const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
     let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
     let lastCommit: string | null = null;
     let verifiedCommit: string | null = null;
+    let lastEvidence = lastRecord?.verify?.accounting ?? null;
     let blocked = 0;
     let decision: { state: EndState; reason: string } | undefined;
     try {
@@ -220,6 +235,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
         if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
         if (outcome.commit) lastCommit = outcome.commit;
         if (outcome.verified) verifiedCommit = outcome.commit;
+        if (iterRecord.verify?.accounting) lastEvidence = iterRecord.verify.accounting;
         blocked += iterRecord.audit.blockedPackets + iterRecord.audit.dnsBlocked;
         await appendIteration(dir, iterRecord);
         state = {
@@ -257,6 +273,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       verifiedCommit,
       runDir: dir,
       ...(state.review ? { review: state.review } : {}),
+      evidence: evidenceSummary(lastEvidence),
     };
     log.info(summary, 'loop end');
     options.onEvent?.({ type: 'loop-end', summary });
@@ -272,6 +289,18 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     await lock.release().catch(() => undefined);
     log.flush();
   }
+}
+
+/** The verify command on the base tree, from git objects like every iteration's. */
+async function takeBaseline(ctx: LoopContext, state: LoopState): Promise<Baseline> {
+  return runBaseline(ctx.docker, verifyOptions(ctx, state.baseTree, 0));
+}
+
+function announceBaseline(ctx: LoopContext, b: Baseline, onEvent: LoopOptions['onEvent']): void {
+  const notice = b.passes ? BASE_PASSES_NOTICE : null;
+  if (notice) ctx.log.warn({ baseline: b }, notice);
+  const evidence = b.counts ? `${b.counts.passed} of ${b.counts.total} test(s) pass` : `exit code only: ${b.timedOut ? 'timed out' : `exit ${b.exitCode}`}`;
+  onEvent?.({ type: 'baseline', runId: ctx.runId, task: ctx.task.name, passes: b.passes, evidence, notice });
 }
 
 /** The decide step: a stop request, a voided iteration, or the brakes. Never the agent's word. */

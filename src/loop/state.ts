@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { SandboxTraffic } from '../audit/record.js';
 import { writeJsonAtomic } from '../runs/registry.js';
 import type { ReviewResult } from '../review/review.js';
+import type { AccountingRecord, Baseline } from '../verify/accounting.js';
 import type { EndState } from './brakes.js';
 
 export interface IterationRecord {
@@ -28,7 +29,8 @@ export interface IterationRecord {
   skipped: Array<{ path: string; reason: string }>;
   /** Why this iteration was not verified although the agent finished (null when it was). */
   untrusted: string | null;
-  verify: { passed: boolean; exitCode: number; timedOut: boolean; durationMs: number; outputTail: string } | null;
+  /** `passed`: the command exited 0; `accounting`: whether that is evidence (test accounting). */
+  verify: { passed: boolean; exitCode: number; timedOut: boolean; durationMs: number; outputTail: string; accounting?: AccountingRecord } | null;
   /** What `verified` rests on (`Loopbox-Verify` trailer); null when nothing was verified. */
   evidence?: string | null;
   commit: string | null;
@@ -85,6 +87,8 @@ export interface LoopState {
   branch: string;
   worktree: string;
   baseTree: string;
+  /** The verify command on the base tree (test accounting); null: none could be taken. */
+  baseline?: Baseline | null | undefined;
   trees: string[];
   iteration: number;
   tokens: number;

@@ -157,6 +157,7 @@ function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: Nod
     reason: aborted ? 'stopped before it started' : (describeError(error).split('\n')[0] ?? 'error'),
     // Refused before it started (another loop drives the task, bad input): the error's own code.
     exitCode: !aborted && error instanceof LoopboxError && error.exitCode === 2 ? 2 : END_STATE_EXIT[endState],
+    evidence: '-',
     iterations: 0,
     wallMs: 0,
     tokens: 0,

@@ -35,7 +35,7 @@ export async function loopStatus(env = process.env): Promise<LoopStatusRow[]> {
       state: run.queued ? 'queued' : 'running',
       iteration: state ? state.iteration + 1 : 0,
       elapsedMs: Date.now() - new Date(run.startedAt).getTime(),
-      lastVerify: !last?.verify ? '-' : last.verify.passed ? 'pass' : last.verify.timedOut ? 'timeout' : 'fail',
+      lastVerify: !last?.verify ? '-' : last.verified ? 'pass' : last.verify.timedOut ? 'timeout' : 'fail',
       tokens: state?.tokens ?? 0,
       trigger: run.trigger ?? 'manual',
       pid: run.pid,

@@ -19,6 +19,10 @@ import { containerName, resourceLabels } from '../docker/labels.js';
 import { deadline } from '../sandbox/specs.js';
 import type { SandboxLimits } from '../sandbox/sandbox.js';
 import { BaseTimeoutError, VerifyBase } from './base.js';
+import type { ReportOutcome } from './accounting.js';
+import { collectReport, prepareReport, reportPathIn } from './collect.js';
+import type { ReportSetting } from './presets.js';
+import { git } from '../git/hardened.js';
 
 export const VERIFY_WORKDIR = '/workspace';
 const VERIFY_UID = 1000;
@@ -51,6 +55,8 @@ export interface VerifyOptions extends SandboxIdentity {
   baseDir?: string | undefined;
   limits: SandboxLimits;
   signal?: AbortSignal | undefined;
+  /** Where the test runner writes its report; read back and parsed on the host after the run. */
+  report?: ReportSetting | undefined;
 }
 
 export interface VerifyResult {
@@ -62,6 +68,7 @@ export interface VerifyResult {
   copyMs: number;
   /** The last lines of the command's output (stdout and stderr interleaved). */
   outputTail: string;
+  report: ReportOutcome;
 }
 
 export async function runVerify(docker: DockerClient, options: VerifyOptions): Promise<VerifyResult> {
@@ -76,7 +83,15 @@ export async function runVerify(docker: DockerClient, options: VerifyOptions): P
       entries = (await base.update(options.tree, { maxBytes, deadline: started + options.timeoutMs })).entries;
     } catch (error) {
       const copyMs = Date.now() - started;
-      return { passed: false, exitCode: -1, timedOut: error instanceof BaseTimeoutError, durationMs: copyMs, copyMs, outputTail: `loopbox: the verify copy failed: ${describe(error)}\n` };
+      return {
+        passed: false,
+        exitCode: -1,
+        timedOut: error instanceof BaseTimeoutError,
+        durationMs: copyMs,
+        copyMs,
+        outputTail: `loopbox: the verify copy failed: ${describe(error)}\n`,
+        report: options.report ? { kind: 'missing', detail: 'the verify copy failed' } : { kind: 'not-configured' },
+      };
     }
     const copyMs = Date.now() - started;
     return await runContainer(docker, options, base.root, maxBytes + (entries + 1) * PAGE, started, copyMs);
@@ -113,12 +128,18 @@ async function runContainer(docker: DockerClient, options: VerifyOptions, baseRo
     init: true,
   });
   try {
+    // A report the tree brings along (the agent committed one at the report path) is refused:
+    // the files come from the tree, so the tree says whether it is there.
+    const prepared = options.report && (await prepareReport(docker, id, options.report, await inTree(options, options.report), VERIFY_UID));
     const output = new RecentLines(60);
     const streams = await docker.attach(id);
     streams.stdout.on('data', (c: Buffer) => output.push(c.toString('utf8')));
     streams.stderr.on('data', (c: Buffer) => output.push(c.toString('utf8')));
     const result = await docker.startAndWait(id, Math.max(1, options.timeoutMs - (Date.now() - started)), options.signal);
     await streams.drained(1000);
+    const report: ReportOutcome = options.report
+      ? await collectReport(docker, id, options.report, VERIFY_WORKDIR, prepared?.planted ?? false)
+      : { kind: 'not-configured' };
     return {
       passed: result.exitCode === 0 && !result.timedOut && !options.signal?.aborted,
       exitCode: result.exitCode,
@@ -126,8 +147,17 @@ async function runContainer(docker: DockerClient, options: VerifyOptions, baseRo
       durationMs: Date.now() - started,
       copyMs,
       outputTail: output.toString(),
+      report,
     };
   } finally {
     await docker.remove(id);
   }
+}
+
+/** Whether the report path lies in /workspace and the verified tree has an entry there. */
+async function inTree(options: VerifyOptions, setting: ReportSetting): Promise<boolean> {
+  const rel = path.posix.relative(VERIFY_WORKDIR, reportPathIn(setting, VERIFY_WORKDIR));
+  if (rel === '' || rel.startsWith('..') || path.posix.isAbsolute(rel)) return false;
+  const out = await git(['ls-tree', '-z', '--name-only', options.tree, '--', rel], { cwd: options.repo });
+  return out.length > 0;
 }

@@ -6,10 +6,13 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/audit/record.js';
+import { LABELS, resourceLabels } from '../../src/docker/labels.js';
 import type { IterationRecord } from '../../src/loop/state.js';
 import { type LoopRepo, cli, makeLoopRepo, parseJsonLines, remaining, useTestRun } from './helpers.js';
 
 const stateDir = process.env.LOOPBOX_STATE_DIR!;
+// Other loopbox installs on the same engine run tasks named fix-add too: only this state dir's.
+const ownStateDir = `${LABELS.stateDir}=${resourceLabels({ runId: 'x', role: 'test' })[LABELS.stateDir]}`;
 
 type Case = LoopRepo;
 
@@ -152,7 +155,7 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
     let runId: string | undefined;
     for (let i = 0; i < 100 && !runId; i += 1) {
       await new Promise((r) => setTimeout(r, 300));
-      const agents = await (await import('./helpers.js')).docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add']);
+      const agents = await (await import('./helpers.js')).docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add', ownStateDir]);
       if (agents[0]) runId = agents[0].labels['loopbox.run-id'];
     }
     expect(runId).toBeDefined();
@@ -182,7 +185,7 @@ describe('crash and resume (real Docker, git)', () => {
     let runId: string | undefined;
     for (let i = 0; i < 150 && !runId; i += 1) {
       await new Promise((r) => setTimeout(r, 200));
-      const agents = await docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add', 'loopbox.iteration=2']);
+      const agents = await docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add', 'loopbox.iteration=2', ownStateDir]);
       if (agents[0]) runId = agents[0].labels['loopbox.run-id'];
     }
     expect(runId, 'iteration 2 started').toBeDefined();

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { parse, stringify } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { VERIFY_PROFILES } from '../../src/config/init.js';
 import { imageRef } from '../../src/images/catalog.js';
 import type { IterationRecord } from '../../src/loop/state.js';
 import { cli, parseJsonLines, useTestRun } from './helpers.js';
@@ -58,7 +59,9 @@ describe('init → images build --toolchain → run (real Docker)', () => {
     expect(init.stdout).toContain(`loopbox images build --toolchain ${toolchain}`);
     const config = parse(await readFile(path.join(repo, 'loopbox.yaml'), 'utf8')) as Record<string, Record<string, unknown>>;
     expect(config.verify?.image).toBe(imageRef(`verify-${toolchain}`));
-    expect(config.verify?.command).toEqual(toolchain === 'node' ? ['npm', 'test'] : ['python3', '-m', 'pytest', '-q']);
+    expect(config.verify?.command).toEqual(VERIFY_PROFILES[toolchain].command);
+    // pytest writes a report loopbox reads (test accounting); `npm test` says nothing of its runner.
+    expect(config.verify?.report).toBe(toolchain === 'python' ? 'pytest' : undefined);
 
     // What a user edits next: the agent (here a scripted one that fixes the bug) and the task.
     const source = toolchain === 'node' ? 'calc.js' : 'calc.py';
@@ -80,6 +83,8 @@ describe('init → images build --toolchain → run (real Docker)', () => {
     expect(iterations.map((i) => i.verify?.passed)).toEqual([true]);
     const { stdout } = await execa('git', ['show', `loopbox/fix:${source}`], { cwd: repo });
     expect(stdout).toContain('a + b');
+    const { stdout: message } = await execa('git', ['log', '-1', '--format=%B', 'loopbox/fix'], { cwd: repo });
+    expect(message).toContain(toolchain === 'python' ? 'Loopbox-Tests: 1 passed, 0 failed, 0 skipped' : 'Loopbox-Verify: exit-code-only');
   }, 400_000);
 
   it('the default agent image cannot run the proposed command (why init names another image)', async () => {

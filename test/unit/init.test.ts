@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { VERIFY_PROFILES, initProject } from '../../src/config/init.js';
 import { loadConfig } from '../../src/config/load.js';
+import { REPORT_PRESETS } from '../../src/verify/presets.js';
 import type { DockerClient } from '../../src/docker/client.js';
 import { buildImages } from '../../src/images/builder.js';
 import { TOOLCHAINS, imageRef } from '../../src/images/catalog.js';
@@ -20,7 +21,9 @@ describe('loopbox init', () => {
     const res = await initProject(dir);
     expect(res.written).toEqual(['loopbox.yaml', 'AGENTS.md', path.join('tasks', 'example.md')]);
     const { config } = await loadConfig({ dir });
-    expect(config.verify.command).toEqual(['node', '--test']);
+    // Test accounting is on: the command writes the node-test preset's report, and the config names it.
+    expect(config.verify.command).toEqual(REPORT_PRESETS['node-test'].command);
+    expect(config.verify.report).toMatchObject({ format: 'tap', path: REPORT_PRESETS['node-test'].path });
     expect(await readFile(path.join(dir, 'tasks', 'example.md'), 'utf8')).toMatch(/## Goal[\s\S]*## How to check[\s\S]*## Done when/);
     await writeFile(path.join(dir, 'AGENTS.md'), 'mine');
     await expect(initProject(dir)).rejects.toThrow(/Not overwriting existing file\(s\): loopbox.yaml, AGENTS.md/);
@@ -44,8 +47,8 @@ describe('loopbox init: the verify command and image for the test setup found', 
 
   it.each([
     ['node', { 'package.json': JSON.stringify({ scripts: { test: 'node --test' } }) }, ['npm', 'test'], 'package.json'],
-    ['python', { 'pytest.ini': '[pytest]\n' }, ['python3', '-m', 'pytest', '-q'], 'pytest.ini'],
-    ['python', { 'pyproject.toml': '[project]\nname = "x"\n' }, ['python3', '-m', 'pytest', '-q'], 'pyproject.toml'],
+    ['python', { 'pytest.ini': '[pytest]\n' }, [...REPORT_PRESETS.pytest.command, '-q'], 'pytest.ini'],
+    ['python', { 'pyproject.toml': '[project]\nname = "x"\n' }, [...REPORT_PRESETS.pytest.command, '-q'], 'pyproject.toml'],
     ['go', { 'go.mod': 'module example.com/x\n\ngo 1.19\n' }, ['go', 'test', './...'], 'go.mod'],
     ['rust', { 'Cargo.toml': '[package]\nname = "x"\nversion = "0.1.0"\n' }, ['cargo', 'test', '--offline'], 'Cargo.toml'],
   ] as const)('%s project (%s): proposes its command, its verify image, and protects what the command reads', async (toolchain, files, command, marker) => {
@@ -58,6 +61,9 @@ describe('loopbox init: the verify command and image for the test setup found', 
     expect(config.verify.image).toBe(imageRef(`verify-${toolchain}`));
     expect(config.verify.image).toMatch(new RegExp(`^loopbox/verify-${toolchain}:`));
     expect(config.protectedPaths).toEqual(VERIFY_PROFILES[toolchain].protectedPaths);
+    // Test accounting where the runner can write a report loopbox reads (pytest); else exit code only.
+    const preset = VERIFY_PROFILES[toolchain].report;
+    expect(config.verify.report).toEqual(preset ? { format: REPORT_PRESETS[preset].format, path: REPORT_PRESETS[preset].path, preset } : undefined);
     expect(await readFile(path.join(dir, 'loopbox.yaml'), 'utf8')).toContain(`loopbox images build --toolchain ${toolchain}`);
     expect(await readFile(path.join(dir, 'AGENTS.md'), 'utf8')).toContain(`\`${command.join(' ')}\``);
   });
@@ -68,7 +74,8 @@ describe('loopbox init: the verify command and image for the test setup found', 
       const res = await initProject(dir);
       expect(res.detected).toBeUndefined();
       const { config } = await loadConfig({ dir });
-      expect(config.verify.command).toEqual(['node', '--test']);
+      expect(config.verify.command).toEqual(REPORT_PRESETS['node-test'].command);
+      expect(config.verify.report).toMatchObject({ format: 'tap' });
       expect(config.verify.image).toBeUndefined();
     }
   });

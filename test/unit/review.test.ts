@@ -165,7 +165,7 @@ describe('review config, trailers and feedback', () => {
   });
 
   it('commit trailers: approved (model) or rejected, beside Loopbox-Verified: yes', () => {
-    const base = { task: 't', runId: 'r', iteration: 1, verify: null, accounting: { verified: true, evidence: 'exit-code-only' as const }, command: ['true'] };
+    const base = { task: 't', runId: 'r', iteration: 1, verify: null, accounting: { verified: true, evidence: 'exit-code-only' as const, record: null }, command: ['true'] };
     expect(commitMessage({ ...base, review: { approved: true, model: 'big' } })).toMatch(/Loopbox-Verified: yes[\s\S]*Loopbox-Review: approved \(big\)/);
     const rejected = commitMessage({ ...base, review: { approved: false, model: 'big' } });
     expect(rejected).toMatch(/Loopbox-Verified: yes[\s\S]*Loopbox-Review: rejected$/);
