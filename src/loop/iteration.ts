@@ -26,7 +26,7 @@ import type { ModelSupervisor } from '../model/supervisor.js';
 import type { AgentRun, CollectResult } from '../sandbox/sandbox.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
 import { askReviewer, reviewDiff, reviewRequired, type ReviewResult } from '../review/review.js';
-import { type AccountingRecord, type Baseline, account as accountTests, accountingRecord } from '../verify/accounting.js';
+import { type Baseline, account as accountTests, accountingRecord } from '../verify/accounting.js';
 import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
