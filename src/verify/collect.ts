@@ -24,12 +24,13 @@ export async function prepareReport(container: Docker.Container, setting: Report
 }
 
 
-export async function collectReport(container: Docker.Container, setting: ReportSetting, workdir: string, planted: boolean): Promise<ReportOutcome> {
+/** `readFrom`: where the report was moved to (a report inside a tmpfs workdir is copied out). */
+export async function collectReport(container: Docker.Container, setting: ReportSetting, workdir: string, planted: boolean, readFrom?: string): Promise<ReportOutcome> {
   const where = reportPathIn(setting, workdir);
   if (planted) return { kind: 'invalid', detail: `${where} existed before the verify command started (it came with the worktree); it is not trusted` };
   let stream: Readable;
   try {
-    stream = (await container.getArchive({ path: where })) as unknown as Readable;
+    stream = (await container.getArchive({ path: readFrom ?? where })) as unknown as Readable;
   } catch (error) {
     if ((error as { statusCode?: number }).statusCode === 404) return { kind: 'missing', detail: `the verify command wrote no report at ${where}` };
     return { kind: 'missing', detail: `could not read ${where}: ${(error as Error).message}` };
