@@ -23,6 +23,7 @@ import { printLoopEvent, registerRun, registerStatusAndStop, summaryTable } from
 import { runDemo } from '../demo/demo.js';
 import { registerTriggers } from './triggers.js';
 import { registerAudit } from './audit-query.js';
+import { pruneDeadWorktrees } from '../loop/workspace.js';
 import { registerReport, reportPaths } from './report.js';
 import { VERIFY_PROFILES, initProject, verifyImageFor } from '../config/init.js';
 
@@ -131,7 +132,10 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       const verb = opts.dryRun ? 'would remove' : 'removed';
       for (const r of res.removed) out(`${verb} ${r.kind} ${r.name} (run ${r.labels['loopbox.run-id'] ?? '?'})`);
       for (const f of res.failed) err(`could not remove ${f.resource.kind} ${f.resource.name}: ${f.error}`);
-      err(`${verb} ${res.removed.length}, kept ${res.kept.length}${res.failed.length ? `, failed ${res.failed.length}` : ''}`);
+      // Task worktrees whose repository is gone go too; git forgets registrations of gone folders.
+      const wts = await pruneDeadWorktrees(undefined, opts.dryRun ?? false);
+      for (const dir of wts.removed) out(`${verb} worktree ${dir} (its repository is gone)`);
+      err(`${verb} ${res.removed.length + wts.removed.length}, kept ${res.kept.length}${res.failed.length ? `, failed ${res.failed.length}` : ''}`);
       if (res.failed.length) result.exitCode = 1;
     });
 
