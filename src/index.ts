@@ -7,6 +7,7 @@ export type { LoopEvent, LoopSummary, LoopOptions } from './loop/loop.js';
 export { loadTask, taskNameOf } from './loop/task.js';
 export type { Task } from './loop/task.js';
 export { resolveTaskFiles } from './loop/tasks.js';
+export { pruneDeadWorktrees } from './loop/workspace.js';
 
 // Runner: several loops at once, bounded by the model's slots; status and stop from elsewhere.
 export { LoopRunner } from './runner/runner.js';

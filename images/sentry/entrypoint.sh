@@ -281,6 +281,9 @@ for _ in $(seq 1 100); do
 	sleep 0.05
 done
 [ "$up" = 1 ] || die "dnsmasq is not listening on 127.0.0.1:$DNSMASQ_PORT"
+# dnsmasq made its log file its own, mode 0660: the host, which may run loopbox as any user,
+# could not read it. Give it back to root, readable by all; dnsmasq keeps its open handle.
+chown 0:0 "$AUDIT/dns.log" && chmod 0644 "$AUDIT/dns.log" || die "cannot make $AUDIT/dns.log readable"
 
 # ------------------------------------------------------------- DNS front ---
 LOOPBOX_DNS_UPSTREAM_PORT=$DNSMASQ_PORT LOOPBOX_DNS_USER=$DNS_USER LOOPBOX_DNS_RECORDS="$AUDIT/dns.jsonl" \

@@ -1,7 +1,7 @@
 // commander wiring only: parse options, call the library, print. No process.exit here.
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { buildImages, ConfigError, createRun, doctor, ensureFixtureModel, finishRun, formatTable, gc, IMAGE_NAMES, type ImageName, imageRef, initProject, isSafeName, loadConfig, LoopboxError, MODEL_CONTAINER, modelDown, modelStatus, modelUp, newRunId, packageVersion, pullModel, runDemo, runDir, runSandbox, sandboxAuditDir, type Toolchain, toolchainImage, TOOLCHAINS, VERIFY_PROFILES, verifyImageFor } from '../index.js';
+import { buildImages, ConfigError, createRun, doctor, ensureFixtureModel, finishRun, formatTable, gc, IMAGE_NAMES, type ImageName, imageRef, initProject, isSafeName, loadConfig, LoopboxError, MODEL_CONTAINER, modelDown, modelStatus, modelUp, newRunId, packageVersion, pruneDeadWorktrees, pullModel, runDemo, runDir, runSandbox, sandboxAuditDir, type Toolchain, toolchainImage, TOOLCHAINS, VERIFY_PROFILES, verifyImageFor } from '../index.js';
 import { registerAuditChain } from './audit.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, collect, duration, example, nonNegativeInt } from './options.js';
@@ -100,7 +100,10 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
       const verb = opts.dryRun ? 'would remove' : 'removed';
       for (const r of res.removed) out(`${verb} ${r.kind} ${r.name} (run ${r.labels['loopbox.run-id'] ?? '?'})`);
       for (const f of res.failed) err(`could not remove ${f.resource.kind} ${f.resource.name}: ${f.error}`);
-      err(`${verb} ${res.removed.length}, kept ${res.kept.length}${res.failed.length ? `, failed ${res.failed.length}` : ''}`);
+      // Task worktrees whose repository is gone go too; git forgets registrations of gone folders.
+      const wts = await pruneDeadWorktrees(undefined, opts.dryRun ?? false);
+      for (const dir of wts.removed) out(`${verb} worktree ${dir} (its repository is gone)`);
+      err(`${verb} ${res.removed.length + wts.removed.length}, kept ${res.kept.length}${res.failed.length ? `, failed ${res.failed.length}` : ''}`);
       if (res.failed.length) result.exitCode = 1;
     });
 

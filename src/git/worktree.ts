@@ -19,7 +19,7 @@ import { StatCache } from './stat-cache.js';
 import { DirHandle, closeSubdir, decodeName, isFsError, openSubdir } from './safe-fs.js';
 
 export const DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024;
-export const DEFAULT_MAX_FILES = 100_000;
+export const DEFAULT_MAX_FILES = 500_000;
 export const DEFAULT_MAX_DEPTH = 128;
 export const DEFAULT_AUTHOR: Author = { name: 'loopbox', email: 'loopbox@localhost' };
 /** The directory (relative to the repo) loopbox keeps out of `git status` via info/exclude. */
@@ -69,7 +69,7 @@ export interface SnapshotOptions {
   base?: string;
   /** Files larger than this are skipped (and keep their base version). Default 50 MiB. */
   maxFileBytes?: number;
-  /** More files than this and the snapshot is refused. Default 100 000. */
+  /** More files than this and the snapshot is refused. Default 500 000 (a repository of 100 000 tracked files is not rare). */
   maxFiles?: number;
   /** Directories deeper than this are skipped. Default 128. */
   maxDepth?: number;

@@ -11,6 +11,7 @@ import { chmod, lchown, lstat, mkdir, open, readFile, readdir, realpath, rename,
 import path from 'node:path';
 import { TaskBusyError } from '../common/errors.js';
 import { stateDir } from '../common/paths.js';
+import { git } from '../git/index.js';
 import { isProcessAlive, processStartTime } from '../runs/registry.js';
 
 /** `<state>/worktrees/<repo>-<hash>/`: the task worktrees of one repository. */
@@ -105,6 +106,39 @@ export async function forceRemoveTree(dir: string): Promise<void> {
   };
   await unlock(dir);
   await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * `loopbox gc`: task worktrees whose repository is gone (deleted, or the worktree's git
+ * registration removed) are deleted from the state dir, and each repository that still exists
+ * forgets registrations whose folder is gone (`git worktree prune`). A worktree of a live
+ * repository stays: its branch is the user's to review or resume.
+ */
+export async function pruneDeadWorktrees(env?: NodeJS.ProcessEnv, dryRun = false): Promise<{ removed: string[]; pruned: string[] }> {
+  const root = path.join(stateDir(env), 'worktrees');
+  const removed: string[] = [];
+  const repos = new Set<string>();
+  for (const repoKey of await readdir(root).catch(() => [] as string[])) {
+    for (const task of await readdir(path.join(root, repoKey)).catch(() => [] as string[])) {
+      const dir = path.join(root, repoKey, task);
+      // `.git` in a worktree is a file naming its admin folder; the agent sees it masked read-only.
+      const pointer = await readFile(path.join(dir, '.git'), 'utf8').catch(() => '');
+      const admin = /^gitdir: (.+)$/m.exec(pointer)?.[1]?.trim();
+      const alive = admin !== undefined && (await lstat(admin).then((st) => st.isDirectory(), () => false));
+      if (alive) {
+        repos.add(path.resolve(admin, '..', '..'));
+        continue;
+      }
+      removed.push(dir);
+      if (!dryRun) await forceRemoveTree(dir);
+    }
+  }
+  const pruned: string[] = [];
+  for (const commonDir of repos) {
+    if (!dryRun) await git(['--git-dir', commonDir, 'worktree', 'prune'], { cwd: commonDir }).catch(() => undefined);
+    pruned.push(commonDir);
+  }
+  return { removed, pruned };
 }
 
 // ---------------------------------------------------------------------------------------------

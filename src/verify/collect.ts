@@ -25,12 +25,13 @@ export async function prepareReport(docker: DockerClient, id: string, setting: R
 }
 
 
-export async function collectReport(docker: DockerClient, id: string, setting: ReportSetting, workdir: string, planted: boolean): Promise<ReportOutcome> {
+/** `readFrom`: where the report was moved to (a report inside a tmpfs workdir is copied out). */
+export async function collectReport(docker: DockerClient, id: string, setting: ReportSetting, workdir: string, planted: boolean, readFrom?: string): Promise<ReportOutcome> {
   const where = reportPathIn(setting, workdir);
   if (planted) return { kind: 'invalid', detail: `${where} existed before the verify command started (it came with the worktree); it is not trusted` };
   let stream: Readable;
   try {
-    stream = await docker.getArchive(id, where);
+    stream = await docker.getArchive(id, readFrom ?? where);
   } catch (error) {
     if (isGone(error)) return { kind: 'missing', detail: `the verify command wrote no report at ${where}` };
     // The engine's own reason, not the facade's wording around it.

@@ -21,7 +21,10 @@ import type { SandboxLimits } from '../sandbox/sandbox.js';
 import { BaseTimeoutError, VerifyBase } from './base.js';
 import type { ReportOutcome } from './accounting.js';
 import { collectReport, prepareReport, reportPathIn } from './collect.js';
-import type { ReportSetting } from './presets.js';
+import { REPORT_DIR, type ReportSetting } from './presets.js';
+
+/** In the report folder: the copy of a report the command wrote inside /workspace. */
+const WORKSPACE_REPORT = '.from-workspace';
 import { git } from '../git/hardened.js';
 
 export const VERIFY_WORKDIR = '/workspace';
@@ -32,8 +35,15 @@ export const VERIFY_BASE_MOUNT = '/loopbox/base';
 export const COPY_FAILED_EXIT = 125;
 // Copies the base into the tmpfs /workspace, then runs the command there. `cp -R` copies
 // symlinks as symlinks (it never follows one in the source) and takes modes from the source.
+// /workspace is a tmpfs and goes when the container stops: a report written there (a relative
+// report path) is copied, as it is (a link stays a link and is refused), to the report folder.
 const COPY_SCRIPT = `cp -R ${VERIFY_BASE_MOUNT}/. ${'/workspace'}/ || { echo "loopbox: copying the tree into /workspace failed (verify.maxCopy?)" >&2; exit ${COPY_FAILED_EXIT}; }
-cd /workspace && exec "$@"`;
+cd /workspace && "$@"
+rc=$?
+if [ -n "\${LOOPBOX_REPORT_IN_WORKSPACE:-}" ] && [ -e "/workspace/\${LOOPBOX_REPORT_IN_WORKSPACE}" -o -L "/workspace/\${LOOPBOX_REPORT_IN_WORKSPACE}" ]; then
+  cp -P "/workspace/\${LOOPBOX_REPORT_IN_WORKSPACE}" ${REPORT_DIR}/${WORKSPACE_REPORT} 2>/dev/null
+fi
+exit $rc`;
 /** tmpfs rounds every file up to a page. */
 const PAGE = 4096;
 export const DEFAULT_MAX_COPY_BYTES = 2 * 1024 ** 3;
@@ -112,7 +122,7 @@ async function runContainer(docker: DockerClient, options: VerifyOptions, baseRo
     user: limit.user,
     capAdd: limit.capAdd,
     workingDir: '/',
-    env: { HOME: '/tmp/home', CI: 'true' },
+    env: { HOME: '/tmp/home', CI: 'true', ...(reportRel(options) ? { LOOPBOX_REPORT_IN_WORKSPACE: reportRel(options)! } : {}) },
     capDrop: ['ALL'],
     securityOpt: ['no-new-privileges'],
     binds: [{ host: baseRoot, container: VERIFY_BASE_MOUNT, readOnly: true }],
@@ -138,7 +148,7 @@ async function runContainer(docker: DockerClient, options: VerifyOptions, baseRo
     const result = await docker.startAndWait(id, Math.max(1, options.timeoutMs - (Date.now() - started)), options.signal);
     await streams.drained(1000);
     const report: ReportOutcome = options.report
-      ? await collectReport(docker, id, options.report, VERIFY_WORKDIR, prepared?.planted ?? false)
+      ? await collectReport(docker, id, options.report, VERIFY_WORKDIR, prepared?.planted ?? false, reportRel(options) ? `${REPORT_DIR}/${WORKSPACE_REPORT}` : undefined)
       : { kind: 'not-configured' };
     return {
       passed: result.exitCode === 0 && !result.timedOut && !options.signal?.aborted,
@@ -154,10 +164,17 @@ async function runContainer(docker: DockerClient, options: VerifyOptions, baseRo
   }
 }
 
+/** The report path relative to /workspace, when it lies inside it. */
+function reportRel(options: VerifyOptions): string | undefined {
+  if (!options.report) return undefined;
+  const rel = path.posix.relative(VERIFY_WORKDIR, reportPathIn(options.report, VERIFY_WORKDIR));
+  return rel === '' || rel.startsWith('..') || path.posix.isAbsolute(rel) ? undefined : rel;
+}
+
 /** Whether the report path lies in /workspace and the verified tree has an entry there. */
 async function inTree(options: VerifyOptions, setting: ReportSetting): Promise<boolean> {
-  const rel = path.posix.relative(VERIFY_WORKDIR, reportPathIn(setting, VERIFY_WORKDIR));
-  if (rel === '' || rel.startsWith('..') || path.posix.isAbsolute(rel)) return false;
+  const rel = reportRel({ ...options, report: setting });
+  if (!rel) return false;
   const out = await git(['ls-tree', '-z', '--name-only', options.tree, '--', rel], { cwd: options.repo });
   return out.length > 0;
 }

@@ -363,6 +363,19 @@ describe('snapshotWorktree', () => {
     await expect(snapshotWorktree(repo, wt.dir, { maxFiles: 1 })).rejects.toThrow(/more than 1 files/);
   });
 
+  it('keepBase: the tree takes the base entry of a protected path; its new content never becomes a git object', async () => {
+    const repo = await gitdir({ 'test/a.test.js': 'real test\n', 'src.js': 'x\n' });
+    const wt = await ensureTaskWorktree(repo, 'demo', path.join(await tempDir('wt'), 'demo'));
+    await writeFile(path.join(wt.dir, 'test', 'a.test.js'), 'neutered test: a marker 7f3c\n');
+    await writeFile(path.join(wt.dir, 'test', 'new.test.js'), 'planted test: a marker 7f3c\n');
+    await writeFile(path.join(wt.dir, 'src.js'), 'y\n');
+    const snap = await snapshotWorktree(repo, wt.dir, { keepBase: (p) => p.startsWith('test/') });
+    expect(snap.violations).toEqual(['test/a.test.js', 'test/new.test.js']);
+    expect(snap.changed.map((c) => c.path)).toEqual(['src.js']);
+    expect((await catBlob(repo, `${snap.tree}:test/a.test.js`)).toString()).toBe('real test');
+    expect((await allObjects(repo)).includes(Buffer.from('a marker 7f3c'))).toBe(false);
+  });
+
   it('refuses a directory that is not a worktree of the repo', async () => {
     const repo = await gitdir();
     const other = await tempDir('other');

@@ -1,11 +1,13 @@
 // The task lock and the worktree location, without Docker.
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { TaskBusyError } from '../../src/common/errors.js';
-import { acquireTaskLock, taskWorktreeDir } from '../../src/loop/workspace.js';
+import { acquireTaskLock, pruneDeadWorktrees, taskWorktreeDir } from '../../src/loop/workspace.js';
+import { ensureTaskWorktree } from '../../src/git/index.js';
 import { processStartTime } from '../../src/runs/registry.js';
 
 describe('one task, one loop', () => {
@@ -44,6 +46,28 @@ describe('one task, one loop', () => {
     const again = await acquireTaskLock(repo, 'fix', 'run-3', env);
     expect(JSON.parse(await readFile(again.file, 'utf8'))).toMatchObject({ runId: 'run-3' });
     await again.release();
+  });
+
+  it('gc: deletes task worktrees whose repository is gone, keeps live ones, and git forgets gone folders', async () => {
+    await execa('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '--allow-empty', '-m', 'init'], { cwd: repo });
+    const live = await ensureTaskWorktree(repo, 'live', await taskWorktreeDir(repo, 'live', env));
+    const gone = await ensureTaskWorktree(repo, 'gone', await taskWorktreeDir(repo, 'gone', env));
+    const other = path.join(dir, 'other');
+    await execa('git', ['init', '-q', other]);
+    await execa('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '--allow-empty', '-m', 'init'], { cwd: other });
+    const orphan = await ensureTaskWorktree(other, 'fix', await taskWorktreeDir(other, 'fix', env));
+    await rm(other, { recursive: true, force: true });
+    await rm(gone.dir, { recursive: true, force: true });
+    const dry = await pruneDeadWorktrees(env, true);
+    expect(dry.removed).toEqual([orphan.dir]);
+    expect(existsSync(orphan.dir)).toBe(true);
+    const res = await pruneDeadWorktrees(env);
+    expect(res.removed).toEqual([orphan.dir]);
+    expect(existsSync(orphan.dir)).toBe(false);
+    expect(existsSync(live.dir)).toBe(true);
+    const list = (await execa('git', ['worktree', 'list', '--porcelain'], { cwd: repo })).stdout;
+    expect(list).toContain(live.dir);
+    expect(list).not.toContain(gone.dir);
   });
 
   it('keeps task worktrees in the state dir, one folder per repository', async () => {
