@@ -117,3 +117,18 @@ export interface SandboxTraffic {
   dnsAnswered: number;
   lostRecords: number;
 }
+
+/** Every per-packet field empty: the base of records that stand for no one packet (loss, aggregates). */
+export const NO_PACKET_FIELDS = {
+  protocol: null,
+  family: null,
+  direction: null,
+  src: null,
+  srcPort: null,
+  dst: null,
+  dstPort: null,
+  uid: null,
+  query: null,
+  queryType: null,
+  icmpType: null,
+} as const;

@@ -5,7 +5,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { AuditRecord, SandboxIdentity, SandboxTraffic } from '../audit/record.js';
+import { type AuditRecord, NO_PACKET_FIELDS, type SandboxIdentity, type SandboxTraffic } from '../audit/record.js';
 import { DNS_QUERIES_FILE, type DnsQuery, parseDnsFrontLine } from './dns-records.js';
 
 export const PACKETS_FILE = 'packets.jsonl';
@@ -284,16 +284,11 @@ export class RecordLimiter {
       const t = agg.template;
       out.push({
         ...t,
+        ...NO_PACKET_FIELDS,
+        family: t.family,
+        direction: t.direction,
         time: agg.firstTime,
         protocol: agg.protocols.size === 1 ? t.protocol : null,
-        src: null,
-        srcPort: null,
-        dst: null,
-        dstPort: null,
-        uid: null,
-        query: null,
-        queryType: null,
-        icmpType: null,
         rule: agg.rules.size === 1 ? t.rule : [...agg.rules].sort().join(','),
         count: agg.count,
         aggregate: { firstTime: agg.firstTime, lastTime: agg.lastTime, distinct: agg.distinct.size, distinctCapped: agg.capped, sample: agg.sample, limit: this.limit },
@@ -374,17 +369,7 @@ export async function ingestSandboxAudit(
       iteration: id.iteration ?? null,
       role,
       kind: 'loss',
-      protocol: null,
-      family: null,
-      direction: null,
-      src: null,
-      srcPort: null,
-      dst: null,
-      dstPort: null,
-      uid: null,
-      query: null,
-      queryType: null,
-      icmpType: null,
+      ...NO_PACKET_FIELDS,
       verdict: 'lost',
       rule: `firewall logged ${logged} packets, ${packetRecords} records arrived${malformed ? `, ${malformed} malformed` : ''}`,
       count: lost,

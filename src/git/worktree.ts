@@ -9,7 +9,7 @@
 // direction and what the agent sees is byte for byte what gets committed.
 import { createHash, type Hash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
-import { appendFile, mkdir, readFile, readdir, realpath, stat } from 'node:fs/promises';
+import { type FileHandle, appendFile, mkdir, readFile, readdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { LoopboxError, describe } from '../common/errors.js';
@@ -513,12 +513,21 @@ async function walk(dir: DirHandle, prefix: string, depth: number, state: WalkSt
   }
 }
 
-async function readSmall(state: WalkState, dir: DirHandle, name: string, rel: string): Promise<void> {
+/** Opens a regular file of the walk (no link followed), or records why it is skipped. */
+async function openForRead(state: WalkState, dir: DirHandle, name: string, rel: string): Promise<{ handle: FileHandle; stats: BigIntStats } | undefined> {
   const opened = await dir.openFile(name);
-  if (opened === 'unreadable') return skip(state, rel, 'not readable by loopbox (permissions)');
-  if (!opened) return skip(state, rel, 'changed from a regular file while being read');
-  const { handle, stats } = opened;
+  if (opened === 'unreadable' || !opened) {
+    skip(state, rel, opened === 'unreadable' ? 'not readable by loopbox (permissions)' : 'changed from a regular file while being read');
+    return undefined;
+  }
   state.filesRead += 1;
+  return opened;
+}
+
+async function readSmall(state: WalkState, dir: DirHandle, name: string, rel: string): Promise<void> {
+  const opened = await openForRead(state, dir, name, rel);
+  if (!opened) return;
+  const { handle, stats } = opened;
   try {
     const limit = Math.min(state.maxFileBytes, STREAM_ABOVE_BYTES);
     // Read until EOF, not just `size`: the file may grow while we read.
@@ -549,11 +558,9 @@ async function readSmall(state: WalkState, dir: DirHandle, name: string, rel: st
 // A file too large to hold: hash it streaming; only if git lacks the blob, stream it again into
 // `git hash-object` and take it only if git computed the same id (it did not change meanwhile).
 async function readLarge(state: WalkState, dir: DirHandle, name: string, rel: string): Promise<void> {
-  const opened = await dir.openFile(name);
-  if (opened === 'unreadable') return skip(state, rel, 'not readable by loopbox (permissions)');
-  if (!opened) return skip(state, rel, 'changed from a regular file while being read');
+  const opened = await openForRead(state, dir, name, rel);
+  if (!opened) return;
   const { handle, stats } = opened;
-  state.filesRead += 1;
   try {
     if (stats.size > BigInt(state.maxFileBytes)) return skip(state, rel, `larger than ${state.maxFileBytes} bytes (${stats.size})`);
     const size = Number(stats.size);
