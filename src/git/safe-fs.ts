@@ -8,6 +8,7 @@
 // not follow either. Without /proc (macOS), child paths are plain strings and only the last
 // component is protected: callers must make sure the agent is stopped while they run.
 import { constants, existsSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
 import { chmod, lstat, mkdir, open, opendir, readdir, readlink, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import type { BigIntStats, Stats } from 'node:fs';
 import path from 'node:path';
@@ -80,6 +81,19 @@ export class DirHandle {
   async lstatBig(name: Name): Promise<BigIntStats | undefined> {
     try {
       return await lstat(this.child(name), { bigint: true });
+    } catch (error) {
+      if (isFsError(error, 'ENOENT')) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * The same, synchronously: a walk lstats a chunk of at most a few hundred names in one go,
+   * which costs microseconds each instead of a thread-pool round trip each.
+   */
+  lstatBigSync(name: Name): BigIntStats | undefined {
+    try {
+      return lstatSync(this.child(name), { bigint: true, throwIfNoEntry: false });
     } catch (error) {
       if (isFsError(error, 'ENOENT')) return undefined;
       throw error;
