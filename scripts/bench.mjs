@@ -535,7 +535,7 @@ let startedModel = false;
 const floodOnly = process.env.BENCH_ONLY === 'p3' || process.argv.includes('--audit-flood');
 const gatewayOnly = process.env.BENCH_ONLY === 'gateway';
 try {
-  if (floodOnly) await buildImages(docker, { caCerts: hostCaBundle(), onLine: (l) => say(l) });
+  if (floodOnly) await buildImages(docker, { onLine: (l) => say(l) });
   else {
     startedModel = await setup(docker);
     if (!sweepOnly) {
