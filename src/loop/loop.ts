@@ -19,7 +19,7 @@ import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree } from '.
 import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
 import { ModelSupervisor } from '../model/supervisor.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
-import { recoverAuditDir, resolveEndpoints } from '../sandbox/sandbox.js';
+import { checkDeadlineTools, recoverAuditDir, resolveEndpoints } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
@@ -359,6 +359,8 @@ export async function checkRepoAndModel(docker: DockerClient, repo: string, conf
   if (!config.model.endpoint && !(await findModelServer(docker))) {
     throw new LoopboxError('No model server is running.', { hint: 'Start one with `loopbox model up` (or set model.endpoint to an OpenAI-compatible server).' });
   }
+  // Images of the user's own (loopbox builds its default with both tools).
+  for (const image of new Set([config.sandbox.image, config.verify.image].filter((i): i is string => i !== undefined))) await checkDeadlineTools(docker, image);
 }
 
 /** A run that may be resumed: it exists, is not alive, and did not end by a brake or `done`. */

@@ -18,7 +18,8 @@ import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, countL
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
 import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
-import { type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, sentrySpec } from './specs.js';
+import { AGENT_UID, type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, deadline, sentrySpec } from './specs.js';
+import { SHARED_RUN_ID, resourceLabels } from '../docker/labels.js';
 
 export interface SandboxLimits {
   memoryBytes: number;
@@ -417,6 +418,47 @@ export async function resolveEndpoints(entries: string[]): Promise<string[]> {
     }
   }
   return out;
+}
+
+const toolsChecked = new Set<string>();
+
+/**
+ * Agent and verify containers enforce their own deadline with coreutils `timeout` and
+ * util-linux `setpriv` (see `deadline()` in specs.ts). An image without them would fail every
+ * iteration with exit 127; say so once, before any loop starts. Checked once per image and
+ * process, in a throwaway container with no network.
+ */
+export async function checkDeadlineTools(docker: DockerClient, image: string): Promise<void> {
+  if (toolsChecked.has(image)) return;
+  await requireImage(docker, image);
+  const limit = deadline(['true'], `${AGENT_UID}:${AGENT_UID}`, 5000);
+  const id = await docker.createContainer({
+    image,
+    entrypoint: limit.entrypoint,
+    cmd: limit.cmd,
+    user: limit.user,
+    capDrop: ['ALL'],
+    capAdd: limit.capAdd,
+    securityOpt: ['no-new-privileges'],
+    networkMode: 'none',
+    labels: resourceLabels({ runId: SHARED_RUN_ID, role: 'test' }),
+  });
+  let output = '';
+  try {
+    const streams = await docker.attach(id);
+    streams.stdout.on('data', (c: Buffer) => (output += c.toString('utf8')));
+    streams.stderr.on('data', (c: Buffer) => (output += c.toString('utf8')));
+    const result = await docker.startAndWait(id, 30_000).catch((error: unknown) => ({ exitCode: -1, timedOut: false, error }));
+    await streams.drained(1000);
+    if (result.exitCode !== 0) {
+      throw new ConfigError(`The image ${image} cannot run loopbox's in-container deadline (coreutils \`timeout\` and util-linux \`setpriv\`): exit ${result.exitCode}${output.trim() ? `: ${output.trim().split('\n').slice(-2).join(' ')}` : ''}`, [], {
+        hint: 'Build the image FROM loopbox/agent (or any Debian or Ubuntu base, which has both), or install coreutils and util-linux in it.',
+      });
+    }
+  } finally {
+    await docker.remove(id);
+  }
+  toolsChecked.add(image);
 }
 
 export function sandboxAuditDir(runDirPath: string, iteration?: number): string {

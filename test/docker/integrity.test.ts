@@ -10,6 +10,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LABELS, stateDirLabel } from '../../src/docker/labels.js';
+import { imageRef } from '../../src/images/catalog.js';
 import type { IterationRecord } from '../../src/loop/state.js';
 import { type LoopRepo, cli, cliPath, docker, makeLoopRepo, parseJsonLines, remaining, useTestRun } from './helpers.js';
 
@@ -183,6 +184,23 @@ describe('loop integrity (real Docker, git): as root', () => {
     expect(filled.iterations[0]!.agent.stoppedFor, filled.res.all).toMatch(/sandbox\.disk/);
     expect(filled.iterations[0]!.agent.durationMs).toBeLessThan(45_000);
     expect(filled.end!.endState).not.toBe('error');
+  });
+
+  it('an agent image without setpriv (the in-container deadline) is refused before anything runs, saying why', async () => {
+    const tag = `lbx-test-nosetpriv:${process.pid}`;
+    const context = await mkdtemp(path.join(tmpdir(), 'lbx-img-'));
+    await writeFile(path.join(context, 'Dockerfile'), `FROM ${imageRef('agent')}\nUSER 0\nRUN rm /usr/bin/setpriv\n`);
+    await execa('docker', ['build', '-q', '-t', tag, context]);
+    try {
+      const c = track(await makeLoopRepo(config('echo x > f.txt', { sandbox: { memory: '1g', cpus: 1, pids: 256, image: tag } })));
+      const res = await cli(['--config', c.config, 'run', '--repo', c.repo, path.join(c.repo, 'tasks', 'fix-add.md')]);
+      expect(res.exitCode, res.all).toBe(2);
+      expect(res.stderr).toMatch(/cannot run loopbox's in-container deadline/);
+      expect(await git(c.repo, ['branch', '--list', 'loopbox/fix-add'])).toBe('');
+    } finally {
+      await execa('docker', ['rmi', '-f', tag], { reject: false });
+      await rm(context, { recursive: true, force: true });
+    }
   });
 
   it('a Docker hiccup (the agent container removed from outside) is recorded for that iteration; the loop goes on', async () => {
