@@ -1,6 +1,7 @@
 // The loop end to end against real Docker, llama-server, git and OpenCode, with adversarial
 // `command` agents. Each ends in the right state, and no commit is marked verified unless
 // verification passed.
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -8,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../src/audit/record.js';
 import { LABELS, resourceLabels } from '../../src/docker/labels.js';
 import type { IterationRecord } from '../../src/loop/state.js';
+import { taskWorktreeDir } from '../../src/loop/workspace.js';
 import { type LoopRepo, cli, makeLoopRepo, parseJsonLines, remaining, useTestRun } from './helpers.js';
 
 const stateDir = process.env.LOOPBOX_STATE_DIR!;
@@ -159,7 +161,10 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
       if (agents[0]) runId = agents[0].labels['loopbox.run-id'];
     }
     expect(runId).toBeDefined();
-    await new Promise((r) => setTimeout(r, 1500));
+    // Wait for the agent's work in progress, not a fixed time.
+    const wip = path.join(await taskWorktreeDir(c.repo, 'fix-add'), 'wip.txt');
+    for (let i = 0; i < 100 && !existsSync(wip); i += 1) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(wip), 'the agent wrote its work in progress').toBe(true);
     child.kill('SIGINT');
     const res = await child;
     expect(res.exitCode, String(res.all)).toBe(130);
