@@ -77,19 +77,10 @@ export class DirHandle {
     if (chunk.length) yield chunk;
   }
 
-  /** lstat with nanosecond times and 64-bit inode numbers (the snapshot's stat cache needs both). */
-  async lstatBig(name: Name): Promise<BigIntStats | undefined> {
-    try {
-      return await lstat(this.child(name), { bigint: true });
-    } catch (error) {
-      if (isFsError(error, 'ENOENT')) return undefined;
-      throw error;
-    }
-  }
-
   /**
-   * The same, synchronously: a walk lstats a chunk of at most a few hundred names in one go,
-   * which costs microseconds each instead of a thread-pool round trip each.
+   * lstat with nanosecond times and 64-bit inode numbers (the snapshot's stat cache needs both),
+   * synchronous: a walk lstats a chunk of at most a few hundred names in one go, which costs
+   * microseconds each instead of a thread-pool round trip each.
    */
   lstatBigSync(name: Name): BigIntStats | undefined {
     try {
@@ -141,18 +132,11 @@ export class DirHandle {
    * permissions forbid it (files the container's user made private).
    */
   async readFile(name: Name, limit: number): Promise<{ content: Buffer; executable: boolean } | 'too-large' | 'unreadable' | undefined> {
-    let handle: FileHandle;
+    const opened = await this.openFile(name);
+    if (!opened || opened === 'unreadable') return opened;
+    const { handle, stats } = opened;
     try {
-      handle = await open(this.child(name), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-    } catch (error) {
-      if (isFsError(error, 'EACCES', 'EPERM')) return 'unreadable';
-      if (isFsError(error, 'ELOOP', 'ENOENT', 'ENXIO')) return undefined;
-      throw error;
-    }
-    try {
-      const stats = await handle.stat();
-      if (!stats.isFile()) return undefined;
-      if (stats.size > limit) return 'too-large';
+      if (stats.size > BigInt(limit)) return 'too-large';
       // Read until EOF, not just `size`: the file may grow while we read.
       const chunks: Buffer[] = [];
       let total = 0;
@@ -164,7 +148,7 @@ export class DirHandle {
         if (total > limit) return 'too-large';
         chunks.push(chunk.subarray(0, bytesRead));
       }
-      return { content: Buffer.concat(chunks, total), executable: (stats.mode & 0o100) !== 0 };
+      return { content: Buffer.concat(chunks, total), executable: (stats.mode & 0o100n) !== 0n };
     } finally {
       await handle.close();
     }
