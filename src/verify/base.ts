@@ -25,7 +25,7 @@ import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { LoopboxError } from '../common/errors.js';
-import { ByteReader } from '../git/archive.js';
+import { ByteReader } from '../git/byte-reader.js';
 import { git, hardenedArgs, hardenedEnv } from '../git/hardened.js';
 import { isFsError } from '../git/safe-fs.js';
 

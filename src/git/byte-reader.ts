@@ -71,17 +71,4 @@ export class ByteReader {
     this.buf = this.buf.subarray(n);
     return out;
   }
-
-  /** Writes the next `n` bytes to `out`, waiting for it to drain. */
-  async pipe(n: number, out: NodeJS.WritableStream): Promise<void> {
-    let left = n;
-    while (left > 0) {
-      if (!this.buf.length) await this.need();
-      const piece = this.buf.subarray(0, Math.min(left, this.buf.length));
-      this.buf = this.buf.subarray(piece.length);
-      left -= piece.length;
-      if (!out.write(piece)) await new Promise<void>((resolve) => out.once('drain', resolve));
-    }
-  }
 }
-
