@@ -44,6 +44,18 @@ alive() {
 	read -r _ _ st _ <"/proc/$1/stat" 2>/dev/null && [ "$st" != Z ]
 }
 
+# Waits (10 s at most) for a daemon's start-up line; dies with its last output line if it exits
+# or never says it listens. Usage: await_listening PID OUTFILE LINE-PREFIX WHAT
+await_listening() {
+	local pid=$1 out=$2 line=$3 what=$4
+	for _ in $(seq 1 200); do
+		alive "$pid" || die "$what exited during start-up: $(tail -n 1 "$out")"
+		grep -q "^$line" "$out" && return 0
+		sleep 0.05
+	done
+	die "$what is not listening"
+}
+
 # ---------------------------------------------------------------- checks ---
 capeff=$(awk '/^CapEff:/ { print $2 }' /proc/self/status)
 for cap in 12:NET_ADMIN 10:NET_BIND_SERVICE 7:SETUID 6:SETGID 0:CHOWN; do
@@ -289,16 +301,7 @@ chown 0:0 "$AUDIT/dns.log" && chmod 0644 "$AUDIT/dns.log" || die "cannot make $A
 LOOPBOX_DNS_UPSTREAM_PORT=$DNSMASQ_PORT LOOPBOX_DNS_USER=$DNS_USER LOOPBOX_DNS_RECORDS="$AUDIT/dns.jsonl" \
 	python3 -I /usr/local/lib/loopbox/dnsfront.py >"$RUNDIR/dnsfront.out" 2>&1 &
 DNSFRONT_PID=$!
-up=0
-for _ in $(seq 1 200); do
-	alive "$DNSFRONT_PID" || die "DNS front exited during start-up: $(tail -n 1 "$RUNDIR/dnsfront.out")"
-	if grep -q '^loopbox-dns: listening' "$RUNDIR/dnsfront.out"; then
-		up=1
-		break
-	fi
-	sleep 0.05
-done
-[ "$up" = 1 ] || die "DNS front is not listening on 127.0.0.1:53"
+await_listening "$DNSFRONT_PID" "$RUNDIR/dnsfront.out" 'loopbox-dns: listening' 'DNS front (127.0.0.1:53)'
 
 # --------------------------------------------------------------- gateway ---
 GW_PID=
@@ -306,16 +309,7 @@ if [ -n "$MODEL_IP" ]; then
 	LOOPBOX_GW_PORT=$GW_PORT LOOPBOX_GW_UPSTREAM="$MODEL_IP:$MODEL_PORT" LOOPBOX_GW_USER=$GW_USER \
 		LOOPBOX_GW_RECORDS="$AUDIT/gateway.jsonl" python3 -I /usr/local/lib/loopbox/gateway.py >"$RUNDIR/gateway.out" 2>&1 &
 	GW_PID=$!
-	up=0
-	for _ in $(seq 1 200); do
-		alive "$GW_PID" || die "gateway exited during start-up: $(tail -n 1 "$RUNDIR/gateway.out")"
-		if grep -q '^loopbox-gateway: listening' "$RUNDIR/gateway.out"; then
-			up=1
-			break
-		fi
-		sleep 0.05
-	done
-	[ "$up" = 1 ] || die "gateway is not listening on port $GW_PORT"
+	await_listening "$GW_PID" "$RUNDIR/gateway.out" 'loopbox-gateway: listening' "gateway (port $GW_PORT)"
 fi
 
 echo "loopbox-sentry: ready"

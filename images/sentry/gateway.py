@@ -69,24 +69,31 @@ def escape(text):
     return text.encode("unicode_escape", "backslashreplace").decode("ascii")[:512]
 
 
-def tokens_from(tail):
-    """(prompt, cached, completion) from the last timings/usage object, or None."""
+def last_json(regex, tail):
+    """The last JSON object `regex` finds in `tail`, parsed, or None."""
     m = None
-    for m in TIMINGS_RE.finditer(tail):
+    for m in regex.finditer(tail):
         pass
     if m:
         try:
-            t = json.loads(m.group(1))
+            return json.loads(m.group(1))
+        except ValueError:
+            return None
+    return None
+
+
+def tokens_from(tail):
+    """(prompt, cached, completion) from the last timings/usage object, or None."""
+    t = last_json(TIMINGS_RE, tail)
+    if t is not None:
+        try:
             cached = int(t.get("cache_n", 0))
             return int(t.get("prompt_n", 0)) + cached, cached, int(t.get("predicted_n", 0))
         except (ValueError, TypeError, AttributeError):
             pass
-    m = None
-    for m in USAGE_RE.finditer(tail):
-        pass
-    if m:
+    u = last_json(USAGE_RE, tail)
+    if u is not None:
         try:
-            u = json.loads(m.group(1))
             details = u.get("prompt_tokens_details") or {}
             return int(u.get("prompt_tokens", 0)), int(details.get("cached_tokens", 0) or 0), int(u.get("completion_tokens", 0))
         except (ValueError, TypeError, AttributeError):
