@@ -103,6 +103,17 @@ export async function endTestRun(record: RunRecord, stateEnv: NodeJS.ProcessEnv 
   expect(ours.map((r) => `${r.kind} ${r.name} (run ${r.labels[LABELS.runId]})`)).toEqual([]);
 }
 
+/** Polls `probe` until it returns a value (a container, a file...), instead of sleeping a fixed time. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 /** Containers and networks of a run that are still present (for asserting the CLI cleaned up). */
 export async function remaining(runId: string): Promise<string[]> {
   return (await docker.listManaged(managedFilter(runId))).map((r) => `${r.kind} ${r.name}`);

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LABELS, stateDirLabel } from '../../src/docker/labels.js';
 import { imageRef } from '../../src/images/catalog.js';
 import type { IterationRecord } from '../../src/loop/state.js';
-import { type LoopRepo, cli, cliPath, docker, makeLoopRepo, parseJsonLines, remaining, useTestRun } from './helpers.js';
+import { type LoopRepo, cli, cliPath, docker, makeLoopRepo, parseJsonLines, remaining, useTestRun, waitFor } from './helpers.js';
 
 const stateDir = process.env.LOOPBOX_STATE_DIR!;
 
@@ -47,15 +47,6 @@ async function git(repo: string, args: string[]): Promise<string> {
   return (await execa('git', ['-c', 'safe.directory=*', ...args], { cwd: repo })).stdout;
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 async function agentContainer(task: string, iteration?: number): Promise<{ id: string; runId: string } | undefined> {
   // Only this state dir's: other checkouts on the engine may run a task of the same name.

@@ -13,7 +13,7 @@ import type { IterationRecord } from '../../src/loop/state.js';
 import { MODEL_NETWORK, findModelServer } from '../../src/model/network.js';
 import { MODEL_CONTAINER, modelUp } from '../../src/model/server.js';
 import { readRun } from '../../src/runs/registry.js';
-import { type LoopRepo, cli, cliPath, docker, makeLoopRepo, parseJsonLines, useTestRun } from './helpers.js';
+import { type LoopRepo, cli, cliPath, docker, makeLoopRepo, parseJsonLines, useTestRun, waitFor } from './helpers.js';
 
 function makeRepo(tasks: string[], agent: string, extra: Record<string, unknown> = {}): Promise<LoopRepo> {
   return makeLoopRepo(
@@ -32,15 +32,6 @@ function spawnCli(args: string[], env: Record<string, string> = {}): ResultPromi
   return execa('node', [cliPath, ...args], { reject: false, all: true, env });
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 async function agentsRunning(task?: string): Promise<ContainerSummary[]> {
   return docker.listContainers(['loopbox.role=agent', ...(task ? [`loopbox.task=${task}`] : [])]);
