@@ -10,7 +10,7 @@ import type { AuditRecord } from '../../src/audit/record.js';
 import { LABELS, resourceLabels } from '../../src/docker/labels.js';
 import type { IterationRecord } from '../../src/loop/state.js';
 import { taskWorktreeDir } from '../../src/loop/workspace.js';
-import { type LoopRepo, cli, makeLoopRepo, parseJsonLines, remaining, useTestRun } from './helpers.js';
+import { type LoopRepo, cli, docker, makeLoopRepo, parseJsonLines, remaining, useTestRun, waitFor } from './helpers.js';
 
 const stateDir = process.env.LOOPBOX_STATE_DIR!;
 // Other loopbox installs on the same engine run tasks named fix-add too: only this state dir's.
@@ -154,17 +154,17 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
   it('Ctrl+C mid-iteration stops the agent, commits the work in progress, exits 130 and leaves nothing running', async () => {
     const c = track(await makeCase('echo "partial" > wip.txt; sleep 600', { agent: { type: 'command', command: ['bash', '-c', 'echo partial > wip.txt; sleep 600'], timeout: '5m' } }));
     const child = execa('node', [path.join(import.meta.dirname, '..', '..', 'dist', 'cli', 'main.js'), '--config', c.config, 'run', '--repo', c.repo, '--json', path.join(c.repo, 'tasks', 'fix-add.md')], { reject: false, all: true });
-    let runId: string | undefined;
-    for (let i = 0; i < 100 && !runId; i += 1) {
-      await new Promise((r) => setTimeout(r, 300));
-      const agents = await (await import('./helpers.js')).docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add', ownStateDir]);
-      if (agents[0]) runId = agents[0].labels['loopbox.run-id'];
-    }
-    expect(runId).toBeDefined();
-    // Wait for the agent's work in progress, not a fixed time.
+    let exited = false;
+    void child.then(() => (exited = true));
+    // The agent's container, then its work in progress: waits for events, not fixed times; a
+    // CLI that ended early fails the wait with its output.
+    const runId = await waitFor('the agent container', async () => {
+      if (exited) throw new Error(`loopbox ended before its agent started:\n${String((await child).all)}`);
+      const agents = await docker.listContainers(['loopbox.role=agent', 'loopbox.task=fix-add', ownStateDir]);
+      return agents[0]?.labels['loopbox.run-id'];
+    });
     const wip = path.join(await taskWorktreeDir(c.repo, 'fix-add'), 'wip.txt');
-    for (let i = 0; i < 100 && !existsSync(wip); i += 1) await new Promise((r) => setTimeout(r, 100));
-    expect(existsSync(wip), 'the agent wrote its work in progress').toBe(true);
+    await waitFor('the agent\'s work in progress', () => Promise.resolve(existsSync(wip) ? true : undefined), 20_000);
     child.kill('SIGINT');
     const res = await child;
     expect(res.exitCode, String(res.all)).toBe(130);
@@ -174,7 +174,7 @@ describe('loopbox run (real Docker, llama-server, git)', () => {
     expect(log[0]).toContain('Loopbox-Verified: no');
     const { stdout } = await execa('git', ['show', 'loopbox/fix-add:wip.txt'], { cwd: c.repo });
     expect(stdout).toBe('partial');
-    expect(await remaining(runId!)).toEqual([]);
+    expect(await remaining(runId)).toEqual([]);
   });
 });
 
