@@ -295,6 +295,12 @@ done
 [ "$up" = 1 ] || die "dnsmasq is not listening on 127.0.0.1:$DNSMASQ_PORT"
 # dnsmasq made its log file its own, mode 0660: the host, which may run loopbox as any user,
 # could not read it. Give it back to root, readable by all; dnsmasq keeps its open handle.
+# dnsmasq hands the file to its user around the time it starts listening: wait (2 s at most)
+# until it has, or a later chown of its own would undo ours.
+for _ in $(seq 1 40); do
+	[ "$(stat -c %u "$AUDIT/dns.log")" != 0 ] && break
+	sleep 0.05
+done
 chown 0:0 "$AUDIT/dns.log" && chmod 0644 "$AUDIT/dns.log" || die "cannot make $AUDIT/dns.log readable"
 
 # ------------------------------------------------------------- DNS front ---
