@@ -28,7 +28,9 @@ let startedModel = false;
 
 /** Stops the model server only if this run started it: another process may be using one. */
 export async function teardown(): Promise<void> {
-  if (!startedModel) return;
+  // LOOPBOX_TEST_KEEP_MODEL=1: several checkouts test on one engine; the first one's teardown
+  // must not stop the server the others are still using.
+  if (!startedModel || process.env.LOOPBOX_TEST_KEEP_MODEL === '1') return;
   const docker = new DockerClient();
   await modelDown(docker);
   await docker.removeNetwork(MODEL_NETWORK).catch(() => undefined);
