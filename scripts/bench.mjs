@@ -25,14 +25,15 @@
 //                repository, per-step host times and the slope in ms per 1,000 files.
 //
 // P3. audit flood one iteration in a real sandbox makes 10,000 blocked TCP connections to a
-//                decoy and 100,000 DNS queries for .invalid names: records, aggregates, the total
-//                accounted for vs the attempts, peak RSS (target < 200 MB), audit size, ingest
-//                and verify time.
+//                decoy and 100,000 DNS queries for .invalid names, then 1,000,000 DNS queries at
+//                full rate to the sandbox's resolver and 200,000 straight to the decoy's port 53:
+//                records, aggregates, loss records, the total accounted for vs the attempts per
+//                path, peak RSS (target < 200 MB), audit size, ingest and verify time.
 //
 // Usage: npm run bench   (BENCH_ITERATIONS=N to change N, default 8; runs the 20,000-file point)
 //        npm run bench -- --sizes             the repo-size sweep alone (1,000 / 20,000 / 100,000)
 //        npm run bench -- --sizes=1000,5000   the sweep at chosen sizes (BENCH_SIZE_ITERATIONS, default 3)
-//        npm run bench -- --audit-flood       P3 alone (BENCH_P3_TCP, BENCH_P3_DNS, BENCH_P3_WIDTH)
+//        npm run bench -- --audit-flood       P3 alone (BENCH_P3_TCP, BENCH_P3_DNS, BENCH_P3_WIDTH, BENCH_P3_FULL, BENCH_P3_DIRECT)
 //        BENCH_ONLY=gateway npm run bench     G alone (BENCH_GATEWAY_REQUESTS, default 300)
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
@@ -266,10 +267,33 @@ const P3_TCP = Number(process.env.BENCH_P3_TCP ?? 10_000);
 const P3_DNS = Number(process.env.BENCH_P3_DNS ?? 100_000);
 // DNS queries in flight at once.
 const P3_WIDTH = Number(process.env.BENCH_P3_WIDTH ?? 32);
+// Then (issue 17) DNS queries at full rate, as fast as the kernel accepts them (bursts of 500 per
+// setImmediate): to the sandbox's resolver (127.0.0.11:53, the DNS front), and straight to the
+// decoy's port 53 (blocked; the name comes from the packet).
+const P3_FULL = Number(process.env.BENCH_P3_FULL ?? 1_000_000);
+const P3_DIRECT = Number(process.env.BENCH_P3_DIRECT ?? 200_000);
 
 const FLOOD = `
 const net = require('net'), dns = require('dns');
-const [host, port, nTcp, nDns, tag, width] = process.argv.slice(1);
+const dgram = require('dgram');
+const [host, port, nTcp, nDns, tag, width, nFull, nDirect] = process.argv.slice(1);
+const query = (id, name) => {
+  const parts = [Buffer.from([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0])];
+  for (const l of name.split('.')) parts.push(Buffer.from([l.length]), Buffer.from(l));
+  parts.push(Buffer.from([0, 0, 1, 0, 1]));
+  return Buffer.concat(parts);
+};
+const fullRate = (n, to, toPort, what) => new Promise((done) => {
+  const s = dgram.createSocket('udp4');
+  const label = 'x'.repeat(60);
+  let sent = 0, failed = 0, i = 0, settled = 0;
+  const t0 = Date.now();
+  const burst = () => {
+    for (let k = 0; k < 500 && i < n; k++, i++) s.send(query(i & 65535, label + '.' + i + '.' + what + '.' + tag + '.invalid'), toPort, to, (e) => { if (e) failed++; else sent++; if (++settled === n) { s.close(); done({ sent, failed, ms: Date.now() - t0 }); } });
+    if (i < n) setImmediate(burst);
+  };
+  burst();
+});
 async function pool(n, width, fn) {
   let next = 0;
   await Promise.all(Array.from({ length: width }, async () => { while (next < n) await fn(next++); }));
@@ -287,7 +311,9 @@ async function pool(n, width, fn) {
   r.setServers(['127.0.0.1']);
   const answers = {};
   await pool(Number(nDns), Number(width), (i) => r.resolve4('q' + i + '.' + tag + '.invalid').then(() => 'resolved', (e) => e.code).then((k) => { answers[k] = (answers[k] || 0) + 1; }));
-  console.log(JSON.stringify({ tcp, dns: answers }));
+  const full = await fullRate(Number(nFull), '127.0.0.11', 53, 'full');
+  const direct = await fullRate(Number(nDirect), host, 53, 'direct');
+  console.log(JSON.stringify({ tcp, dns: answers, full, direct }));
 })();`;
 
 async function auditFlood(docker) {
@@ -309,7 +335,7 @@ async function auditFlood(docker) {
     let output = '';
     const sink = new (await import('node:stream')).Writable({ write: (c, _e, cb) => ((output += c), cb()) });
     const t0 = performance.now();
-    const agent = await runAgent(docker, sentry, { ...identity, cmd: ['node', '-e', FLOOD, decoyIp, '7000', String(P3_TCP), String(P3_DNS), id, String(P3_WIDTH)], limits: { memoryBytes: 1024 ** 3, cpus: 1, pids: 256 }, timeoutMs: 300_000, stdout: sink, stderr: sink });
+    const agent = await runAgent(docker, sentry, { ...identity, cmd: ['node', '-e', FLOOD, decoyIp, '7000', String(P3_TCP), String(P3_DNS), id, String(P3_WIDTH), String(P3_FULL), String(P3_DIRECT)], limits: { memoryBytes: 1024 ** 3, cpus: 1, pids: 256 }, timeoutMs: 300_000, stdout: sink, stderr: sink });
     const agentMs = performance.now() - t0;
     const t1 = performance.now();
     const collected = await sentry.collect(identity);
@@ -323,7 +349,16 @@ async function auditFlood(docker) {
     const aggregates = records.filter((r) => r.aggregate);
     const sum = (rs) => rs.reduce((n, r) => n + r.count, 0);
     const byKind = (k) => ({ kept: kept.filter((r) => r.kind === k).length, aggregated: sum(aggregates.filter((r) => r.kind === k)) });
-    const loss = sum(records.filter((r) => r.kind === 'loss'));
+    const losses = records.filter((r) => r.kind === 'loss');
+    const loss = sum(losses.filter((r) => r.rule !== 'dns-front' && r.rule !== 'out-udp'));
+    // Per path: records, aggregates and loss records of one rule (the DNS front's `dns`, the
+    // firewall's `out-udp`) against what the agent sent that way.
+    const byRule = (rule, lossRule) => {
+      const lost = losses.filter((r) => r.rule === lossRule);
+      return { records: sum(records.filter((r) => r.kind === 'dns' && r.rule === rule)), lost: sum(lost), dropped: lost.reduce((n, r) => n + (r.loss?.kernelDropped ?? 0), 0) };
+    };
+    const front = byRule('dns', 'dns-front');
+    const direct = byRule('out-udp', 'out-udp');
     const t2 = performance.now();
     const chain = await verifyAuditChain(dir);
     const verifyMs = performance.now() - t2;
@@ -332,14 +367,19 @@ async function auditFlood(docker) {
     const d = byKind('dns');
     const tcpMade = Object.values(seen.tcp ?? {}).reduce((a, b) => a + b, 0);
     const dnsMade = Object.values(seen.dns ?? {}).reduce((a, b) => a + b, 0);
+    // A blocked UDP send fails at once (EPERM from the REJECT): it is an attempt all the same.
+    const fullMade = (seen.full?.sent ?? 0) + (seen.full?.failed ?? 0);
+    const directMade = (seen.direct?.sent ?? 0) + (seen.direct?.failed ?? 0);
     process.stdout.write(
       [
         '',
         `P3 audit flood (one iteration, agent exit ${agent.exitCode}, ${(agentMs / 1000).toFixed(1)} s in the agent):`,
         `  attempts made by the agent:   ${tcpMade} TCP ${JSON.stringify(seen.tcp)}, ${dnsMade} DNS ${JSON.stringify(seen.dns)}`,
-        `  firewall counted (NFLOG):     ${collected.traffic.blockedPackets} packets; dnsmasq logged ${collected.traffic.dnsBlocked} queries`,
+        `  firewall counted (NFLOG):     ${collected.traffic.blockedPackets} packets; the DNS front logged ${collected.traffic.dnsBlocked} queries`,
         `  packets: ${p.kept} records + ${p.aggregated} in aggregates + ${loss} lost = ${p.kept + p.aggregated + loss} accounted of ${tcpMade} attempts`,
-        `  dns:     ${d.kept} records + ${d.aggregated} in aggregates = ${d.kept + d.aggregated} accounted of ${dnsMade} queries`,
+        `  dns:     ${d.kept} records + ${d.aggregated} in aggregates + ${front.lost + direct.lost} lost = ${d.kept + d.aggregated + front.lost + direct.lost} accounted of ${dnsMade + fullMade + directMade} queries`,
+        `  full rate to the DNS front:   ${fullMade} sent in ${((seen.full?.ms ?? 0) / 1000).toFixed(1)} s; with the ${dnsMade} paced ones, ${front.records} in records/aggregates + ${front.lost} lost (${front.dropped} dropped by the kernel at the front's socket): ${front.records + front.lost >= fullMade + dnsMade ? 'ALL ACCOUNTED' : 'MISSING'}`,
+        `  full rate straight to :53:    ${directMade} sent in ${((seen.direct?.ms ?? 0) / 1000).toFixed(1)} s (refused at once by the firewall); ${direct.records} with their name in records/aggregates + ${direct.lost} lost (${direct.dropped} NFLOG sequence gaps): ${direct.records + direct.lost >= directMade ? 'ALL ACCOUNTED' : 'MISSING'}`,
         `  audit records written:        ${records.length} (${aggregates.length} aggregates), audit.jsonl ${(size / 1024).toFixed(0)} KiB`,
         `  ingest (collect) time:        ${ms(ingestMs)}`,
         `  chain verify:                 ${chain.ok ? 'ok' : `BROKEN ${chain.firstBreak?.message}`}, ${chain.records} records, ${chain.sealed} sealed, ${ms(verifyMs)}`,

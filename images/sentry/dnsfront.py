@@ -13,68 +13,49 @@ Python stdlib only. Binds as root, then becomes LOOPBOX_DNS_USER: no capabilitie
 import asyncio
 import json
 import os
-import pwd
 import socket
 import struct
 import sys
-import time
+
+from lbxsentry import drop_to, now_iso, question
 
 LISTEN_PORT = int(os.environ.get("LOOPBOX_DNS_PORT", "53"))
 UPSTREAM_PORT = int(os.environ.get("LOOPBOX_DNS_UPSTREAM_PORT", "54"))
 RECORDS = os.environ.get("LOOPBOX_DNS_RECORDS", "/audit/dns.jsonl")
 USER = os.environ.get("LOOPBOX_DNS_USER", "")
 TIMEOUT = 5.0
-TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 252: "AXFR", 255: "ANY"}
+# Under a flood the front logs every query it reads but relays at most this many at once; the
+# rest get no answer (issue 17: one task and one socket per query exhausted the process).
+MAX_RELAYS = 64
+# A larger receive buffer (needs CAP_NET_ADMIN, held while binding) drops fewer queries in a
+# burst; what the kernel still drops is counted by the firewall and the host reports it lost.
+RCVBUF = 4 * 1024 * 1024
+SO_RCVBUFFORCE = 33
 
 records = None
+relays = 0
+flush_pending = False
 
 
-def now_iso():
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
-
-
-def label_text(raw):
-    out = []
-    for b in raw:
-        if b in (0x2E, 0x5C):
-            out.append("\\" + chr(b))
-        elif 0x21 <= b <= 0x7E:
-            out.append(chr(b))
-        else:
-            out.append("\\%03d" % b)
-    return "".join(out)
-
-
-def question(msg):
-    """(name, type) of the first question, or (None, None) if the message has none."""
-    if len(msg) < 12 or struct.unpack(">H", msg[4:6])[0] < 1:
-        return None, None
-    labels, i = [], 12
-    while i < len(msg) and len(labels) < 128:
-        n = msg[i]
-        if n == 0:
-            i += 1
-            break
-        if n & 0xC0 or i + 1 + n > len(msg):
-            return None, None  # no compression in a question; truncated
-        labels.append(label_text(msg[i + 1:i + 1 + n]))
-        i += 1 + n
-    else:
-        return None, None
-    if i + 2 > len(msg):
-        return None, None
-    qtype = struct.unpack(">H", msg[i:i + 2])[0]
-    return ".".join(labels) or ".", TYPES.get(qtype, "TYPE%d" % qtype)
+def flush():
+    global flush_pending
+    flush_pending = False
+    records.flush()
 
 
 def log(msg, proto, peer):
-    name, qtype = question(msg)
+    """One line per query; written out once the event loop has nothing else ready (one write
+    per burst, not per query), before the loop waits again."""
+    global flush_pending
+    name, qtype, error = question(msg)
     entry = {"time": now_iso(), "proto": proto, "from": peer[0], "port": peer[1], "name": name, "type": qtype}
-    if name is None:
-        entry["raw"] = msg[:512].hex()  # not a query we can read: the bytes are the evidence
+    if error:
+        entry["error"] = error
+        entry["raw"] = msg[:512].hex()  # not a query we can read whole: the bytes are the evidence
     records.write(json.dumps(entry, separators=(",", ":")) + "\n")
-    records.flush()
+    if not flush_pending:
+        flush_pending = True
+        asyncio.get_running_loop().call_soon(flush)
 
 
 class Udp(asyncio.DatagramProtocol):
@@ -82,14 +63,19 @@ class Udp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data, addr):
+        global relays
         log(data, "udp", addr)
-        asyncio.get_running_loop().create_task(self.relay(data, addr))
+        if relays < MAX_RELAYS:
+            relays += 1
+            asyncio.get_running_loop().create_task(self.relay(data, addr))
 
     async def relay(self, data, addr):
+        global relays
         loop = asyncio.get_running_loop()
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setblocking(False)
+        s = None
         try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
             await loop.sock_connect(s, ("127.0.0.1", UPSTREAM_PORT))
             await loop.sock_sendall(s, data)
             answer = await asyncio.wait_for(loop.sock_recv(s, 65535), TIMEOUT)
@@ -97,7 +83,9 @@ class Udp(asyncio.DatagramProtocol):
         except (OSError, asyncio.TimeoutError) as e:
             print("loopbox-dns: udp relay: %s" % e, file=sys.stderr)
         finally:
-            s.close()
+            relays -= 1
+            if s is not None:
+                s.close()
 
 
 async def tcp(reader, writer):
@@ -128,18 +116,19 @@ async def tcp(reader, writer):
 
 async def main():
     global records
-    records = open(RECORDS, "a", buffering=1)
+    records = open(RECORDS, "a", buffering=1 << 16)
     loop = asyncio.get_running_loop()
     # No SO_REUSEADDR: nothing else may bind beside it (the port is privileged anyway).
-    await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", LISTEN_PORT))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        pass
+    udp.bind(("127.0.0.1", LISTEN_PORT))
+    await loop.create_datagram_endpoint(Udp, sock=udp)
     server = await asyncio.start_server(tcp, "127.0.0.1", LISTEN_PORT, reuse_address=False)
     if USER:
-        pw = pwd.getpwnam(USER)
-        os.setgroups([])
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)  # from root to a user: the kernel clears every capability
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise SystemExit("loopbox-dns: still root after setuid")
+        drop_to(USER, "loopbox-dns")
     print("loopbox-dns: listening on 127.0.0.1:%d, upstream 127.0.0.1:%d" % (LISTEN_PORT, UPSTREAM_PORT), flush=True)
     async with server:
         await server.serve_forever()

@@ -1,6 +1,7 @@
 #!/bin/bash
 # loopbox-sentry: owns the sandbox network namespace.
-#   1. starts ulogd2 (NFLOG group 1 -> /audit/packets.jsonl, JSON, synced)
+#   1. starts the packet logger (pktlog.py: NFLOG group 1 -> /audit/packets.jsonl, one JSON
+#      line per packet, with the DNS question of every UDP packet that carries one)
 #   2. installs the egress firewall (iptables + ip6tables, default deny)
 #   3. starts dnsmasq on 127.0.0.1:54 (names from LOOPBOX_DNS_HOSTS, NXDOMAIN
 #      for the rest) behind the DNS front on 127.0.0.1:53 (dnsfront.py: every
@@ -10,7 +11,7 @@
 #      connections to LOOPBOX_MODEL are DNATed to it, and only the gateway's
 #      uid may reach the model itself
 #   5. prints "loopbox-sentry: ready", then drops every capability: the
-#      long-lived processes (tini, a watcher, and the three daemons, each as its
+#      long-lived processes (tini, a watcher, and the four daemons, each as its
 #      own unprivileged user) hold none. If a daemon dies, the sentry exits 1.
 #      SIGTERM exits 0 (every daemon writes its records synchronously).
 # Env: LOOPBOX_ALLOW="ip:port ..."  LOOPBOX_DNS_HOSTS="name=ip ..."
@@ -28,6 +29,7 @@ GROUP=1
 GW_PORT=81
 GW_USER=lbxgw
 DNS_USER=lbxdns
+LOG_USER=lbxlog
 DNSMASQ_PORT=54
 # The bash running this script is PID 1 until it execs the watcher: when it exits, the kernel
 # kills every process of the container, daemons included.
@@ -128,23 +130,25 @@ echo "$backend" >"$RUNDIR/backend"
 IPT="iptables-$backend"
 IP6T="ip6tables-$backend"
 
-# ----------------------------------------------------------------- ulogd ---
-# Started before the rules exist, and bound to the NFLOG group before any
-# NFLOG rule can match, so that every logged packet becomes a record.
-# It binds the group as root (that needs NET_ADMIN), then becomes user ulog: no capabilities.
-ulogd -u ulog -c /etc/loopbox/ulogd.conf &
-ULOGD_PID=$!
+# ---------------------------------------------------------- packet logger ---
+# Started before the rules exist, and bound to the NFLOG group before any NFLOG rule can match,
+# so that every logged packet becomes a record. It binds the group as root (that needs
+# NET_ADMIN), then becomes its own user: no capabilities.
+LOOPBOX_NFLOG_GROUP=$GROUP LOOPBOX_PACKET_RECORDS="$AUDIT/packets.jsonl" LOOPBOX_PKTLOG_USER=$LOG_USER \
+	python3 -I /usr/local/lib/loopbox/pktlog.py >"$RUNDIR/pktlog.out" 2>&1 &
+PKTLOG_PID=$!
 bound=0
 for _ in $(seq 1 100); do
-	alive "$ULOGD_PID" || die "ulogd exited during start-up"
+	alive "$PKTLOG_PID" || die "packet logger exited during start-up: $(tail -n 1 "$RUNDIR/pktlog.out")"
 	# /proc/net/netfilter/nfnetlink_log: "<group> <portid> ..." per bound group
-	if awk -v g="$GROUP" '$1 == g { f = 1 } END { exit !f }' /proc/net/netfilter/nfnetlink_log 2>/dev/null; then
+	if awk -v g="$GROUP" '$1 == g { f = 1 } END { exit !f }' /proc/net/netfilter/nfnetlink_log 2>/dev/null &&
+		grep -q '^loopbox-pktlog: listening' "$RUNDIR/pktlog.out"; then
 		bound=1
 		break
 	fi
 	sleep 0.05
 done
-[ "$bound" = 1 ] || die "ulogd did not bind NFLOG group $GROUP"
+[ "$bound" = 1 ] || die "the packet logger did not bind NFLOG group $GROUP"
 
 # -------------------------------------------------------------- firewall ---
 nflog() { echo "-j NFLOG --nflog-group $GROUP --nflog-prefix $1"; }
@@ -177,6 +181,11 @@ rules_v4() {
 		echo "-A OUTPUT -o lo -p $p -m $p --dport $DNSMASQ_PORT -m owner ! --uid-owner $DNS_UID $(nflog out-resolver)"
 		echo "-A OUTPUT -o lo -p $p -m $p --dport $DNSMASQ_PORT -m owner ! --uid-owner $DNS_UID -j REJECT $([ $p = tcp ] && echo '--reject-with tcp-reset')"
 	done
+	# Every query that reaches the DNS front's port is counted here (after the nat DNAT): the
+	# host compares the count with the front's records, so a query the kernel dropped at the
+	# front's socket under a flood is reported lost, never silently missing (issue 17, item 1).
+	echo '-A OUTPUT -d 127.0.0.1/32 -p udp -m udp --dport 53 -m comment --comment lbx-dns-udp -j ACCEPT'
+	echo '-A OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m comment --comment lbx-dns-tcp -j ACCEPT'
 	echo '-A OUTPUT -o lo -j ACCEPT'
 	local e
 	# The model: the gateway's uid only; everyone else is REDIRECTed to the gateway (nat).
@@ -326,4 +335,4 @@ echo "loopbox-sentry: ready"
 # audit trail is incomplete: fail loudly. The rules stay in the namespace (default deny) for
 # as long as anything holds it.
 exec setpriv --bounding-set=-all --inh-caps=-all --reuid=65534 --regid=65534 --clear-groups -- \
-	/usr/bin/tini -s -- /usr/local/bin/loopbox-sentry-watch "$ULOGD_PID:ulogd" "$DNSMASQ_PID:dnsmasq" "$DNSFRONT_PID:dns-front" ${GW_PID:+"$GW_PID:gateway"}
+	/usr/bin/tini -s -- /usr/local/bin/loopbox-sentry-watch "$PKTLOG_PID:packet-logger" "$DNSMASQ_PID:dnsmasq" "$DNSFRONT_PID:dns-front" ${GW_PID:+"$GW_PID:gateway"}

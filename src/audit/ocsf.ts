@@ -73,21 +73,29 @@ function packetEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
 
 function dnsEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
   const time = Date.parse(r.time);
+  // `nxdomain`: answered by the sentry's own resolver. `rejected`: a packet that carried the
+  // query (to another resolver, or any port) and was blocked by the firewall: never answered.
+  const answered = r.verdict === 'nxdomain';
+  const what = `DNS ${r.queryType ?? '?'} ${r.query ?? '(unreadable question)'}`;
+  const dnsError = typeof r.dnsError === 'string' ? `; the question could not be read: ${r.dnsError}` : '';
   return {
     ...classification(4003, 'DNS Activity', 4, 'Network Activity', 1, 'Query'),
-    ...common(r, ctx, SEVERITY.informational, ['security_control', 'container']),
-    message: `DNS ${r.queryType ?? '?'} ${r.query ?? '?'} answered NXDOMAIN by the sandbox's resolver`,
+    ...common(r, ctx, answered ? SEVERITY.informational : SEVERITY.low, ['security_control', 'container']),
+    message: answered
+      ? `${what} answered NXDOMAIN by the sandbox's resolver${dnsError}`
+      : `${what} sent to ${r.dst ?? '?'}:${r.dstPort ?? '?'} blocked by the sandbox firewall (${r.rule})${dnsError}`,
     action_id: 2,
     action: 'Denied',
     disposition_id: 2,
     disposition: 'Blocked',
     query: { hostname: r.query ?? '', ...(r.queryType ? { type: r.queryType } : {}), class: 'IN' },
     query_time: time,
-    rcode_id: 3,
-    rcode: 'NXDomain',
+    ...(answered ? { rcode_id: 3, rcode: 'NXDomain' } : {}),
+    ...(r.protocol && r.protocol !== 'dns' ? { connection_info: { protocol_name: r.protocol, ...(PROTOCOL_NUM[r.protocol] !== undefined ? { protocol_num: PROTOCOL_NUM[r.protocol] } : {}), direction_id: 2, direction: 'Outbound' } } : {}),
     src_endpoint: { ...sandboxEndpoint(r, ctx), ...address(r.src, r.srcPort) },
-    // The sentry's own resolver: it answers every name but the model's with NXDOMAIN.
-    dst_endpoint: { svc_name: 'dns', ...(r.dstPort !== null ? { port: r.dstPort } : {}) },
+    // The sentry's own resolver answers every name but the model's with NXDOMAIN; a blocked
+    // packet names the resolver it was aimed at.
+    dst_endpoint: answered ? { svc_name: 'dns', ...(r.dstPort !== null ? { port: r.dstPort } : {}) } : { ...address(r.dst, r.dstPort) },
   };
 }
 
@@ -123,8 +131,14 @@ function baseEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
   return {
     ...classification(0, 'Base Event', 0, 'Uncategorized', 99, 'Other'),
     ...common(r, ctx, loss ? SEVERITY.medium : SEVERITY.informational, []),
-    message: loss ? `${r.count} audit record(s) lost: ${r.rule}` : `loopbox audit record of kind ${String(r.kind)}`,
+    message: loss ? `${r.count} audit record(s) lost: ${lossText(r)}` : `loopbox audit record of kind ${String(r.kind)}`,
   };
+}
+
+function lossText(r: AnyRecord): string {
+  const l = r.loss as { source?: unknown; counted?: unknown; recorded?: unknown; kernelDropped?: unknown } | undefined;
+  if (!l || typeof l !== 'object') return String(r.rule);
+  return `${String(l.source)} ${String(r.rule)} counted ${String(l.counted)} attempts, ${String(l.recorded)} records arrived (${String(l.kernelDropped)} dropped by the kernel)`;
 }
 
 function classification(classUid: number, className: string, categoryUid: number, categoryName: string, activityId: number, activityName: string): OcsfEvent {

@@ -61,6 +61,29 @@ export interface AuditRecord {
   aggregate?: AuditAggregate | null;
   /** Set on `kind: review`: what one request to the reviewer sent and got (docs/audit-log.md). */
   review?: ReviewTraffic;
+  /**
+   * Set on a `dns` record whose question could not be read whole (malformed, truncated, a
+   * pointer loop): what was wrong. `query` then holds what could be read, or null.
+   */
+  dnsError?: string;
+  /** With `dnsError`: the first 256 bytes of the DNS message, hex (the bytes are the evidence). */
+  payload?: string;
+  /** Set on `kind: loss`: which counter shows the attempts no record stands for (docs/audit-log.md). */
+  loss?: AuditLoss;
+}
+
+/**
+ * Attempts a counter saw that no record stands for: the firewall rule's (or the DNS front's
+ * port's) packet counter against the records that arrived from its logger, in one read.
+ */
+export interface AuditLoss {
+  /** `nflog`: the packet logger (per NFLOG rule); `dns-front`: the DNS front's socket; `malformed`: lines that were not records. */
+  source: 'nflog' | 'dns-front' | 'malformed';
+  /** What the counter saw in this read, and how many records arrived for it. */
+  counted: number;
+  recorded: number;
+  /** Of the lost, how many the kernel says it dropped (NFLOG sequence gaps, the socket's drop counter). */
+  kernelDropped: number;
 }
 
 /** One request the host sent to the reviewer endpoint: the only data that leaves the machine. */
@@ -116,6 +139,8 @@ export interface SandboxTraffic {
   dnsBlocked: number;
   dnsAnswered: number;
   lostRecords: number;
+  /** Blocked attempts by firewall rule (NFLOG prefix) or `dns` (the DNS front); absent in older records. */
+  blockedByRule?: Record<string, number>;
 }
 
 /** Every per-packet field empty: the base of records that stand for no one packet (loss, aggregates). */

@@ -8,10 +8,16 @@ export const DNS_QUERIES_FILE = 'dns.jsonl';
 /** One DNS query the sentry saw, from dnsmasq's log or the DNS front's dns.jsonl. */
 export interface DnsQuery {
   time: string;
-  name: string;
+  /** The question's name; null when nothing of it could be read (`error` says why). */
+  name: string | null;
   type: string;
   from: string;
   port: number | null;
+  /** `udp` or `tcp` (DNS front lines; dnsmasq's log does not say). */
+  proto?: string;
+  /** Why the question could not be read whole, and the message's first bytes (hex). */
+  error?: string;
+  raw?: string;
 }
 
 type Json = Record<string, unknown>;
@@ -32,11 +38,17 @@ export function parseDnsFrontLine(line: string): DnsQuery | null {
   }
   const time = typeof j.time === 'string' ? j.time : '';
   if (Number.isNaN(new Date(time).getTime())) return null;
+  const name = typeof j.name === 'string' ? normalise(j.name.slice(0, 2048)) : null;
+  // Fronts before issue 17 wrote `raw` without `error` for a message they could not read.
+  const error = typeof j.error === 'string' ? j.error.slice(0, 200) : name === null ? 'question could not be read' : undefined;
   return {
     time: new Date(time).toISOString(),
-    name: typeof j.name === 'string' ? normalise(j.name.slice(0, 2048)) : `(unparsed query ${typeof j.raw === 'string' ? j.raw.slice(0, 1024) : ''})`,
+    name,
     type: typeof j.type === 'string' ? j.type : 'unknown',
     from: typeof j.from === 'string' ? j.from : '127.0.0.1',
     port: typeof j.port === 'number' ? j.port : null,
+    ...(j.proto === 'udp' || j.proto === 'tcp' ? { proto: j.proto } : {}),
+    ...(error ? { error } : {}),
+    ...(error && typeof j.raw === 'string' ? { raw: j.raw.slice(0, 512) } : {}),
   };
 }

@@ -1,5 +1,5 @@
-// Turns what the sentry wrote (ulogd's JSON lines, dnsmasq's query log, the firewall
-// counters) into audit records. A loop run has one sentry that serves every iteration; each
+// Turns what the sentry wrote (the packet logger's JSON lines, the DNS front's query lines, the
+// firewall counters) into audit records. A loop run has one sentry that serves every iteration; each
 // collect reads only what was written since the last one (file offsets and counter deltas kept in
 // an AuditCursor), so attribution to the run, task and iteration is by position, never by clock.
 import { createReadStream } from 'node:fs';
@@ -13,7 +13,10 @@ export const DNS_FILE = 'dns.log';
 
 export interface SentryCounters {
   allowed: { packets: number; bytes: number };
-  logged: { packets: number };
+  /** Packets the NFLOG rules saw, in all and per rule (its NFLOG prefix; absent from older sentries). */
+  logged: { packets: number; rules?: Record<string, number> };
+  /** Packets that reached the DNS front's port, and the kernel's drops at its UDP socket (issue 17). */
+  dns?: { udp: number; tcp: number; drops: number };
 }
 
 const PROTOCOLS: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6' };
@@ -35,7 +38,12 @@ function first(obj: Json, keys: string[]): unknown {
   return undefined;
 }
 
-/** One ulogd JSON line (NFLOG → BASE → IP2STR → JSON) as an audit record. */
+/**
+ * One packet logger line (images/sentry/pktlog.py, or ulogd's JSON from older sentries) as an
+ * audit record. A packet that carried a DNS question (`dns.*` keys) becomes a `dns` record with
+ * the firewall's verdict, its destination and the name: a query sent straight to an outside
+ * resolver is recorded with the name it tried to send (issue 17, item 2).
+ */
 export function packetRecord(line: Json, id: SandboxIdentity, role: string): AuditRecord {
   const family = num(line['oob.family']) === 10 ? 'ipv6' : 'ipv4';
   const protoNum = num(first(line, ['ip.protocol', 'ip6.nexthdr', 'ip6.nextheader']));
@@ -43,13 +51,16 @@ export function packetRecord(line: Json, id: SandboxIdentity, role: string): Aud
   const sec = num(line['oob.time.sec']);
   const usec = num(line['oob.time.usec']) ?? 0;
   const time = sec !== null ? new Date(sec * 1000 + Math.floor(usec / 1000)).toISOString() : toUtc(str(line.timestamp));
+  const dns = 'dns.name' in line || 'dns.error' in line;
+  const dnsError = str(line['dns.error']);
+  const payload = str(line['dns.payload']);
   return {
     time,
     runId: id.runId,
     task: id.task ?? null,
     iteration: id.iteration ?? null,
     role,
-    kind: 'packet',
+    kind: dns ? 'dns' : 'packet',
     protocol: protoNum === null ? null : (PROTOCOLS[protoNum] ?? String(protoNum)),
     family,
     direction: /^in/.test(prefix) ? 'in' : 'out',
@@ -58,12 +69,14 @@ export function packetRecord(line: Json, id: SandboxIdentity, role: string): Aud
     dst: str(first(line, ['dest_ip', 'ip.daddr.str', 'ip.daddr'])),
     dstPort: num(first(line, ['dest_port', 'tcp.dport', 'udp.dport'])),
     uid: num(line['oob.uid']),
-    query: null,
-    queryType: null,
+    query: dns ? (str(line['dns.name'])?.slice(0, 2048) ?? null) : null,
+    queryType: dns ? str(line['dns.type']) : null,
     icmpType: num(first(line, ['icmp.type', 'icmpv6.type'])),
     verdict: 'rejected',
     rule: prefix,
     count: 1,
+    ...(dnsError ? { dnsError: dnsError.slice(0, 200) } : {}),
+    ...(dnsError && payload ? { payload: payload.slice(0, 512) } : {}),
   };
 }
 
@@ -124,6 +137,8 @@ export function dnsRecord(query: DnsQuery, id: SandboxIdentity, role: string): A
     verdict: 'nxdomain',
     rule: 'dns',
     count: 1,
+    ...(query.error ? { dnsError: query.error } : {}),
+    ...(query.error && query.raw ? { payload: query.raw.slice(0, 512) } : {}),
   };
 }
 
@@ -203,11 +218,6 @@ export async function streamLines(file: string, offset: number, onLine: (line: s
     }
   }
   return { lines, bytes: consumed };
-}
-
-/** Counts complete lines of `file` from `offset` (for waiting on the packet logger), streaming. */
-export async function countLines(file: string, offset: number): Promise<{ lines: number; bytes: number }> {
-  return streamLines(file, offset, () => undefined);
 }
 
 /** What an aggregate counts as distinct for a record: its destination, or its name and type. */
@@ -303,12 +313,35 @@ export interface IngestOptions {
   recordLimit?: number;
 }
 
+/** The packet logger's own accounting lines (pktlog.py): packets the kernel could not hand over. */
+interface LoggerNote {
+  gap?: unknown;
+  overrun?: unknown;
+}
+
+/** How many records a packet-logger line stands for, for the wait in collect(): a gap line counts its packets. */
+export function packetLineWeight(line: string | null): number {
+  if (line === null || !line.startsWith('{"gap":')) return line === null || line.trim() ? 1 : 0;
+  const gap = num((JSON.parse(line) as LoggerNote).gap);
+  return gap ?? 1;
+}
+
+/** Counts DNS front lines of UDP queries (the ones the lbx-dns-udp counter also counts). */
+export function frontUdpLine(line: string | null): number {
+  return line !== null && line.includes('"proto":"udp"') ? 1 : 0;
+}
+
+function delta(now: number | undefined, before: number | undefined): number {
+  return Math.max(0, (now ?? 0) - (before ?? 0));
+}
+
 /**
  * Reads what the sentry wrote since `since` and attributes it to `id`, line by line in bounded
  * memory (issue 8.3: a million DNS queries once made this throw ERR_STRING_TOO_LONG).
- * `counters` (read from the firewall just before) tell how many packets the NFLOG rules saw:
- * if the files hold fewer, the logger lost some, and a `loss` record says how many, so a flood
- * never drops records silently. Without counters (a crashed attempt) loss cannot be judged.
+ * `counters` (read from the firewall just before) tell how many packets each NFLOG rule and the
+ * DNS front's port saw: where the files hold fewer records, the difference is a `loss` record
+ * per rule, so records + aggregates + loss = attempts at any rate (issue 17, item 1). Without
+ * counters (a crashed attempt) loss cannot be judged.
  */
 export async function ingestSandboxAudit(
   dir: string,
@@ -322,30 +355,39 @@ export async function ingestSandboxAudit(
   const limiter = new RecordLimiter(options.recordLimit ?? DEFAULT_RECORD_LIMIT);
   let malformed = 0;
   let packetRecords = 0;
+  let gaps = 0;
+  const byRule = new Map<string, number>();
   const packets = await streamLines(path.join(dir, PACKETS_FILE), since.packetBytes, (line) => {
     if (line === null) {
       malformed += 1;
       return;
     }
     if (!line.trim()) return;
-    let record: AuditRecord;
+    let json: Json;
     try {
-      record = packetRecord(JSON.parse(line) as Json, id, role);
+      json = JSON.parse(line) as Json;
     } catch {
       malformed += 1;
       return;
     }
+    if ('gap' in json || 'overrun' in json) {
+      gaps += num((json as LoggerNote).gap) ?? 0;
+      return;
+    }
+    const record = packetRecord(json, id, role);
     packetRecords += 1;
+    byRule.set(record.rule, (byRule.get(record.rule) ?? 0) + 1);
     limiter.add(record);
   });
-  const packetCount = packetRecords + malformed;
   const answered = new Set(answeredNames.map((n) => n.toLowerCase()));
   let dnsAnswered = 0;
   let dnsBlocked = 0;
+  let frontUdp = 0;
   const year = new Date().getUTCFullYear();
   const onQuery = (query: DnsQuery | null): void => {
     if (!query) return;
-    if (answered.has(query.name)) dnsAnswered += 1;
+    if (query.proto === 'udp') frontUdp += 1;
+    if (query.name !== null && !query.error && answered.has(query.name)) dnsAnswered += 1;
     else {
       dnsBlocked += 1;
       limiter.add(dnsRecord(query, id, role));
@@ -354,14 +396,24 @@ export async function ingestSandboxAudit(
   // dns.log: dnsmasq's own query log (sentries before the DNS front); dns.jsonl: the front's.
   const dns = await streamLines(path.join(dir, DNS_FILE), since.dnsBytes, (line) => onQuery(line === null ? null : parseDnsLine(line, year)));
   const front = await streamLines(path.join(dir, DNS_QUERIES_FILE), since.dnsFrontBytes ?? 0, (line) => onQuery(line === null ? null : parseDnsFrontLine(line)));
-  const now = counters ?? {
-    allowed: since.counters.allowed,
-    logged: { packets: since.counters.logged.packets + packetCount },
+  const packetCount = packetRecords + malformed;
+  // Without counters, what was read moves every counter on, so the next read's deltas do not
+  // count these records' packets again as missing.
+  const advanced = (rules: Record<string, number> | undefined): Record<string, number> => {
+    const out = { ...rules };
+    for (const [rule, n] of byRule) out[rule] = (out[rule] ?? 0) + n;
+    return out;
   };
-  const logged = Math.max(0, now.logged.packets - since.counters.logged.packets);
-  const lost = Math.max(0, logged - packetCount) + malformed;
+  const before = since.counters.dns;
+  const now: SentryCounters = counters ?? {
+    allowed: since.counters.allowed,
+    logged: { packets: since.counters.logged.packets + packetCount, rules: advanced(since.counters.logged.rules) },
+    ...(before ? { dns: { ...before, udp: before.udp + frontUdp } } : {}),
+  };
   const records = limiter.finish();
-  if (lost > 0) {
+  const loss = (rule: string, source: NonNullable<AuditRecord['loss']>['source'], counted: number, recorded: number, kernelDropped: number): void => {
+    const lost = counted - recorded;
+    if (lost <= 0) return;
     records.push({
       time: new Date().toISOString(),
       runId: id.runId,
@@ -371,20 +423,34 @@ export async function ingestSandboxAudit(
       kind: 'loss',
       ...NO_PACKET_FIELDS,
       verdict: 'lost',
-      rule: `firewall logged ${logged} packets, ${packetRecords} records arrived${malformed ? `, ${malformed} malformed` : ''}`,
+      rule,
       count: lost,
+      loss: { source, counted, recorded, kernelDropped: Math.min(lost, kernelDropped) },
     });
-  }
+  };
+  const logged = delta(now.logged.packets, since.counters.logged.packets);
+  if (counters?.logged.rules) {
+    // Per rule: the rule's packet counter against the records that name it.
+    for (const [rule, count] of Object.entries(counters.logged.rules)) loss(rule, 'nflog', delta(count, since.counters.logged.rules?.[rule]), byRule.get(rule) ?? 0, gaps);
+  } else if (counters) loss('nflog', 'nflog', logged, packetRecords, gaps);
+  // With counters, an unreadable line is already in its rule's shortfall; without, it is the
+  // only sign of a lost record.
+  if (malformed && !counters) loss('malformed', 'malformed', malformed, 0, 0);
+  if (counters?.dns) loss('dns-front', 'dns-front', delta(counters.dns.udp, since.counters.dns?.udp), frontUdp, delta(counters.dns.drops, since.counters.dns?.drops));
+  const lost = records.reduce((n, r) => n + (r.kind === 'loss' ? r.count : 0), 0);
+  const blockedByRule: Record<string, number> = {};
+  for (const r of records) if (r.kind !== 'loss') blockedByRule[r.rule] = (blockedByRule[r.rule] ?? 0) + r.count;
   return {
     records,
     attempts: limiter.attempts + lost,
     traffic: {
-      allowedPackets: Math.max(0, now.allowed.packets - since.counters.allowed.packets),
-      allowedBytes: Math.max(0, now.allowed.bytes - since.counters.allowed.bytes),
+      allowedPackets: delta(now.allowed.packets, since.counters.allowed.packets),
+      allowedBytes: delta(now.allowed.bytes, since.counters.allowed.bytes),
       blockedPackets: logged,
       dnsBlocked,
       dnsAnswered,
       lostRecords: lost,
+      blockedByRule,
     },
     cursor: {
       packetLines: since.packetLines + packets.lines,
@@ -399,7 +465,10 @@ export async function ingestSandboxAudit(
 export function parseCounters(text: string): SentryCounters | undefined {
   try {
     const value = JSON.parse(text.trim().split('\n').pop() ?? '') as SentryCounters;
-    if (typeof value.allowed?.packets === 'number' && typeof value.logged?.packets === 'number') return value;
+    if (typeof value.allowed?.packets !== 'number' || typeof value.logged?.packets !== 'number') return undefined;
+    const rules = value.logged.rules && typeof value.logged.rules === 'object' ? Object.entries(value.logged.rules).filter(([, n]) => typeof n === 'number') : undefined;
+    const dns = value.dns && typeof value.dns.udp === 'number' ? { udp: value.dns.udp, tcp: Number(value.dns.tcp) || 0, drops: Number(value.dns.drops) || 0 } : undefined;
+    return { allowed: value.allowed, logged: { packets: value.logged.packets, ...(rules ? { rules: Object.fromEntries(rules) } : {}) }, ...(dns ? { dns } : {}) };
   } catch {
     // fall through
   }

@@ -14,7 +14,8 @@ import { ConfigError, LoopboxError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { silentLogger } from '../common/logger.js';
 import { type Bind, type DockerClient, sleep } from '../docker/client.js';
-import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, countLines, ingestSandboxAudit, parseCounters, type SentryCounters } from '../egress/ingest.js';
+import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, frontUdpLine, ingestSandboxAudit, packetLineWeight, parseCounters, type SentryCounters, streamLines } from '../egress/ingest.js';
+import { DNS_QUERIES_FILE } from '../egress/dns-records.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
 import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
@@ -202,19 +203,10 @@ export class Sentry {
   async collect(identity: SandboxIdentity): Promise<CollectResult> {
     this.lastIdentity = identity;
     const counters = this.stopped ? undefined : await readCounters(this.docker, this.id).catch(() => undefined);
-    // NFLOG reaches ulogd asynchronously: wait (bounded) until the records the counters
-    // announce are written; what never comes is reported as lost. Each poll counts only the
-    // lines written since the previous poll.
-    if (counters) {
-      const deadline = Date.now() + 2000;
-      let scanned = { lines: this.cursor.packetLines, bytes: this.cursor.packetBytes };
-      for (;;) {
-        const more = await countLines(path.join(this.auditDir, PACKETS_FILE), scanned.bytes);
-        scanned = { lines: scanned.lines + more.lines, bytes: scanned.bytes + more.bytes };
-        if (scanned.lines >= counters.logged.packets || Date.now() >= deadline) break;
-        await sleep(20);
-      }
-    }
+    // NFLOG reaches the packet logger, and a query the DNS front's socket, asynchronously:
+    // wait (bounded) until the records the counters announce are written; what never comes is
+    // reported lost. Each poll reads only what was written since the previous poll.
+    if (counters) await this.awaitRecords(counters);
     const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
     // Durable (fsynced) before the read position moves past the raw lines.
     await appendAudit(identity.runId, result.records, this.options.stateEnv);
@@ -223,6 +215,22 @@ export class Sentry {
     const fronts = await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit);
     this.fronts = fronts.cursor;
     return { ...result, model: fronts.model };
+  }
+
+  private async awaitRecords(counters: SentryCounters): Promise<void> {
+    const deadline = Date.now() + 2000;
+    const before = this.cursor.counters;
+    const packets = { count: 0, bytes: this.cursor.packetBytes };
+    const wantPackets = counters.logged.packets - before.logged.packets;
+    const front = { count: 0, bytes: this.cursor.dnsFrontBytes ?? 0 };
+    // What the kernel dropped at the front's socket will never be written: do not wait for it.
+    const wantFront = (counters.dns?.udp ?? 0) - (before.dns?.udp ?? 0) - ((counters.dns?.drops ?? 0) - (before.dns?.drops ?? 0));
+    for (;;) {
+      packets.bytes += (await streamLines(path.join(this.auditDir, PACKETS_FILE), packets.bytes, (line) => (packets.count += packetLineWeight(line)))).bytes;
+      front.bytes += (await streamLines(path.join(this.auditDir, DNS_QUERIES_FILE), front.bytes, (line) => (front.count += frontUdpLine(line)))).bytes;
+      if ((packets.count >= wantPackets && front.count >= wantFront) || Date.now() >= deadline) return;
+      await sleep(20);
+    }
   }
 
   /**

@@ -71,8 +71,10 @@ describe('DNS front records', () => {
     expect(read.cursor.dnsFrontBytes).toBeGreaterThan(0);
     expect(read.records.map((r) => [r.query, r.queryType, r.verdict])).toEqual([
       ['\\001\\255a\\032.exfil.invalid', 'TXT', 'nxdomain'],
-      ['(unparsed query 00ff)', 'unknown', 'nxdomain'],
+      [null, 'unknown', 'nxdomain'],
     ]);
+    // An unreadable question keeps its bytes as evidence, and says so.
+    expect(read.records[1]).toMatchObject({ dnsError: 'question could not be read', payload: '00ff' });
   });
 });
 

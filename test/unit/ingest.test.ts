@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createWriteStream } from 'node:fs';
-import { DNS_FILE, PACKETS_FILE, RecordLimiter, ingestSandboxAudit, packetRecord, parseCounters, parseDnsLog, streamLines } from '../../src/egress/ingest.js';
+import { DNS_FILE, PACKETS_FILE, RecordLimiter, START_CURSOR, ingestSandboxAudit, packetRecord, parseCounters, parseDnsLog, streamLines } from '../../src/egress/ingest.js';
 
 // Real lines as ulogd2 2.0.8 (JSON output) and dnsmasq (log-queries=extra) wrote them in the sentry.
 const TCP = '{"timestamp": "2026-11-24T18:30:25.655729", "dvc": "Netfilter", "raw.pktlen": 60, "raw.pktcount": 1, "oob.prefix": "out-tcp", "oob.time.sec": 1795545025, "oob.time.usec": 655729, "oob.mark": 0, "oob.ifindex_out": 97, "oob.hook": 3, "oob.family": 2, "oob.protocol": 2048, "oob.uid": 1000, "oob.gid": 1000, "raw.label": 0, "ip.protocol": 6, "src_port": 41974, "dest_port": 9000, "tcp.syn": 1, "oob.in": "", "oob.out": "eth0", "src_ip": "172.20.0.3", "dest_ip": "172.20.0.2"}';
@@ -63,7 +63,7 @@ describe('audit ingestion', () => {
     const loss = res.records.find((r) => r.kind === 'loss');
     // 5 logged by the firewall, 3 lines arrived of which 1 is unreadable: 2 + 1 lost.
     expect(loss).toMatchObject({ verdict: 'lost', count: 3 });
-    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 3 });
+    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 3, blockedByRule: { 'out-tcp': 1, 'out-icmp': 1, dns: 2 } });
   });
 
   it('records no loss when every logged packet arrived, and tolerates missing files', async () => {
@@ -200,5 +200,73 @@ describe('recovering a crashed sentry folder', () => {
     } finally {
       await rm(state, { recursive: true, force: true });
     }
+  });
+
+  describe('accounting at any rate (issue 17)', () => {
+    const made: string[] = [];
+    const track = (d: string): void => void made.push(d);
+    afterEach(async () => {
+      for (const d of made.splice(0)) await rm(d, { recursive: true, force: true });
+    });
+    const udp = (n: number, name: string | null, extra = ''): string =>
+      `{"oob.family":2,"oob.prefix":"out-udp","oob.time.sec":1795545025,"oob.time.usec":${n},"oob.uid":1000,"ip.protocol":17,"src_ip":"172.20.0.3","dest_ip":"10.213.70.2","src_port":${4000 + n},"dest_port":53,"seq":${n},"dns.name":${JSON.stringify(name)},"dns.type":"A"${extra}}`;
+
+    it('a packet that carried a DNS question is a dns record with the firewall verdict, its destination and the name', () => {
+      const r = packetRecord(JSON.parse(udp(1, 'exfil-data.x.invalid')) as Record<string, unknown>, id, 'agent');
+      expect(r).toMatchObject({ kind: 'dns', protocol: 'udp', dst: '10.213.70.2', dstPort: 53, query: 'exfil-data.x.invalid', queryType: 'A', verdict: 'rejected', rule: 'out-udp', uid: 1000 });
+      const bad = packetRecord(JSON.parse(udp(2, null, ',"dns.error":"compression pointer loop","dns.payload":"1234c00c"')) as Record<string, unknown>, id, 'agent');
+      expect(bad).toMatchObject({ kind: 'dns', query: null, dnsError: 'compression pointer loop', payload: '1234c00c', verdict: 'rejected' });
+    });
+
+    it('per rule: the firewall counter minus the records is a loss record naming the rule; sequence gaps say what the kernel dropped', async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+      track(dir);
+      await writeFile(path.join(dir, PACKETS_FILE), [udp(1, 'a.invalid'), udp(2, 'b.invalid'), '{"gap":5}', udp(8, 'c.invalid'), TCP, ''].join('\n'));
+      const counters = { allowed: { packets: 0, bytes: 0 }, logged: { packets: 11, rules: { 'out-udp': 10, 'out-tcp': 1 } } };
+      const res = await ingestSandboxAudit(dir, id, 'agent', counters, []);
+      const losses = res.records.filter((r) => r.kind === 'loss');
+      expect(losses).toHaveLength(1);
+      expect(losses[0]).toMatchObject({ rule: 'out-udp', count: 7, iteration: 2, loss: { source: 'nflog', counted: 10, recorded: 3, kernelDropped: 5 } });
+      // records + aggregates + loss = what the firewall counted
+      expect(res.attempts).toBe(11);
+      expect(res.traffic.blockedByRule).toEqual({ 'out-udp': 3, 'out-tcp': 1 });
+    });
+
+    it("the DNS front's port counter minus its udp records is a dns-front loss, with the socket's kernel drops", async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+      track(dir);
+      const line = (i: number, proto: string): string => `{"time":"2026-11-28T06:40:00.100Z","proto":"${proto}","from":"127.0.0.1","port":${5000 + i},"name":"q${i}.invalid","type":"A"}`;
+      await writeFile(path.join(dir, 'dns.jsonl'), [...Array.from({ length: 40 }, (_, i) => line(i, 'udp')), ...Array.from({ length: 5 }, (_, i) => line(i, 'tcp')), ''].join('\n'));
+      const before = { ...START_CURSOR, counters: { ...START_CURSOR.counters, dns: { udp: 10, tcp: 0, drops: 3 } } };
+      const res = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0, rules: {} }, dns: { udp: 110, tcp: 20, drops: 53 } }, [], before, { recordLimit: 10 });
+      const loss = res.records.find((r) => r.kind === 'loss');
+      expect(loss).toMatchObject({ rule: 'dns-front', count: 60, loss: { source: 'dns-front', counted: 100, recorded: 40, kernelDropped: 50 } });
+      // 10 records, one aggregate of 35, and the loss: 105 = 100 udp + 5 tcp queries
+      expect(res.records.filter((r) => r.kind === 'dns')).toHaveLength(11);
+      expect(res.attempts).toBe(105);
+      expect(res.cursor.counters.dns).toEqual({ udp: 110, tcp: 20, drops: 53 });
+    });
+
+    it('a read without counters moves the per-rule counters on, so the next read does not count those records as lost', async () => {
+      const dir = await mkdtemp(path.join(tmpdir(), 'lbx-ingest-'));
+      track(dir);
+      await writeFile(path.join(dir, PACKETS_FILE), `${udp(1, 'a.invalid')}\n${udp(2, 'b.invalid')}\n`);
+      const start = { ...START_CURSOR, counters: { allowed: { packets: 0, bytes: 0 }, logged: { packets: 0, rules: { 'out-udp': 0 } } } };
+      const first = await ingestSandboxAudit(dir, id, 'agent', undefined, [], start);
+      expect(first.cursor.counters.logged.rules).toEqual({ 'out-udp': 2 });
+      await writeFile(path.join(dir, PACKETS_FILE), `${udp(1, 'a.invalid')}\n${udp(2, 'b.invalid')}\n${udp(3, 'c.invalid')}\n`);
+      const second = await ingestSandboxAudit(dir, id, 'agent', { allowed: { packets: 0, bytes: 0 }, logged: { packets: 3, rules: { 'out-udp': 3 } } }, [], first.cursor);
+      expect(second.records.filter((r) => r.kind === 'loss')).toEqual([]);
+      expect(second.attempts).toBe(1);
+    });
+
+    it('parses the counters line of the sentry with per-rule and DNS front numbers; refuses junk', () => {
+      expect(parseCounters('{"allowed":{"packets":1,"bytes":2},"logged":{"packets":3,"rules":{"out-udp":3,"bad":"x"}},"dns":{"udp":4,"tcp":5,"drops":6}}\n')).toEqual({
+        allowed: { packets: 1, bytes: 2 },
+        logged: { packets: 3, rules: { 'out-udp': 3 } },
+        dns: { udp: 4, tcp: 5, drops: 6 },
+      });
+      expect(parseCounters('nonsense')).toBeUndefined();
+    });
   });
 });
