@@ -91,9 +91,10 @@ describe('sandbox DNS (real Docker)', () => {
     expect(tcp?.result, res.stdout).toBe('ECONNREFUSED');
     const audit = await auditOf(runId);
     const toResolver = (protocol: string, port: number): AuditRecord | undefined =>
-      audit.find((r) => r.kind === 'packet' && r.protocol === protocol && r.dst === '127.0.0.11' && r.dstPort === port);
-    expect(toResolver('udp', udp!.port)).toMatchObject({ uid: 1000, verdict: 'rejected', rule: 'out-resolver', iteration: 2, task: 'dns' });
-    expect(toResolver('tcp', tcp!.port)).toMatchObject({ uid: 1000, verdict: 'rejected', rule: 'out-resolver' });
+      audit.find((r) => r.protocol === protocol && r.dst === '127.0.0.11' && r.dstPort === port);
+    // The UDP query carried a name: the record has it (issue 17), with the firewall's verdict.
+    expect(toResolver('udp', udp!.port)).toMatchObject({ kind: 'dns', query: 'loopbox-model', queryType: 'A', uid: 1000, verdict: 'rejected', rule: 'out-resolver', iteration: 2, task: 'dns' });
+    expect(toResolver('tcp', tcp!.port)).toMatchObject({ kind: 'packet', uid: 1000, verdict: 'rejected', rule: 'out-resolver' });
     expect(await remaining(runId)).toEqual([]);
   });
 

@@ -135,14 +135,18 @@ describe('sandbox run (real Docker, real firewall)', () => {
     for (const r of records) expect(r).toMatchObject({ runId: sandboxRun, task: 'hostile', iteration: 3, role: 'agent' });
     // Every record's verdict matches its kind; none is an aggregate (far below the limit).
     for (const r of records) {
-      expect(r.verdict, JSON.stringify(r)).toBe(r.kind === 'dns' ? 'nxdomain' : 'rejected');
+      // The sandbox's resolver answers NXDOMAIN; a DNS packet aimed elsewhere is refused.
+      expect(r.verdict, JSON.stringify(r)).toBe(r.kind === 'dns' && r.rule === 'dns' ? 'nxdomain' : 'rejected');
       expect(r.aggregate).toBeNull();
     }
     const has = (what: Partial<AuditRecord>): boolean => records.some((r) => Object.entries(what).every(([k, v]) => r[k as keyof AuditRecord] === v));
     const rejected = { kind: 'packet', verdict: 'rejected', direction: 'out' } as const;
     expect(has({ ...rejected, protocol: 'tcp', dst: decoy.v4, dstPort: decoy.port, uid: 1000, family: 'ipv4', rule: 'out-tcp' }), 'tcp decoy').toBe(true);
     expect(has({ ...rejected, protocol: 'udp', dst: decoy.v4, dstPort: decoy.port + 1, uid: 1000, rule: 'out-udp' }), 'udp decoy').toBe(true);
-    expect(has({ ...rejected, protocol: 'udp', dst: decoy.v4, dstPort: 53 }), 'udp/53 decoy').toBe(true);
+    // To port 53 the packet is read as DNS (issue 17): "exfil" is no DNS message, and its bytes are the evidence.
+    expect(records.find((r) => r.protocol === 'udp' && r.dst === decoy.v4 && r.dstPort === 53), 'udp/53 decoy').toMatchObject({
+      kind: 'dns', verdict: 'rejected', rule: 'out-udp', query: null, dnsError: 'short message (5 bytes, a DNS header has 12)', payload: Buffer.from('exfil').toString('hex'),
+    });
     expect(has({ ...rejected, protocol: 'icmp', dst: decoy.v4, icmpType: 8, rule: 'out-icmp' }), 'icmp echo').toBe(true);
     expect(has({ ...rejected, protocol: 'tcp', dst: modelIp, dstPort: 8081 }), 'model ip, other port').toBe(true);
     expect(decoy.v6, 'the decoy network has IPv6').toBeTruthy();

@@ -1,5 +1,5 @@
 // Less power in the sentry (issue 8, item 5): once it is set up, no process in the sentry holds
-// a capability, and the daemons that parse what the agent sends (dnsmasq, ulogd, the model
+// a capability, and the daemons that parse what the agent sends (dnsmasq, the packet logger, the model
 // gateway, the DNS front) each run as their own unprivileged user. Read from /proc of a live sentry.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -27,7 +27,7 @@ done`;
 describe('sentry privileges (real Docker)', () => {
   useTestRun('priv');
 
-  it('after set-up no sentry process holds a capability; dnsmasq, ulogd, the DNS front and the gateway run as their own users', async () => {
+  it('after set-up no sentry process holds a capability; dnsmasq, the packet logger, the DNS front and the gateway run as their own users', async () => {
     const runId = testRunId('priv');
     const auditDir = await mkdtemp(path.join(tmpdir(), 'lbx-priv-'));
     const sentry = await Sentry.start(docker, { runId, auditDir });
@@ -41,10 +41,9 @@ describe('sentry privileges (real Docker)', () => {
         .map((l) => l.split(' '))
         .map(([name, uid, eff, prm]) => ({ name: name!, uid: Number(uid), capEff: BigInt(`0x${eff}`), capPrm: BigInt(`0x${prm}`) }));
       const byName = (n: string): Proc | undefined => procs.find((p) => p.name === n);
-      expect(byName('ulogd')?.uid, res.stdout).toBe(100);
       expect(byName('dnsmasq')?.uid, res.stdout).toBe(999);
-      // The model gateway (lbxgw) and the DNS front (lbxdns).
-      expect(procs.filter((p) => p.name === 'python3').map((p) => p.uid).sort(), res.stdout).toEqual([990, 991]);
+      // The model gateway (lbxgw), the DNS front (lbxdns) and the packet logger (lbxlog).
+      expect(procs.filter((p) => p.name === 'python3').map((p) => p.uid).sort(), res.stdout).toEqual([990, 991, 992]);
       // PID 1 and the watcher: nobody.
       expect(byName('tini')?.uid, res.stdout).toBe(65534);
       for (const p of procs) {
