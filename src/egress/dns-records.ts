@@ -23,7 +23,7 @@ export interface DnsQuery {
 type Json = Record<string, unknown>;
 
 /** Lower-cases ASCII letters only: the `\DDD` escapes and other bytes stay as they are. */
-function normalise(name: string): string {
+export function normalise(name: string): string {
   return name.replace(/[A-Z]/g, (c) => c.toLowerCase());
 }
 

@@ -6,7 +6,9 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { type AuditRecord, NO_PACKET_FIELDS, type SandboxIdentity, type SandboxTraffic } from '../audit/record.js';
-import { DNS_QUERIES_FILE, type DnsQuery, parseDnsFrontLine } from './dns-records.js';
+import { DNS_QUERIES_FILE, type DnsQuery, normalise, parseDnsFrontLine } from './dns-records.js';
+
+const normaliseName = (name: string | null): string | null => (name === null ? null : normalise(name.slice(0, 2048)));
 
 export const PACKETS_FILE = 'packets.jsonl';
 export const DNS_FILE = 'dns.log';
@@ -69,7 +71,7 @@ export function packetRecord(line: Json, id: SandboxIdentity, role: string): Aud
     dst: str(first(line, ['dest_ip', 'ip.daddr.str', 'ip.daddr'])),
     dstPort: num(first(line, ['dest_port', 'tcp.dport', 'udp.dport'])),
     uid: num(line['oob.uid']),
-    query: dns ? (str(line['dns.name'])?.slice(0, 2048) ?? null) : null,
+    query: dns ? normaliseName(str(line['dns.name'])) : null,
     queryType: dns ? str(line['dns.type']) : null,
     icmpType: num(first(line, ['icmp.type', 'icmpv6.type'])),
     verdict: 'rejected',
