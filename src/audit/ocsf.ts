@@ -138,7 +138,10 @@ function baseEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
 function lossText(r: AnyRecord): string {
   const l = r.loss as { source?: unknown; counted?: unknown; recorded?: unknown; kernelDropped?: unknown } | undefined;
   if (!l || typeof l !== 'object') return String(r.rule);
-  return `${String(l.source)} ${String(r.rule)} counted ${String(l.counted)} attempts, ${String(l.recorded)} records arrived (${String(l.kernelDropped)} dropped by the kernel)`;
+  const n = (v: unknown): string => String(typeof v === 'number' ? v : '?');
+  if (l.source === 'malformed') return `${n(l.counted)} line(s) of packets.jsonl were not records`;
+  const counter = l.source === 'dns-front' ? "the DNS front's port" : `firewall rule ${String(r.rule)}`;
+  return `${counter} counted ${n(l.counted)} attempt(s), ${n(l.recorded)} record(s) arrived, ${n(l.kernelDropped)} dropped by the kernel`;
 }
 
 function classification(classUid: number, className: string, categoryUid: number, categoryName: string, activityId: number, activityName: string): OcsfEvent {

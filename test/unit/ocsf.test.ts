@@ -43,6 +43,10 @@ const cases: Record<string, AuditRecord & Record<string, unknown>> = {
   otherProto: rec({ protocol: '132', srcPort: null, dstPort: null, uid: null, rule: 'out-other' }),
   noIteration: rec({ task: null, iteration: null }),
   dns: rec({ time: '2026-11-24T18:33:58.000Z', kind: 'dns', protocol: 'dns', src: '127.0.0.1', srcPort: 57808, dst: null, dstPort: 53, uid: null, query: 'exfil.invalid', queryType: 'AAAA', verdict: 'nxdomain', rule: 'dns' }),
+  // A DNS question read from a packet the firewall refused (issue 17), and one it could not read.
+  dnsRefused: rec({ kind: 'dns', protocol: 'udp', dstPort: 53, query: 'exfil.invalid', queryType: 'TXT', rule: 'out-udp' }),
+  dnsUnreadable: rec({ kind: 'dns', protocol: 'udp', dstPort: 53, query: null, queryType: null, rule: 'out-udp', dnsError: 'compression pointer loop', payload: '1234c00c' }),
+  lossPerRule: rec({ kind: 'loss', protocol: null, family: null, direction: null, src: null, srcPort: null, dst: null, dstPort: null, uid: null, verdict: 'lost', rule: 'dns-front', count: 60, loss: { source: 'dns-front', counted: 100, recorded: 40, kernelDropped: 60 } }),
   loss: rec({ kind: 'loss', protocol: null, family: null, direction: null, src: null, srcPort: null, dst: null, dstPort: null, uid: null, verdict: 'lost', rule: 'firewall logged 12000 packets, 11800 records arrived', count: 200 }),
   // The model gateway's refusal: path in `query`, method in `queryType`.
   modelDenied: rec({ kind: 'model-denied', protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/slots?x=<b>', queryType: 'GET', verdict: 'denied', rule: 'gateway 403 path' }),
@@ -137,6 +141,15 @@ describe('OCSF export', () => {
     expect(bad((e) => delete e.metadata.product).join()).toMatch(/metadata.product: required/);
     expect(bad((e) => (e.time = '2026-11-24')).join()).toMatch(/time: expected an integer/);
     /* eslint-enable @typescript-eslint/no-unsafe-member-access */
+  });
+  it('a refused DNS packet is DNS Activity aimed at its resolver, never answered; an unreadable one says why', () => {
+    const refused = toOcsf(cases.dnsRefused!, ctx);
+    expect(refused).toMatchObject({ class_uid: 4003, query: { hostname: 'exfil.invalid', type: 'TXT' }, dst_endpoint: { ip: '10.213.126.2', port: 53 }, disposition: 'Blocked' });
+    expect(refused).not.toHaveProperty('rcode_id');
+    const unreadable = toOcsf(cases.dnsUnreadable!, ctx);
+    expect(String(unreadable.message)).toContain('compression pointer loop');
+    expect(unreadable.unmapped).toMatchObject({ dnsError: 'compression pointer loop', payload: '1234c00c' });
+    expect(String(toOcsf(cases.lossPerRule!, ctx).message)).toBe("60 audit record(s) lost: the DNS front's port counted 100 attempt(s), 40 record(s) arrived, 60 dropped by the kernel");
   });
 });
 
