@@ -84,7 +84,7 @@ async function buildOne(docker: DockerClient, name: BuildableImage, ca: string, 
   say(`building ${ref}`);
   const context = await mkdtemp(path.join(tmpdir(), `loopbox-build-${name}-`));
   try {
-    await cp(dir, context, { recursive: true });
+    await cp(dir, context, { recursive: true, filter: (src) => !isBuildCache(src) });
     // The CA goes only into the build context; the Dockerfiles use it in a fetch stage and
     // leave it out of the final image.
     await writeFile(path.join(context, EXTRA_CA_FILE), ca);
@@ -172,11 +172,17 @@ export async function inputsHash(dir: string, extra: Record<string, unknown>): P
   return hash.digest('hex');
 }
 
+/** Python's bytecode caches: made by whoever ran the sentry's modules, never an image input. */
+function isBuildCache(file: string): boolean {
+  return path.basename(file) === '__pycache__';
+}
+
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   const entries = await readdir(dir, { withFileTypes: true });
   for (const entry of entries.sort((a, b) => a.name.localeCompare(b.name))) {
     const full = path.join(dir, entry.name);
+    if (isBuildCache(full)) continue;
     if (entry.isDirectory()) out.push(...(await listFiles(full)));
     else if (entry.isFile()) out.push(full);
   }

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 
 const SENTRY = path.resolve(import.meta.dirname, '..', '..', 'images', 'sentry');
 
-/** Runs `expr` per hex input in python3 -I with the sentry's modules importable; JSON out. */
+/** Runs `expr` per hex input in python3 -I -B (no bytecode left in images/) with the sentry's modules importable; JSON out. */
 async function py(expr: string, inputs: string[]): Promise<unknown[]> {
   const script = `
 import sys, json
@@ -19,7 +19,7 @@ for h in json.loads(sys.stdin.read()):
     b = bytes.fromhex(h)
     out.append(${expr})
 print(json.dumps(out))`;
-  const r = await execa('python3', ['-I', '-c', script], { input: JSON.stringify(inputs) });
+  const r = await execa('python3', ['-I', '-B', '-c', script], { input: JSON.stringify(inputs) });
   return JSON.parse(r.stdout) as unknown[];
 }
 
