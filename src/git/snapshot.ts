@@ -6,9 +6,9 @@ import { createHash, type Hash } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { execa, type ResultPromise } from 'execa';
+import { text } from 'node:stream/consumers';
 import { LoopboxError } from '../common/errors.js';
-import { git, hardenedArgs, hardenedEnv, resolveCommit } from './hardened.js';
+import { type GitStream, git, gitStream, resolveCommit } from './hardened.js';
 import { StatCache } from './stat-cache.js';
 import { DirHandle, decodeName, isFsError } from './safe-fs.js';
 import {
@@ -386,19 +386,11 @@ async function readLarge(state: WalkState, dir: DirHandle, name: string, rel: st
     const oid = hash.digest('hex');
     if (state.keepBase?.(rel)) return setEntry(state, rel, (stats.mode & 0o100n) !== 0n ? '100755' : '100644', oid);
     if (!state.known.has(oid) && (await missingObjects(state.top, [oid])).length) {
-      const proc = execa('git', hardenedArgs(['hash-object', '-w', '--no-filters', '--stdin']), {
-        cwd: state.top,
-        env: hardenedEnv(),
-        extendEnv: false,
-        stdin: 'pipe',
-        reject: false,
-        timeout: 600_000,
-      });
-      const stream = handle.createReadStream({ start: 0, autoClose: false });
-      stream.pipe(proc.stdin);
-      const result = await proc;
-      if (result.exitCode !== 0) throw new LoopboxError(`git hash-object failed for ${rel}: ${String(result.stderr).slice(-500)}`);
-      if (String(result.stdout).trim() !== oid) return skip(state, rel, 'changed while being read');
+      const proc = gitStream(['hash-object', '-w', '--no-filters', '--stdin'], { cwd: state.top, timeoutMs: 600_000 });
+      const answer = text(proc.stdout);
+      handle.createReadStream({ start: 0, autoClose: false }).pipe(proc.stdin);
+      await proc.done();
+      if ((await answer).trim() !== oid) return skip(state, rel, 'changed while being read');
     }
     state.known.add(oid);
     state.cache.record(rel, stats, oid);
@@ -480,20 +472,15 @@ async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T)
  * process, not 100 000. The tree write afterwards fails if any blob is missing.
  */
 class BlobWriter {
-  private proc: ResultPromise<{ stdin: 'pipe'; stdout: 'ignore'; stderr: 'pipe'; reject: false }> | undefined;
+  private proc: GitStream | undefined;
 
   constructor(private readonly top: string) {}
 
   async add(content: Buffer): Promise<void> {
-    this.proc ??= execa('git', hardenedArgs(['fast-import', '--quiet', '--done']), {
-      cwd: this.top,
-      env: hardenedEnv(),
-      extendEnv: false,
-      stdin: 'pipe',
-      stdout: 'ignore',
-      stderr: 'pipe',
-      reject: false,
-    });
+    if (!this.proc) {
+      this.proc = gitStream(['fast-import', '--quiet', '--done'], { cwd: this.top, timeoutMs: 0 });
+      this.proc.stdout.resume();
+    }
     const stdin = this.proc.stdin;
     const ok = stdin.write(`blob\ndata ${content.length}\n`) && stdin.write(content) && stdin.write('\n');
     if (!ok) await new Promise<void>((resolve, reject) => {
@@ -507,8 +494,7 @@ class BlobWriter {
     const proc = this.proc;
     this.proc = undefined;
     proc.stdin.end('done\n');
-    const result = await proc;
-    if (result.exitCode !== 0) throw new LoopboxError(`git fast-import failed writing the snapshot's blobs: ${String(result.stderr).slice(-1000)}`);
+    await proc.done(); // a GitError names fast-import, its exit code and stderr
   }
 }
 

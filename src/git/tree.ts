@@ -27,35 +27,6 @@ export interface WorktreeRecord {
   prunable: boolean;
 }
 
-/** Writes every entry of `commit` into the empty directory `dir` from raw blobs, no filters. */
-export async function checkoutTree(top: string, dir: string, commit: string): Promise<void> {
-  const entries = await lsTree(top, commit);
-  const root = await DirHandle.open(dir);
-  try {
-    let batch: Array<[string, TreeEntry & { size: number }]> = [];
-    let bytes = 0;
-    const flush = async (): Promise<void> => {
-      const blobs = await readBlobs(top, batch.map(([, e]) => e.oid));
-      for (const [p, e] of batch) await writeEntry(root, p, e.mode, blobs.get(e.oid) ?? Buffer.alloc(0));
-      batch = [];
-      bytes = 0;
-    };
-    for (const [p, e] of entries) {
-      if (e.mode === '160000') {
-        // A submodule is an empty directory, as git itself leaves it without --recurse-submodules.
-        await closeSubdir(root, (await openSubdir(root, p.split('/'), true))!);
-        continue;
-      }
-      batch.push([p, e]);
-      bytes += e.size;
-      if (bytes > 64 * 1024 * 1024 || batch.length > 2000) await flush();
-    }
-    await flush();
-  } finally {
-    await root.close();
-  }
-}
-
 /** The ids among `oids` that the object database lacks (one `cat-file --batch-check`). */
 export async function missingObjects(top: string, oids: readonly string[]): Promise<string[]> {
   if (!oids.length) return [];

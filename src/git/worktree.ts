@@ -16,7 +16,8 @@ import path from 'node:path';
 import { LoopboxError } from '../common/errors.js';
 import { isSafeName } from '../common/ids.js';
 import { git, gitStatus, resolveCommit, splitZ } from './hardened.js';
-import { assertRefName, checkoutTree, findAdminDir, findRecord, listWorktrees, repoInfo, requireWorktree, samePath } from './tree.js';
+import { writeTree } from './checkout.js';
+import { assertRefName, findAdminDir, findRecord, listWorktrees, repoInfo, requireWorktree, samePath } from './tree.js';
 
 export { DEFAULT_MAX_DEPTH, DEFAULT_MAX_FILES, DEFAULT_MAX_FILE_BYTES, snapshotWorktree } from './snapshot.js';
 export type { ChangedPath, SkippedPath, Snapshot, SnapshotOptions } from './snapshot.js';
@@ -123,7 +124,10 @@ export async function ensureTaskWorktree(repo: string, task: string, worktreeDir
   try {
     const realDir = await realpath(dir);
     const adminDir = await findAdminDir(info.commonDir, realDir);
-    await checkoutTree(info.top, realDir, tip);
+    // Written by node from raw blobs (git/checkout.ts), the same writer as the verify base's.
+    await writeTree(info.top, realDir, undefined, tip, {
+      describe: { what: `The new worktree ${realDir}`, hint: 'It is removed; run again.' },
+    });
     await readTreeInto(info.top, path.join(adminDir, 'index'), tip);
     return { branch, dir: realDir, head: tip, created: true };
   } catch (error) {
