@@ -4,6 +4,8 @@
 // on the Docker engine of this host, is the first implementation; docs/scaling.md designs one
 // for a cluster (a pod per run).
 import type { SandboxIdentity } from '../audit/record.js';
+import type { ModelEndpoint } from '../model/network.js';
+import type { ModelSupervisor } from '../model/supervisor.js';
 import type { AgentOptions, AgentRun, CollectResult, SentryOptions } from '../sandbox/sandbox.js';
 import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 
@@ -28,4 +30,13 @@ export interface ContainerBackend {
   runVerify(options: VerifyOptions): Promise<VerifyResult>;
   /** Removes every container the run left (its sentry, agent, verify), alive or not. */
   removeRun(runId: string): Promise<void>;
+  /** The managed model server where it runs now; undefined when none is running. */
+  findModel(): Promise<ModelEndpoint | undefined>;
+  /**
+   * Refuses (a clear error) an agent or verify image that lacks what the container's own
+   * deadline needs, before anything of a run starts.
+   */
+  checkImage(image: string): Promise<void>;
+  /** Restarts a managed model server that died (once); undefined where the backend cannot. */
+  modelSupervisor?(options?: { startTimeoutMs?: number }): ModelSupervisor;
 }

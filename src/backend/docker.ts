@@ -3,8 +3,10 @@
 import type { SandboxIdentity } from '../audit/record.js';
 import { LoopboxError } from '../common/errors.js';
 import type { DockerClient } from '../docker/client.js';
+import { type ModelEndpoint, findModelServer } from '../model/network.js';
+import { ModelSupervisor } from '../model/supervisor.js';
 import { removeRunContainers } from '../runs/gc.js';
-import { type AgentOptions, type AgentRun, type CollectResult, Sentry, type SentryOptions, runAgent } from '../sandbox/sandbox.js';
+import { type AgentOptions, type AgentRun, type CollectResult, Sentry, type SentryOptions, checkDeadlineTools, runAgent } from '../sandbox/sandbox.js';
 import { type VerifyOptions, type VerifyResult, runVerify } from '../verify/verify.js';
 import type { ContainerBackend, SandboxHandle } from './backend.js';
 
@@ -29,6 +31,18 @@ export class DockerBackend implements ContainerBackend {
 
   async removeRun(runId: string): Promise<void> {
     return removeRunContainers(this.docker, runId);
+  }
+
+  async findModel(): Promise<ModelEndpoint | undefined> {
+    return findModelServer(this.docker);
+  }
+
+  async checkImage(image: string): Promise<void> {
+    return checkDeadlineTools(this.docker, image);
+  }
+
+  modelSupervisor(options: { startTimeoutMs?: number } = {}): ModelSupervisor {
+    return new ModelSupervisor(this.docker, options);
   }
 }
 

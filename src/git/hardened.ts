@@ -6,6 +6,7 @@
 import { lstatSync, mkdirSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import { execa } from 'execa';
 import { LoopboxError, indent, type ErrorContext } from '../common/errors.js';
 
@@ -196,6 +197,59 @@ export async function gitBytes(args: readonly string[], options: GitOptions): Pr
 /** Runs hardened git where some non-zero exit codes are answers; returns stdout and the code. */
 export async function gitStatus(args: readonly string[], options: GitOptions): Promise<GitResult> {
   return runGit(args, options, 'utf8');
+}
+
+export interface GitStreamOptions {
+  /** Always the repository, never the agent-writable worktree. */
+  cwd: string;
+  env?: Record<string, string>;
+  timeoutMs?: number;
+}
+
+/** A hardened git process whose stdin and stdout are streams (for output too large to buffer). */
+export interface GitStream {
+  stdin: Writable;
+  stdout: Readable;
+  /**
+   * Waits for git to end. A GitError (command, cwd, exit code, stderr tail) if it failed; a git
+   * ended by a signal after its reader stopped early (stdout destroyed) is not a failure.
+   */
+  done(): Promise<void>;
+}
+
+/**
+ * Starts hardened git with piped stdin and stdout, which the caller writes and reads itself (a
+ * `cat-file --batch` fed and read in chunks, a `fast-import` fed blob by blob). stdin stays open
+ * until the caller ends it; a caller that never writes ends it at once.
+ */
+export function gitStream(args: readonly string[], options: GitStreamOptions): GitStream {
+  const proc = execa('git', hardenedArgs(args), {
+    cwd: options.cwd,
+    env: hardenedEnv(options.env),
+    extendEnv: false,
+    stdin: 'pipe',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: { stdout: false, stderr: true },
+    encoding: 'buffer',
+    reject: false,
+    timeout: options.timeoutMs ?? 600_000,
+  });
+  return {
+    stdin: proc.stdin,
+    stdout: proc.stdout,
+    done: async () => {
+      const result = await proc;
+      if (result.exitCode === 0 || (result.isTerminated && !result.timedOut)) return;
+      throw new GitError(result.timedOut ? `git ${args[0] ?? ''} timed out` : `git ${args[0] ?? ''} failed`, {
+        args,
+        cwd: options.cwd,
+        exitCode: result.exitCode,
+        signal: result.signal ?? undefined,
+        stderrTail: Buffer.from(result.stderr).toString('utf8').trimEnd().split('\n').slice(-20).join('\n'),
+      });
+    },
+  };
 }
 
 /** Splits NUL-terminated `-z` output. */

@@ -18,10 +18,8 @@ import type { Logger } from '../common/logger.js';
 import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
 import type { ContainerBackend, SandboxHandle } from '../backend/backend.js';
-import type { DockerClient } from '../docker/client.js';
 import { commitSnapshot, ensureTaskWorktree, git, restorePaths, revParse, snapshotWorktree, syncWorktreeIndex, type Snapshot } from '../git/index.js';
 import { imageRef } from '../images/catalog.js';
-import { findModelServer } from '../model/network.js';
 import type { ModelSupervisor } from '../model/supervisor.js';
 import type { AgentRun, CollectResult } from '../sandbox/sandbox.js';
 import type { SandboxIdentity } from '../sandbox/specs.js';
@@ -38,8 +36,7 @@ import { forceRemoveTree, lendPaths, lendTree, takeBackPath } from './workspace.
 
 /** What is fixed for one loop run: its folders, limits and shared resources. */
 export interface LoopContext {
-  docker: DockerClient;
-  /** Where the sentry, agents and verify containers run. */
+  /** Where the sentry, agents and verify containers run (and where the model server is looked for). */
   backend: ContainerBackend;
   config: Config;
   runId: string;
@@ -199,7 +196,7 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
 
 /** A model server that died during the iteration voids it: not the agent's failure. */
 export async function modelWentDown(ctx: LoopContext): Promise<boolean> {
-  return ctx.supervisor !== undefined && !(await findModelServer(ctx.docker));
+  return ctx.supervisor !== undefined && !(await ctx.backend.findModel());
 }
 
 // ---------------------------------------------------------------------------------------------

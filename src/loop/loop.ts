@@ -13,13 +13,14 @@ import { runDir, stateDir } from '../common/paths.js';
 import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
 import { DEFAULT_PROTECTED } from '../config/schema.js';
+import type { ContainerBackend } from '../backend/backend.js';
 import { DockerBackend } from '../backend/docker.js';
-import type { DockerClient } from '../docker/client.js';
+import { DockerClient } from '../docker/client.js';
 import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree } from '../git/index.js';
-import { MODEL_HOSTNAME, findModelServer } from '../model/network.js';
-import { ModelSupervisor } from '../model/supervisor.js';
+import { MODEL_HOSTNAME } from '../model/network.js';
+import type { ModelSupervisor } from '../model/supervisor.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
-import { checkDeadlineTools, recoverAuditDir, resolveEndpoints } from '../sandbox/sandbox.js';
+import { recoverAuditDir, resolveEndpoints } from '../sandbox/sandbox.js';
 import { AGENT_UID } from '../sandbox/specs.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
@@ -48,8 +49,13 @@ export interface LoopOptions {
   stateEnv?: NodeJS.ProcessEnv;
   /** Shared by parallel loops: at most one agent per model slot runs at a time. */
   agentSlots?: Semaphore;
-  /** Shared by parallel loops: restarts a dead model server once. */
+  /** Shared by parallel loops: restarts a dead model server once. Default: the backend's own. */
   modelSupervisor?: ModelSupervisor;
+  /**
+   * Where the sentry, agents and verify containers run. `runLoop(docker, options)` uses the
+   * Docker engine `docker` (DockerBackend); a cluster runner passes its own.
+   */
+  backend?: ContainerBackend;
 }
 
 export type LoopEvent =
@@ -87,17 +93,30 @@ export const STOP_FILE = 'stop';
 /** Touching this file in the state directory stops every loop gracefully. */
 export const KILL_SWITCH_FILE = 'STOP';
 
-export async function runLoop(docker: DockerClient, options: LoopOptions): Promise<LoopSummary> {
+/** The backend a loop runs on: the one given, or the Docker engine given. */
+export function loopBackend(on: DockerClient | ContainerBackend): ContainerBackend {
+  return on instanceof DockerClient ? new DockerBackend(on) : on;
+}
+
+/**
+ * Runs one loop to its end state. `runLoop({ ...options, backend })` runs it on any
+ * ContainerBackend; `runLoop(docker, options)` on this host's Docker engine.
+ */
+export async function runLoop(options: LoopOptions & { backend: ContainerBackend }): Promise<LoopSummary>;
+export async function runLoop(docker: DockerClient, options: LoopOptions): Promise<LoopSummary>;
+export async function runLoop(first: DockerClient | (LoopOptions & { backend: ContainerBackend }), second?: LoopOptions): Promise<LoopSummary> {
+  const options: LoopOptions = first instanceof DockerClient ? second! : first;
+  const backend = options.backend ?? loopBackend(first as DockerClient);
   const { config } = options;
   const verifyCommand = checkLoopConfig(config);
-  const previous = options.resume ? await loadResumable(docker, options.resume, options.stateEnv) : undefined;
+  const previous = options.resume ? await loadResumable(backend, options.resume, options.stateEnv) : undefined;
   const repo = path.resolve(previous?.repo ?? options.repo);
   const taskFile = previous?.taskFile ?? options.taskFile;
   if (!taskFile) throw new ConfigError('No task file given.', [], { hint: 'loopbox run tasks/<task>.md' });
   const task = await loadTask(taskFile);
   // A resumed run continues its own branch: the repo's checkout may have moved on meanwhile.
-  await checkRepoAndModel(docker, repo, config, options.allowDirty ?? previous !== undefined, options.stateEnv);
-  const supervisor = config.model.endpoint ? undefined : (options.modelSupervisor ?? new ModelSupervisor(docker));
+  await checkRepoAndModel(backend, repo, config, options.allowDirty ?? previous !== undefined, options.stateEnv);
+  const supervisor = config.model.endpoint ? undefined : (options.modelSupervisor ?? backend.modelSupervisor?.());
 
   const runId = previous?.runId ?? options.runId ?? newRunId();
   // One task, one loop: refused (exit 2) before anything of this run is written.
@@ -167,7 +186,6 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
     }
     const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
     const ctx: LoopContext = {
-      docker,
       config,
       runId,
       task,
@@ -185,7 +203,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
       supervisor,
       external: config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined,
       agentSlots: options.agentSlots,
-      backend: new DockerBackend(docker),
+      backend,
       sentries: new SentryKeeper(sandboxesDir, sentries),
       diskBaseline: 0,
       stateEnv: options.stateEnv,
@@ -293,7 +311,7 @@ export async function runLoop(docker: DockerClient, options: LoopOptions): Promi
 
 /** The verify command on the base tree, from git objects like every iteration's. */
 async function takeBaseline(ctx: LoopContext, state: LoopState): Promise<Baseline> {
-  return runBaseline(ctx.docker, verifyOptions(ctx, state.baseTree, 0));
+  return runBaseline((o) => ctx.backend.runVerify(o), verifyOptions(ctx, state.baseTree, 0));
 }
 
 function announceBaseline(ctx: LoopContext, b: Baseline, onEvent: LoopOptions['onEvent']): void {
@@ -304,7 +322,7 @@ function announceBaseline(ctx: LoopContext, b: Baseline, onEvent: LoopOptions['o
 }
 
 /** The decide step: a stop request, a voided iteration, or the brakes. Never the agent's word. */
-function decide(config: Config, state: LoopState, outcome: IterationOutcome, signal: AbortSignal): { state: EndState; reason: string } | undefined {
+export function decide(config: Config, state: LoopState, outcome: IterationOutcome, signal: AbortSignal): { state: EndState; reason: string } | undefined {
   if (outcome.aborted || signal.aborted) return { state: 'aborted', reason: `${describe(signal.reason ?? 'stopped')}; work in progress committed` };
   if (outcome.modelDown) return undefined;
   // With review on, only verified work the reviewer approved may end `done`; a rejected one
@@ -345,7 +363,8 @@ export function checkLoopConfig(config: Config): string[] {
 }
 
 /** Checked before any loop starts, so that bad input loses nothing and says what to do. */
-export async function checkRepoAndModel(docker: DockerClient, repo: string, config: Config, allowDirty: boolean, env?: NodeJS.ProcessEnv): Promise<void> {
+export async function checkRepoAndModel(on: DockerClient | ContainerBackend, repo: string, config: Config, allowDirty: boolean, env?: NodeJS.ProcessEnv): Promise<void> {
+  const backend = loopBackend(on);
   checkLoopConfig(config);
   const killSwitch = path.join(stateDir(env), KILL_SWITCH_FILE);
   if (existsSync(killSwitch)) {
@@ -356,15 +375,15 @@ export async function checkRepoAndModel(docker: DockerClient, repo: string, conf
       hint: 'Commit or stash them first, or pass --allow-dirty.',
     });
   }
-  if (!config.model.endpoint && !(await findModelServer(docker))) {
+  if (!config.model.endpoint && !(await backend.findModel())) {
     throw new LoopboxError('No model server is running.', { hint: 'Start one with `loopbox model up` (or set model.endpoint to an OpenAI-compatible server).' });
   }
   // Images of the user's own (loopbox builds its default with both tools).
-  for (const image of new Set([config.sandbox.image, config.verify.image].filter((i): i is string => i !== undefined))) await checkDeadlineTools(docker, image);
+  for (const image of new Set([config.sandbox.image, config.verify.image].filter((i): i is string => i !== undefined))) await backend.checkImage(image);
 }
 
 /** A run that may be resumed: it exists, is not alive, and did not end by a brake or `done`. */
-async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.ProcessEnv): Promise<LoopState> {
+async function loadResumable(backend: ContainerBackend, runId: string, env?: NodeJS.ProcessEnv): Promise<LoopState> {
   const dir = runDir(runId, env);
   const state = await loadState(dir);
   if (!state) throw new ConfigError(`No loop state for run ${runId}.`, [], { hint: `Only loop runs can be resumed; run ids are the folders under ${path.dirname(dir)}.` });
@@ -375,7 +394,7 @@ async function loadResumable(docker: DockerClient, runId: string, env?: NodeJS.P
     });
   }
   // Whatever the crashed process left (containers of its last iteration) goes first.
-  await new DockerBackend(docker).removeRun(runId);
+  await backend.removeRun(runId);
   return state;
 }
 

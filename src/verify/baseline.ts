@@ -1,12 +1,12 @@
 // The verify command on the task's base commit, once per loop run, in the same clean container
 // as every iteration's: which tests pass before the agent did anything.
 import { ConfigError } from '../common/errors.js';
-import type { DockerClient } from '../docker/client.js';
 import { type Baseline, makeBaseline } from './accounting.js';
-import { runVerify, type VerifyOptions } from './verify.js';
+import type { VerifyOptions, VerifyResult } from './verify.js';
 
-export async function runBaseline(docker: DockerClient, options: VerifyOptions): Promise<Baseline> {
-  const result = await runVerify(docker, options);
+/** `runVerify`: where the verify container runs (the loop's backend). */
+export async function runBaseline(runVerify: (options: VerifyOptions) => Promise<VerifyResult>, options: VerifyOptions): Promise<Baseline> {
+  const result = await runVerify(options);
   const baseline = makeBaseline(result);
   // A report that never comes would fail every iteration: say so now, before any agent runs.
   if (options.report && baseline.reportProblem && !options.signal?.aborted) {
