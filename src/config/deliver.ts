@@ -52,6 +52,11 @@ export const pushOption = z
   }), pushSchema])
   .optional();
 
+/** `loopbox run --push [remote]`: the config's push settings with this remote (or the configured/default one). */
+export function withPushRemote(push: PushConfig | undefined, remoteName: string | true): PushConfig {
+  return pushSchema.parse({ ...(push ?? {}), ...(remoteName === true ? {} : { remote: remoteName }) });
+}
+
 const argv = z.array(z.string()).min(1, 'expected a non-empty argv list like ["notify-send", "loopbox"]');
 
 export const notifySchema = z

@@ -17,6 +17,9 @@ import { taskNameOf } from '../loop/task.js';
 import type { LoopStarter, StartRequest, StartResult } from '../triggers/starter.js';
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
+import { packageVersion } from '../common/version.js';
+import { checkDeliveryConfig, deliverRun, deliveryConfigured, runFacts, sendNotification } from '../deliver/deliver.js';
+import type { NotifyRun } from '../deliver/notify.js';
 
 export interface RunnerOptions {
   repo: string;
@@ -53,6 +56,8 @@ export class LoopRunner implements LoopStarter {
   private readonly active = new Map<string, QueuedLoop>();
   /** Tasks between the busy check and `active` (enqueue awaits): two triggers at once start one loop. */
   private readonly pending = new Set<string>();
+  /** Scheduled loops of the current night: one notification when the last of them ends. */
+  private readonly night = { active: 0, runs: [] as NotifyRun[] };
 
   private constructor(
     private readonly docker: DockerClient,
@@ -65,6 +70,7 @@ export class LoopRunner implements LoopStarter {
   }
 
   static async create(docker: DockerClient, options: RunnerOptions): Promise<LoopRunner> {
+    await checkDeliveryConfig(options.config);
     return new LoopRunner(docker, options, await modelSlots(docker, options.config));
   }
 
@@ -120,6 +126,44 @@ export class LoopRunner implements LoopStarter {
   }
 
   private async runQueued(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
+    const scheduled = trigger.startsWith('schedule:');
+    if (scheduled) this.night.active += 1;
+    let summary: LoopSummary;
+    try {
+      summary = await this.runPooled(runId, taskFile, trigger);
+    } catch (error) {
+      // A loop that threw still ends the night honestly: its error is in the notification.
+      await this.afterLoop(errorSummary({ runId, task: taskNameOf(taskFile) }, error, this.options.signal?.aborted ?? false, this.options.stateEnv), scheduled);
+      throw error;
+    }
+    await this.afterLoop(summary, scheduled);
+    return summary;
+  }
+
+  /**
+   * After a loop ended (state saved, lock released): push, pull request, notify (src/deliver/).
+   * A scheduled loop's notification waits for the last loop of its night. Never throws.
+   */
+  private async afterLoop(summary: LoopSummary, scheduled: boolean): Promise<void> {
+    const { config } = this.options;
+    try {
+      if (deliveryConfigured(config)) {
+        const onNotice = (message: string): void => this.options.onEvent?.({ type: 'notice', runId: summary.runId, task: summary.task, message });
+        const delivery = await deliverRun(summary, { repo: this.options.repo, config, version: packageVersion(), stateEnv: this.options.stateEnv, notify: !scheduled, onNotice });
+        if (scheduled) this.night.runs.push(await runFacts(summary, delivery));
+      }
+    } finally {
+      if (scheduled) {
+        this.night.active -= 1;
+        if (this.night.active === 0 && this.night.runs.length) {
+          const runs = this.night.runs.splice(0);
+          await sendNotification('schedule-night', runs, { config, version: packageVersion(), stateEnv: this.options.stateEnv });
+        }
+      }
+    }
+  }
+
+  private async runPooled(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
     const release = await this.pool.acquire(this.options.signal);
     try {
       return await runLoop(this.docker, {
@@ -148,7 +192,7 @@ export class LoopRunner implements LoopStarter {
   }
 }
 
-function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: NodeJS.ProcessEnv): LoopSummary {
+function errorSummary(q: Pick<QueuedLoop, 'runId' | 'task'>, error: unknown, aborted: boolean, env?: NodeJS.ProcessEnv): LoopSummary {
   const endState = aborted ? 'aborted' : 'error';
   return {
     runId: q.runId,
