@@ -53,7 +53,7 @@ function dns(runId: string, name: string, n: number): AuditRecord[] {
   return Array.from({ length: n }, (_, i) => ({
     time: new Date(Date.now() - 3_600_000 + i).toISOString(), runId, task: 't', iteration: 1, role: 'agent', kind: 'dns', protocol: 'dns', family: 'ipv4', direction: 'out',
     src: '10.0.0.3', srcPort: 5000 + i, dst: null, dstPort: null, uid: 1000, query: name, queryType: 'A', icmpType: null, verdict: 'nxdomain', rule: 'dns', count: 1,
-  }) as AuditRecord);
+  }));
 }
 
 describe('digest', () => {
