@@ -207,3 +207,27 @@ export async function sendNotification(event: NotifyEvent, runs: NotifyRun[], op
     return [{ target: config.webhook ? 'webhook' : 'command', ok: false, attempts: 0, error: describe(error) }];
   }
 }
+
+/**
+ * The loops of one night of `loopbox schedule`: each scheduled loop calls `begin()` when it is
+ * queued and `end(run)` when it has ended (with its facts, or null); when the last one of the
+ * night has ended, one `schedule-night` notification carries them all. Never throws.
+ */
+export class NightBatch {
+  private active = 0;
+  private runs: NotifyRun[] = [];
+  constructor(private readonly send: (runs: NotifyRun[]) => Promise<unknown>) {}
+
+  begin(): void {
+    this.active += 1;
+  }
+
+  async end(run: NotifyRun | null): Promise<void> {
+    if (run) this.runs.push(run);
+    this.active = Math.max(0, this.active - 1);
+    if (this.active > 0 || !this.runs.length) return;
+    const runs = this.runs;
+    this.runs = [];
+    await this.send(runs).catch(() => undefined);
+  }
+}

@@ -18,8 +18,7 @@ import type { LoopStarter, StartRequest, StartResult } from '../triggers/starter
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
 import { packageVersion } from '../common/version.js';
-import { checkDeliveryConfig, deliverRun, deliveryConfigured, runFacts, sendNotification } from '../deliver/deliver.js';
-import type { NotifyRun } from '../deliver/notify.js';
+import { NightBatch, checkDeliveryConfig, deliverRun, deliveryConfigured, runFacts, sendNotification } from '../deliver/deliver.js';
 
 export interface RunnerOptions {
   repo: string;
@@ -57,7 +56,7 @@ export class LoopRunner implements LoopStarter {
   /** Tasks between the busy check and `active` (enqueue awaits): two triggers at once start one loop. */
   private readonly pending = new Set<string>();
   /** Scheduled loops of the current night: one notification when the last of them ends. */
-  private readonly night = { active: 0, runs: [] as NotifyRun[] };
+  private readonly night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config: this.options.config, version: packageVersion(), stateEnv: this.options.stateEnv }));
 
   private constructor(
     private readonly docker: DockerClient,
@@ -127,7 +126,7 @@ export class LoopRunner implements LoopStarter {
 
   private async runQueued(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
     const scheduled = trigger.startsWith('schedule:');
-    if (scheduled) this.night.active += 1;
+    if (scheduled) this.night.begin();
     let summary: LoopSummary;
     try {
       summary = await this.runPooled(runId, taskFile, trigger);
@@ -146,20 +145,15 @@ export class LoopRunner implements LoopStarter {
    */
   private async afterLoop(summary: LoopSummary, scheduled: boolean): Promise<void> {
     const { config } = this.options;
+    let facts = null;
     try {
       if (deliveryConfigured(config)) {
         const onNotice = (message: string): void => this.options.onEvent?.({ type: 'notice', runId: summary.runId, task: summary.task, message });
         const delivery = await deliverRun(summary, { repo: this.options.repo, config, version: packageVersion(), stateEnv: this.options.stateEnv, notify: !scheduled, onNotice });
-        if (scheduled) this.night.runs.push(await runFacts(summary, delivery));
+        if (scheduled && config.notify) facts = await runFacts(summary, delivery).catch(() => null);
       }
     } finally {
-      if (scheduled) {
-        this.night.active -= 1;
-        if (this.night.active === 0 && this.night.runs.length) {
-          const runs = this.night.runs.splice(0);
-          await sendNotification('schedule-night', runs, { config, version: packageVersion(), stateEnv: this.options.stateEnv });
-        }
-      }
+      if (scheduled) await this.night.end(facts);
     }
   }
 

@@ -10,7 +10,7 @@ import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runDir } from '../../src/common/paths.js';
 import { configSchema } from '../../src/config/schema.js';
-import { deliverRun, readDelivery } from '../../src/deliver/deliver.js';
+import { NightBatch, deliverRun, readDelivery, runFacts, sendNotification } from '../../src/deliver/deliver.js';
 import type { LoopSummary } from '../../src/loop/loop.js';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -101,5 +101,33 @@ describe('deliverRun', () => {
     expect(await sh(repo, 'rev-parse', 'loopbox/t')).toBe(branchBefore);
     // The notification said the push failed and that a human is needed.
     expect((await readDelivery(summary.runDir))?.push?.status).toBe('failed');
+  });
+});
+
+describe('a night of loopbox schedule', () => {
+  it('one schedule-night notification when the last scheduled loop has ended, with every run, errors included', async () => {
+    const { summary } = await world();
+    const bodies: Array<{ event: string; runs: Array<{ runId: string; endState: string; needsHuman: boolean }> }> = [];
+    const url = await receiver((res, body) => {
+      bodies.push(JSON.parse(body) as (typeof bodies)[number]);
+      res.end();
+    });
+    const config = configSchema.parse({ notify: { webhook: url } });
+    const night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config, version: '0.1.0' }));
+    night.begin();
+    night.begin();
+    night.begin();
+    await night.end(await runFacts(summary, null));
+    await night.end(await runFacts({ ...summary, runId: 'run-e', endState: 'error', reason: 'the sentry did not start', verifiedCommit: null }, null));
+    expect(bodies).toHaveLength(0);
+    await night.end(await runFacts({ ...summary, runId: 'run-s', endState: 'stalled', reason: 'no progress', verifiedCommit: null }, null));
+    expect(bodies).toHaveLength(1);
+    expect(bodies[0]!.event).toBe('schedule-night');
+    expect(bodies[0]!.runs.map((r) => [r.runId, r.endState, r.needsHuman])).toEqual([['run-d', 'done', false], ['run-e', 'error', true], ['run-s', 'stalled', true]]);
+    // The next night starts empty.
+    night.begin();
+    await night.end(await runFacts(summary, null));
+    expect(bodies).toHaveLength(2);
+    expect(bodies[1]!.runs).toHaveLength(1);
   });
 });
