@@ -7,8 +7,9 @@
 const LAYERS = [
   ['cli'], //                      commander wiring; imports only the library (src/index.ts)
   ['index.ts'], //                 the public library
-  ['demo', 'report', 'doctor.ts'], // commands built on the loop: the demo, the HTML report, doctor
+  ['demo', 'report', 'digest', 'doctor.ts'], // commands built on the loop: the demo, the HTML report, the morning digest, doctor
   ['runner'], //                   the loop runner (pool, slots), status, stop; implements LoopStarter
+  ['deliver'], //                  after a loop: push, pull request, notify (host side)
   ['triggers'], //                 cron and webhooks; they start loops through LoopStarter only
   ['loop'], //                     the loop: iterations, brakes, state, agents, task files
   ['backend', 'review'], //        where containers run (ContainerBackend); the reviewer model's verdict

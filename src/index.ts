@@ -40,6 +40,18 @@ export { writeReport } from './report/report.js';
 export { gatherReport } from './report/data.js';
 export type { ReportData, ChainResult } from './report/data.js';
 
+// After a loop: push, pull request, notify; and the morning digest over the runs directory.
+export { checkDeliveryConfig, deliverRun, readDelivery, DELIVERY_FILE } from './deliver/deliver.js';
+export type { DeliveryRecord, PushRecord, PullRequestRecord } from './deliver/deliver.js';
+export { pushRun, PushError } from './deliver/push.js';
+export { notify, notifyBody, NOTIFY_SCHEMA } from './deliver/notify.js';
+export type { NotifyBody, NotifyRun } from './deliver/notify.js';
+export { openOrUpdatePullRequest, pullRequestBody, PullRequestError } from './deliver/pull-request.js';
+export { gatherDigest, renderDigestText } from './digest/digest.js';
+export type { Digest, DigestRun } from './digest/digest.js';
+export { renderDigestHtml } from './digest/html.js';
+export { withPushRemote } from './config/deliver.js';
+
 // Config, images, the model server, runs, Docker.
 export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnavailableError } from './common/errors.js';
 export { isSafeName, newRunId } from './common/ids.js';

@@ -10,6 +10,7 @@ import { registerRun, registerStatusAndStop } from './run.js';
 import { registerTriggers } from './triggers.js';
 import { registerAudit } from './audit-query.js';
 import { registerReport, reportPaths } from './report.js';
+import { registerDigest } from './digest.js';
 
 export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
   const program = new Command('loopbox')
@@ -170,6 +171,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
 
   registerAuditChain(registerAudit(program, ctx, result), result);
   registerReport(program);
+  registerDigest(program);
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);
   registerTriggers(program, ctx, configFile);

@@ -1,7 +1,7 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { checkRepoAndModel, ConfigError, formatTable, gc, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, resolveTaskFiles, runLoop, stopLoops } from '../index.js';
+import { checkDeliveryConfig, checkRepoAndModel, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, gc, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, resolveTaskFiles, runLoop, stopLoops } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, positiveInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
@@ -18,6 +18,7 @@ export function registerRun(program: Command, ctx: CliContext, result: ProgramRe
     .option('--concurrency <n>', 'loops at once (default: the model server\'s slots); agents never exceed the slots', positiveInt)
     .option('--allow-dirty', 'start even if the repository has uncommitted changes (they are not part of the task branch)')
     .option('--json', 'print one JSON event per line on stdout')
+    .option('--push [remote]', 'after each loop, push the verified commit to loopbox/<task> on this remote (default: loop.push.remote, else origin)')
     .addHelpText(
       'after',
       `
@@ -27,14 +28,18 @@ Example:
   loopbox run tasks/fix-login.md --max-iterations 8
 `,
     )
-    .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean }) => {
+    .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean; push?: string | true }) => {
       const { config } = await loadConfig({ file: configFile(), dir: opts.repo });
       if (opts.maxIterations) config.loop.maxIterations = opts.maxIterations;
+      if (opts.push) config.loop.push = withPushRemote(config.loop.push, opts.push);
       await reapDeadRuns(ctx.docker);
       const onEvent = (e: LoopEvent): void => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e));
       let summaries: LoopSummary[];
       if (opts.resume) {
-        summaries = [await runLoop(ctx.docker, { repo: opts.repo, config, resume: opts.resume, signal: ctx.signal, onEvent })];
+        await checkDeliveryConfig(config);
+        const summary = await runLoop(ctx.docker, { repo: opts.repo, config, resume: opts.resume, signal: ctx.signal, onEvent });
+        await deliverRun(summary, { repo: opts.repo, config, version: packageVersion(), onNotice: (message) => onEvent({ type: 'notice', runId: summary.runId, task: summary.task, message }) });
+        summaries = [summary];
       } else {
         // Like `git -C`: a relative task path names a file in --repo, not in the current directory.
         const files = tasks.length ? tasks.map((t) => path.resolve(opts.repo, t)) : await resolveTaskFiles(opts.repo, config.tasks);

@@ -2,6 +2,7 @@
 // unknown keys are errors, so a typo never silently falls back to a default.
 import { z } from 'zod';
 import { scheduleSchema, serveSchema } from './triggers.js';
+import { notifySchema, pushOption } from './deliver.js';
 import { REPORT_PRESETS, REPORT_PRESET_NAMES, type ReportPresetName } from '../verify/presets.js';
 import { REPORT_FORMATS } from '../verify/report.js';
 import { parseDuration, parseSize } from './units.js';
@@ -120,6 +121,10 @@ export const loopSchema = z
     budget: duration.optional(),
     /** Token budget per task (uncached prompt + completion tokens, metered by the sandbox's model gateway, which refuses the request past it with 429). */
     tokenBudget: z.number().int().min(1).optional(),
+    /** After the loop: push the verified commit to a remote branch (docs/configuration.md). */
+    push: pushOption,
+    /** After a push: open or update a draft pull request with `gh`. */
+    pullRequest: z.boolean().default(false),
   })
   .prefault({});
 
@@ -174,6 +179,8 @@ export const configSchema = z
     serve: serveSchema,
     /** An optional reviewer model that must approve verified work before `done`. */
     review: reviewSchema,
+    /** Tell a webhook or a command when loops end (docs/notify.md). */
+    notify: notifySchema,
   })
   .prefault({});
 

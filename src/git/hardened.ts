@@ -43,6 +43,11 @@ export interface GitOptions {
   /** Hint attached to the GitError when the command fails. */
   hint?: string;
   timeoutMs?: number;
+  /**
+   * Only `git push`/`ls-remote` of deliver/push.ts: lets git reach a remote over file, git, ssh,
+   * http and https (never ext:: or fd::, which run programs), with the credential helpers named.
+   */
+  transport?: { credentialHelpers: readonly string[] };
 }
 
 export interface GitResult<T extends string | Uint8Array = string> {
@@ -139,10 +144,22 @@ export function hardenedEnv(extra: Record<string, string> = {}): Record<string, 
   return { ...env, ...extra };
 }
 
+/**
+ * What a transport call adds after the hardening: `protocol.<name>.allow` beats `protocol.allow`,
+ * so only these transports open (ext:: and fd:: stay `never`: they run programs, CVE-2017-1000117
+ * family); the credential helpers come after the empty `credential.helper=` that reset the list.
+ */
+function transportConfig(transport: NonNullable<GitOptions['transport']>): string[] {
+  const settings = ['file', 'git', 'ssh', 'http', 'https'].map((p) => `protocol.${p}.allow=always`);
+  for (const helper of transport.credentialHelpers) settings.push(`credential.helper=${helper}`);
+  return settings;
+}
+
 /** The argv prefix every git call gets: `--no-pager` and the `-c` hardening settings. */
-export function hardenedArgs(args: readonly string[]): string[] {
+export function hardenedArgs(args: readonly string[], transport?: GitOptions['transport']): string[] {
   const prefix = ['--no-pager'];
   for (const setting of hardeningConfig(emptyHooksDir())) prefix.push('-c', setting);
+  if (transport) for (const setting of transportConfig(transport)) prefix.push('-c', setting);
   return [...prefix, ...args];
 }
 
@@ -151,7 +168,7 @@ async function runGit<E extends 'utf8' | 'buffer'>(
   options: GitOptions,
   encoding: E,
 ): Promise<GitResult<E extends 'utf8' ? string : Uint8Array>> {
-  const result = await execa('git', hardenedArgs(args), {
+  const result = await execa('git', hardenedArgs(args, options.transport), {
     cwd: options.cwd,
     env: hardenedEnv(options.env),
     extendEnv: false,

@@ -17,6 +17,8 @@ import { taskNameOf } from '../loop/task.js';
 import type { LoopStarter, StartRequest, StartResult } from '../triggers/starter.js';
 import { END_STATE_EXIT } from '../loop/brakes.js';
 import { runDir } from '../common/paths.js';
+import { packageVersion } from '../common/version.js';
+import { NightBatch, checkDeliveryConfig, deliverRun, deliveryConfigured, runFacts, sendNotification } from '../deliver/deliver.js';
 
 export interface RunnerOptions {
   repo: string;
@@ -53,6 +55,8 @@ export class LoopRunner implements LoopStarter {
   private readonly active = new Map<string, QueuedLoop>();
   /** Tasks between the busy check and `active` (enqueue awaits): two triggers at once start one loop. */
   private readonly pending = new Set<string>();
+  /** Scheduled loops of the current night: one notification when the last of them ends. */
+  private readonly night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config: this.options.config, version: packageVersion(), stateEnv: this.options.stateEnv }));
 
   private constructor(
     private readonly docker: DockerClient,
@@ -65,6 +69,7 @@ export class LoopRunner implements LoopStarter {
   }
 
   static async create(docker: DockerClient, options: RunnerOptions): Promise<LoopRunner> {
+    await checkDeliveryConfig(options.config);
     return new LoopRunner(docker, options, await modelSlots(docker, options.config));
   }
 
@@ -120,6 +125,39 @@ export class LoopRunner implements LoopStarter {
   }
 
   private async runQueued(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
+    const scheduled = trigger.startsWith('schedule:');
+    if (scheduled) this.night.begin();
+    let summary: LoopSummary;
+    try {
+      summary = await this.runPooled(runId, taskFile, trigger);
+    } catch (error) {
+      // A loop that threw still ends the night honestly: its error is in the notification.
+      await this.afterLoop(errorSummary({ runId, task: taskNameOf(taskFile) }, error, this.options.signal?.aborted ?? false, this.options.stateEnv), scheduled);
+      throw error;
+    }
+    await this.afterLoop(summary, scheduled);
+    return summary;
+  }
+
+  /**
+   * After a loop ended (state saved, lock released): push, pull request, notify (src/deliver/).
+   * A scheduled loop's notification waits for the last loop of its night. Never throws.
+   */
+  private async afterLoop(summary: LoopSummary, scheduled: boolean): Promise<void> {
+    const { config } = this.options;
+    let facts = null;
+    try {
+      if (deliveryConfigured(config)) {
+        const onNotice = (message: string): void => this.options.onEvent?.({ type: 'notice', runId: summary.runId, task: summary.task, message });
+        const delivery = await deliverRun(summary, { repo: this.options.repo, config, version: packageVersion(), stateEnv: this.options.stateEnv, notify: !scheduled, onNotice });
+        if (scheduled && config.notify) facts = await runFacts(summary, delivery).catch(() => null);
+      }
+    } finally {
+      if (scheduled) await this.night.end(facts);
+    }
+  }
+
+  private async runPooled(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
     const release = await this.pool.acquire(this.options.signal);
     try {
       return await runLoop(this.docker, {
@@ -148,7 +186,7 @@ export class LoopRunner implements LoopStarter {
   }
 }
 
-function errorSummary(q: QueuedLoop, error: unknown, aborted: boolean, env?: NodeJS.ProcessEnv): LoopSummary {
+function errorSummary(q: Pick<QueuedLoop, 'runId' | 'task'>, error: unknown, aborted: boolean, env?: NodeJS.ProcessEnv): LoopSummary {
   const endState = aborted ? 'aborted' : 'error';
   return {
     runId: q.runId,

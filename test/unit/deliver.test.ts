@@ -1,0 +1,133 @@
+// deliverRun, the one call after a loop ends: against a real bare repository and a real HTTP
+// receiver on 127.0.0.1. The bad night: an unreachable remote and a webhook that never answers
+// are logged and recorded, nothing throws, and the run's state and branch stay as they were.
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runDir } from '../../src/common/paths.js';
+import { configSchema } from '../../src/config/schema.js';
+import { NightBatch, deliverRun, readDelivery, runFacts, sendNotification } from '../../src/deliver/deliver.js';
+import type { LoopSummary } from '../../src/loop/loop.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+const userEnv = { GIT_CONFIG_GLOBAL: '/dev/null', GIT_CONFIG_NOSYSTEM: '1' };
+const sh = async (cwd: string, ...args: string[]): Promise<string> => (await execa('git', args, { cwd, env: userEnv })).stdout.trim();
+
+async function world(): Promise<{ root: string; repo: string; bare: string; env: NodeJS.ProcessEnv; summary: LoopSummary }> {
+  const root = await mkdtemp(path.join(tmpdir(), 'lbx-deliver-'));
+  cleanups.push(() => rm(root, { recursive: true, force: true }));
+  const repo = path.join(root, 'repo');
+  const bare = path.join(root, 'remote.git');
+  await mkdir(repo);
+  await sh(repo, 'init', '-q', '-b', 'main');
+  await sh(repo, 'config', 'user.name', 'T');
+  await sh(repo, 'config', 'user.email', 't@example.com');
+  await writeFile(path.join(repo, 'a'), 'a\n');
+  await sh(repo, 'add', '-A');
+  await sh(repo, 'commit', '-q', '-m', 'init');
+  await sh(root, 'init', '-q', '--bare', '-b', 'main', bare);
+  await sh(repo, 'remote', 'add', 'origin', `file://${bare}`);
+  await sh(repo, 'push', '-q', 'origin', 'main');
+  const commit = await sh(repo, 'commit-tree', '-p', 'HEAD', '-m', 'verified', 'HEAD^{tree}');
+  await sh(repo, 'branch', 'loopbox/t', commit);
+  const env = { LOOPBOX_STATE_DIR: path.join(root, 'state') };
+  const dir = runDir('run-d', env);
+  await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, 'state.json'), JSON.stringify({ runId: 'run-d', task: 't', repo, branch: 'loopbox/t', trigger: 'manual', endState: 'done', endReason: 'verified', iteration: 1, trees: [], tokens: 5, elapsedMs: 1 }));
+  await writeFile(path.join(dir, 'iterations.jsonl'), '');
+  const summary: LoopSummary = { runId: 'run-d', task: 't', endState: 'done', reason: 'verified', exitCode: 0, iterations: 1, wallMs: 1, tokens: 5, blocked: 2, branch: 'loopbox/t', worktree: '', lastCommit: commit, verifiedCommit: commit, runDir: dir, evidence: '1 of 1 tests pass' };
+  return { root, repo, bare, env, summary };
+}
+
+async function receiver(answer: (res: http.ServerResponse, body: string) => void): Promise<string> {
+  const s = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => answer(res, body));
+  });
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  cleanups.push(async () => {
+    s.closeAllConnections();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  });
+  return `http://127.0.0.1:${(s.address() as AddressInfo).port}/`;
+}
+
+describe('deliverRun', () => {
+  it('pushes, notifies with the run\'s facts, and records both in delivery.json', async () => {
+    const { repo, bare, env, summary } = await world();
+    const bodies: string[] = [];
+    const url = await receiver((res, body) => {
+      bodies.push(body);
+      res.end();
+    });
+    const config = configSchema.parse({ loop: { push: 'origin' }, notify: { webhook: url } });
+    const notices: string[] = [];
+    const record = await deliverRun(summary, { repo, config, version: '0.1.0', stateEnv: env, onNotice: (m) => notices.push(m) });
+    expect(record.push).toMatchObject({ status: 'pushed', branch: 'loopbox/t', commit: summary.verifiedCommit, verified: true });
+    expect(await sh(bare, 'rev-parse', 'loopbox/t')).toBe(summary.verifiedCommit);
+    expect(record.notify?.results).toEqual([{ target: 'webhook', ok: true, attempts: 1 }]);
+    const sent = JSON.parse(bodies[0]!) as { runs: Array<Record<string, unknown>> };
+    expect(sent.runs[0]).toMatchObject({ runId: 'run-d', endState: 'done', push: { status: 'pushed', branch: 'loopbox/t' }, needsHuman: false, evidence: '1 of 1 tests pass' });
+    expect(await readDelivery(summary.runDir)).toEqual(record);
+    expect(notices.join('\n')).toMatch(/pushed [0-9a-f]{12} to loopbox\/t on origin/);
+  });
+
+  it('bad night: unreachable remote and a hanging webhook are logged and recorded; nothing throws; state and branch untouched', async () => {
+    const { repo, env, summary } = await world();
+    const url = await receiver(() => undefined);
+    await sh(repo, 'remote', 'set-url', 'origin', 'file:///nonexistent/remote.git');
+    const config = configSchema.parse({ loop: { push: 'origin' }, notify: { webhook: url, timeout: '200ms', attempts: 2 } });
+    const stateBefore = await readFile(path.join(summary.runDir, 'state.json'), 'utf8');
+    const branchBefore = await sh(repo, 'rev-parse', 'loopbox/t');
+    const notices: string[] = [];
+    const record = await deliverRun(summary, { repo, config, version: '0.1.0', stateEnv: env, onNotice: (m) => notices.push(m), backoffMs: 10 });
+    expect(record.push).toMatchObject({ status: 'failed', remote: 'origin' });
+    expect(record.push?.error).toMatch(/cannot be reached/);
+    expect(record.notify?.results).toEqual([{ target: 'webhook', ok: false, attempts: 2, error: 'no answer within 200 ms' }]);
+    expect(notices.join('\n')).toMatch(/push failed[\s\S]*notify webhook failed after 2 attempt/);
+    const log = await readFile(path.join(summary.runDir, 'loop.log'), 'utf8');
+    expect(log).toMatch(/push failed/);
+    expect(log).toMatch(/notify attempt failed/);
+    expect(await readFile(path.join(summary.runDir, 'state.json'), 'utf8')).toBe(stateBefore);
+    expect(await sh(repo, 'rev-parse', 'loopbox/t')).toBe(branchBefore);
+    // The notification said the push failed and that a human is needed.
+    expect((await readDelivery(summary.runDir))?.push?.status).toBe('failed');
+  });
+});
+
+describe('a night of loopbox schedule', () => {
+  it('one schedule-night notification when the last scheduled loop has ended, with every run, errors included', async () => {
+    const { summary } = await world();
+    const bodies: Array<{ event: string; runs: Array<{ runId: string; endState: string; needsHuman: boolean }> }> = [];
+    const url = await receiver((res, body) => {
+      bodies.push(JSON.parse(body) as (typeof bodies)[number]);
+      res.end();
+    });
+    const config = configSchema.parse({ notify: { webhook: url } });
+    const night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config, version: '0.1.0' }));
+    night.begin();
+    night.begin();
+    night.begin();
+    await night.end(await runFacts(summary, null));
+    await night.end(await runFacts({ ...summary, runId: 'run-e', endState: 'error', reason: 'the sentry did not start', verifiedCommit: null }, null));
+    expect(bodies).toHaveLength(0);
+    await night.end(await runFacts({ ...summary, runId: 'run-s', endState: 'stalled', reason: 'no progress', verifiedCommit: null }, null));
+    expect(bodies).toHaveLength(1);
+    expect(bodies[0]!.event).toBe('schedule-night');
+    expect(bodies[0]!.runs.map((r) => [r.runId, r.endState, r.needsHuman])).toEqual([['run-d', 'done', false], ['run-e', 'error', true], ['run-s', 'stalled', true]]);
+    // The next night starts empty.
+    night.begin();
+    await night.end(await runFacts(summary, null));
+    expect(bodies).toHaveLength(2);
+    expect(bodies[1]!.runs).toHaveLength(1);
+  });
+});
