@@ -5,7 +5,8 @@
 // agent is hostile: besides its model request it tries the endpoint directly and hunts for the
 // key in /proc, its env and its filesystem.
 import { randomBytes } from 'node:crypto';
-import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +18,7 @@ import { ensureFixtureModel } from '../../src/model/fixture.js';
 import { EGRESS_NETWORK, ensureNetwork } from '../../src/model/network.js';
 import { llamaServerArgs, parsePrometheus, waitHealthy } from '../../src/model/server.js';
 import type { RunRecord } from '../../src/runs/registry.js';
+import { Sentry } from '../../src/sandbox/sandbox.js';
 import { beginTestRun, cli, docker, endTestRun, makeLoopRepo, parseJsonLines, testRunId, type LoopRepo } from './helpers.js';
 
 // The key's shape, so the agent can hunt for it without carrying it.
@@ -128,6 +130,27 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
     expect(r.stdout).toBe('401');
   });
 
+  it('an escalated sentry: the key is not in its env, and its key file is gone once it is ready', async () => {
+    const auditDir = await mkdtemp(path.join(tmpdir(), 'lbx-esc-audit-'));
+    const sentry = await Sentry.start(docker, { runId, auditDir, escalate: { endpoint: `http://${ip}:8080/v1`, model: 'frontier-model', apiKey: key } });
+    try {
+      expect(sentry.escalated).toBe(true);
+      const inspect = await docker.inspect(sentry.id);
+      expect(JSON.stringify(inspect.Config.Env)).not.toContain(key);
+      expect(inspect.Config.Env).toContain(`LOOPBOX_GW_ESCALATE=${ip}:8080`);
+      const file = await docker.exec(sentry.id, ['sh', '-c', 'ls -la /run/loopbox-escalate.key; cat /run/loopbox-escalate.key']);
+      expect(file.exitCode).not.toBe(0);
+      expect(file.stdout + file.stderr).not.toContain(key);
+      // The gateway has it (it says so without printing it).
+      const out = await docker.exec(sentry.id, ['cat', '/run/loopbox/gateway.out']);
+      expect(out.stdout).toContain(`escalated to ${ip}:8080 (frontier-model, key)`);
+      expect(out.stdout).not.toContain(key);
+    } finally {
+      await sentry.stop();
+      await rm(auditDir, { recursive: true, force: true });
+    }
+  });
+
   it('escalates after N failed iterations, only through the gateway, and the key is in no file and not in the agent', async () => {
     loop = await makeLoopRepo({
       model: { escalate: { endpoint: `http://${ip}:8080/v1`, model: 'frontier-model', apiKeyEnv: KEY_ENV, after: 2 } },
@@ -166,7 +189,9 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
     // The second server did the work of iteration 3, and only that.
     const after = await metrics();
     expect((after['llamacpp:prompt_tokens_total'] ?? 0) - (before['llamacpp:prompt_tokens_total'] ?? 0)).toBeGreaterThan(0);
-    expect((after['llamacpp:tokens_predicted_total'] ?? 0) - (before['llamacpp:tokens_predicted_total'] ?? 0)).toBeGreaterThan(0);
+    // Exactly iteration 3's completion: iterations 1 and 2 never reached it.
+    expect((after['llamacpp:tokens_predicted_total'] ?? 0) - (before['llamacpp:tokens_predicted_total'] ?? 0)).toBe(its[2]!.model!.completionTokens);
+    expect(its[2]!.model!.completionTokens).toBeGreaterThan(0);
     expect(its[2]!.tokens).toBeGreaterThan(0);
 
     // Audit: the escalated request is an allowed record with its tokens and model; each direct
