@@ -45,7 +45,10 @@ ESC_BASE = os.environ.get("LOOPBOX_GW_ESCALATE_BASE", "/v1").rstrip("/")
 ESC_MODEL = os.environ.get("LOOPBOX_GW_ESCALATE_MODEL", "")
 ESC_BUDGET = int(os.environ.get("LOOPBOX_GW_ESCALATE_BUDGET", "0")) or None
 ESC_USED_BEFORE = int(os.environ.get("LOOPBOX_GW_ESCALATE_USED", "0"))
-ESCALATE_KEY_FILE = "/run/loopbox-escalate.key"
+# Tests outside the sentry point it elsewhere; the sentry's entrypoint deletes the default path.
+ESCALATE_KEY_FILE = os.environ.get("LOOPBOX_GW_ESCALATE_KEY_FILE", "/run/loopbox-escalate.key")
+# The name the certificate must carry (SNI too): the Host header without its port.
+ESC_SNI = re.sub(r":[0-9]+$", "", ESC_HOST)
 
 # (method, path) pairs forwarded; the query string is not part of the match.
 ALLOWED = {
@@ -276,7 +279,7 @@ async def forward(method, target, headers, body, writer, entry, finish):
     try:
         if ESCALATE and ESC_TLS:
             ctx = ssl.create_default_context()  # the system CA store, hostname checked
-            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx, server_hostname=ESC_HOST or None)
+            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx, server_hostname=ESC_SNI or None)
         else:
             up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
     except (OSError, ssl.SSLError) as e:
