@@ -87,7 +87,7 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
   let record: RunRecord;
   let ip: string;
   let serverId: string;
-  let loop: LoopRepo | undefined;
+  const loops: LoopRepo[] = [];
 
   const metrics = async (): Promise<Record<string, number>> => {
     const r = await docker.exec(serverId, ['curl', '-sf', '-H', `Authorization: Bearer ${key}`, 'http://127.0.0.1:8080/metrics']);
@@ -119,7 +119,7 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
   });
 
   afterAll(async () => {
-    if (loop) await execa('rm', ['-rf', loop.repo, loop.config]);
+    for (const l of loops) await execa('rm', ['-rf', l.repo, l.config]);
     await endTestRun(record);
     const egress = await docker.findNetwork(EGRESS_NETWORK);
     if (egress && Object.keys(egress.Containers ?? {}).length === 0) await docker.removeNetwork(EGRESS_NETWORK);
@@ -151,17 +151,23 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
     }
   });
 
-  it('escalates after N failed iterations, only through the gateway, and the key is in no file and not in the agent', async () => {
-    loop = await makeLoopRepo({
-      model: { escalate: { endpoint: `http://${ip}:8080/v1`, model: 'frontier-model', apiKeyEnv: KEY_ENV, after: 2 } },
+  async function hostileLoop(escalate: Record<string, unknown>): Promise<LoopRepo> {
+    const loop = await makeLoopRepo({
+      model: { escalate: { endpoint: `http://${ip}:8080/v1`, model: 'frontier-model', apiKeyEnv: KEY_ENV, ...escalate } },
       agent: { type: 'command', command: ['node', 'tools/hostile-agent.mjs'], timeout: '90s' },
       verify: { command: ['node', 'test/calc.test.js'] },
       protectedPaths: ['test/**', 'tools/**'],
       loop: { maxIterations: 3, noProgress: 5 },
     });
+    loops.push(loop);
     await writeFile(path.join(loop.repo, 'tools', 'hostile-agent.mjs'), agentScript(ip));
     await execa('git', ['add', '-A'], { cwd: loop.repo });
     await execa('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'hostile agent'], { cwd: loop.repo });
+    return loop;
+  }
+
+  it('escalates after N failed iterations, only through the gateway, and the key is in no file and not in the agent', async () => {
+    const loop = await hostileLoop({ after: 2 });
     const before = await metrics();
 
     const res = await cli(['--config', loop.config, 'run', '--repo', loop.repo, '--json', path.join(loop.repo, 'tasks', 'fix-add.md')], { env: { [KEY_ENV]: key }, timeoutMs: 600_000 });
@@ -232,5 +238,25 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
       if ((await readFile(f)).includes(key)) holding.push(f);
     }
     expect(holding).toEqual([]);
+  });
+
+  it('past model.escalate.tokenBudget the loop goes back to the local model for good', async () => {
+    const loop = await hostileLoop({ after: 1, tokenBudget: 5 });
+    const res = await cli(['--config', loop.config, 'run', '--repo', loop.repo, '--json', path.join(loop.repo, 'tasks', 'fix-add.md')], { env: { [KEY_ENV]: key }, timeoutMs: 600_000 });
+    const events = parseJsonLines<{ type: string; message?: string; summary?: { endState: string; runDir: string } }>(res.stdout);
+    const summary = events.find((e) => e.type === 'loop-end')?.summary;
+    expect(summary?.endState, res.all).toBe('capped');
+    const its = parseJsonLines<IterationRecord>(await readFile(path.join(summary!.runDir, 'iterations.jsonl'), 'utf8'));
+    expect(its.map((i) => [i.iteration, i.model?.name, i.model?.escalated])).toEqual([
+      [1, 'local', false],
+      [2, 'frontier-model', true],
+      [3, 'local', false],
+    ]);
+    // The one escalated request was admitted with max_tokens cut to what was left (5).
+    expect(its[1]!.model!.completionTokens).toBeLessThanOrEqual(5);
+    expect(its[1]!.model!.completionTokens).toBeGreaterThan(0);
+    expect(events.some((e) => e.type === 'notice' && /escalation token budget of 5 used \(\d+\): back to the local model/.test(e.message ?? ''))).toBe(true);
+    const state = JSON.parse(await readFile(path.join(summary!.runDir, 'state.json'), 'utf8')) as { escalation?: { exhausted: boolean; active: boolean } };
+    expect(state.escalation).toMatchObject({ active: false, exhausted: true });
   });
 });
