@@ -18,6 +18,11 @@
 #      LOOPBOX_MODEL="ip:port" (the model; reached through the gateway only)
 #      LOOPBOX_GW_MAX_BODY, LOOPBOX_GW_MAX_TOKENS, LOOPBOX_GW_TOKEN_BUDGET,
 #      LOOPBOX_GW_TOKENS_USED (passed to the gateway)
+#      LOOPBOX_GW_ESCALATE="ip:port" (model.escalate: the gateway sends every request there
+#      instead; only the gateway's uid may reach it) and LOOPBOX_GW_ESCALATE_* (gateway.py).
+#      The escalation key is never in the environment: the host copies it into
+#      /run/loopbox-escalate.key (root, 0400) before the start; the gateway reads it as root
+#      and this script deletes the file once the gateway listens.
 #      LOOPBOX_NO_FIREWALL=1 (tests only: no rules at all; DNS still runs)
 #      LOOPBOX_IPTABLES=nft|legacy (optional: force the iptables backend)
 set -u
@@ -83,6 +88,17 @@ if [ -n "${LOOPBOX_MODEL:-}" ]; then
 	# rerouted to loopback (route_localnet=0).
 	GW_IP=$(python3 -I -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((sys.argv[1], 9)); print(s.getsockname()[0])' "$MODEL_IP") ||
 		die "no route to the model at $MODEL_IP"
+fi
+
+ESC_IP=
+ESC_PORT=
+ESC_KEY_FILE=/run/loopbox-escalate.key
+if [ -n "${LOOPBOX_GW_ESCALATE:-}" ]; then
+	[ -n "$MODEL_IP" ] || die "LOOPBOX_GW_ESCALATE needs LOOPBOX_MODEL (the gateway)"
+	ESC_IP=${LOOPBOX_GW_ESCALATE%:*}
+	ESC_PORT=${LOOPBOX_GW_ESCALATE##*:}
+	[[ "$ESC_IP" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ && "$ESC_PORT" =~ ^[0-9]{1,5}$ ]] ||
+		die "bad LOOPBOX_GW_ESCALATE (want ipv4:port): $LOOPBOX_GW_ESCALATE"
 fi
 
 ALLOW_V4=()
@@ -194,6 +210,11 @@ rules_v4() {
 		# the DNATed connection to the gateway: accept it by its conntrack origin.
 		echo "-A OUTPUT -d $GW_IP/32 -p tcp -m tcp --dport $GW_PORT -m conntrack --ctstate DNAT --ctorigdst $MODEL_IP --ctorigdstport $MODEL_PORT -m comment --comment lbx-gateway -j ACCEPT"
 		echo "-A OUTPUT -d $MODEL_IP/32 -p tcp -m tcp --dport $MODEL_PORT -m owner --uid-owner $GW_UID -m comment --comment lbx-allow -j ACCEPT"
+	fi
+	# The escalation endpoint (model.escalate): the gateway's uid only, which adds the key.
+	# Anyone else's attempt falls through to the logged REJECT below.
+	if [ -n "$ESC_IP" ]; then
+		echo "-A OUTPUT -d $ESC_IP/32 -p tcp -m tcp --dport $ESC_PORT -m owner --uid-owner $GW_UID -m comment --comment lbx-escalate -j ACCEPT"
 	fi
 	for e in "${ALLOW_V4[@]}"; do
 		set -- $e
@@ -326,6 +347,8 @@ if [ -n "$MODEL_IP" ]; then
 	GW_PID=$!
 	await_listening "$GW_PID" "$RUNDIR/gateway.out" 'loopbox-gateway: listening' "gateway (port $GW_PORT)"
 fi
+# The gateway has read the escalation key (if any) into its memory: the file goes.
+rm -f "$ESC_KEY_FILE" && [ ! -e "$ESC_KEY_FILE" ] || die "cannot delete $ESC_KEY_FILE"
 
 echo "loopbox-sentry: ready"
 

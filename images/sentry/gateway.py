@@ -11,6 +11,13 @@ model itself (iptables owner match). Per request it:
     bounded tail to read the token counts from (`timings` or `usage`, the last one seen);
   - appends one JSON line to /audit/gateway.jsonl (time, method, path, status, duration,
     tokens, and why it was refused).
+Escalated (model.escalate, issue 20): when LOOPBOX_GW_ESCALATE is set, every request goes to
+that endpoint instead (TLS with the system CA store when LOOPBOX_GW_ESCALATE_TLS=1), with the
+agent's Authorization header dropped and the gateway's own key added. The key never comes
+through the environment: the host puts it in ESCALATE_KEY_FILE (root, 0400) before the sentry
+starts, the gateway reads it while still root, and the entrypoint deletes the file once the
+gateway listens. It lives in this process's memory only. Escalated tokens are capped by
+LOOPBOX_GW_ESCALATE_BUDGET (429 `escalate-budget` past it).
 Python stdlib only (asyncio). It binds its port as root, then becomes LOOPBOX_GW_USER: no
 capabilities are left once it serves (see docs/security-model.md).
 """
@@ -19,6 +26,7 @@ import json
 import os
 import pwd
 import re
+import ssl
 import sys
 import time
 
@@ -30,6 +38,17 @@ BUDGET = int(os.environ.get("LOOPBOX_GW_TOKEN_BUDGET", "0")) or None
 USED_BEFORE = int(os.environ.get("LOOPBOX_GW_TOKENS_USED", "0"))
 RECORDS = os.environ.get("LOOPBOX_GW_RECORDS", "/audit/gateway.jsonl")
 USER = os.environ.get("LOOPBOX_GW_USER", "")
+ESCALATE = os.environ.get("LOOPBOX_GW_ESCALATE", "")
+ESC_HOST = os.environ.get("LOOPBOX_GW_ESCALATE_HOST", "")
+ESC_TLS = os.environ.get("LOOPBOX_GW_ESCALATE_TLS", "") == "1"
+ESC_BASE = os.environ.get("LOOPBOX_GW_ESCALATE_BASE", "/v1").rstrip("/")
+ESC_MODEL = os.environ.get("LOOPBOX_GW_ESCALATE_MODEL", "")
+ESC_BUDGET = int(os.environ.get("LOOPBOX_GW_ESCALATE_BUDGET", "0")) or None
+ESC_USED_BEFORE = int(os.environ.get("LOOPBOX_GW_ESCALATE_USED", "0"))
+# Tests outside the sentry point it elsewhere; the sentry's entrypoint deletes the default path.
+ESCALATE_KEY_FILE = os.environ.get("LOOPBOX_GW_ESCALATE_KEY_FILE", "/run/loopbox-escalate.key")
+# The name the certificate must carry (SNI too): the Host header without its port.
+ESC_SNI = re.sub(r":[0-9]+$", "", ESC_HOST)
 
 # (method, path) pairs forwarded; the query string is not part of the match.
 ALLOWED = {
@@ -51,6 +70,8 @@ USAGE_RE = re.compile(rb'(?<!\\)"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 
 used = USED_BEFORE
 reserved = 0
+esc_used = ESC_USED_BEFORE
+esc_key = None
 records = None
 
 
@@ -168,6 +189,8 @@ async def serve_one(reader, writer):
             chunked = True
         elif key == "expect" and value.lower() == "100-continue":
             expect_continue = True
+        if ESCALATE and key in ("authorization", "host"):
+            continue  # the agent's own key (if any) never goes out; the Host is the endpoint's
         if key not in HOP_BY_HOP:
             headers.append((name.strip(), value))
 
@@ -202,12 +225,23 @@ async def serve_one(reader, writer):
             writer.write(simple_response(429, "Too Many Requests", "token budget of %d used (%d)" % (BUDGET, used)))
             finish(429, "token-budget")
             return
+        if ESCALATE and ESC_BUDGET is not None and esc_used + reserved >= ESC_BUDGET:
+            writer.write(simple_response(429, "Too Many Requests", "escalation token budget of %d used (%d)" % (ESC_BUDGET, esc_used)))
+            finish(429, "escalate-budget")
+            return
         # The completion length: at most the cap, and at most what is left of the budget
         # (less what requests in flight may still use).
         limit = MAX_TOKENS
         if BUDGET is not None:
             left = BUDGET - used - reserved
             limit = left if limit is None else min(limit, left)
+        if ESCALATE and ESC_BUDGET is not None:
+            left = ESC_BUDGET - esc_used - reserved
+            limit = left if limit is None else min(limit, left)
+        if ESCALATE and ESC_MODEL:
+            # The escalation endpoint's model, whatever the agent named (it was set up for the local one).
+            doc["model"] = ESC_MODEL
+            body = json.dumps(doc).encode()
         if limit is not None:
             asked = [doc[k] for k in ("max_tokens", "max_completion_tokens", "n_predict") if isinstance(doc.get(k), int) and doc[k] >= 0]
             want = min(asked) if asked else limit
@@ -223,18 +257,38 @@ async def serve_one(reader, writer):
         reserved -= reservation
 
 
+def escalated_target(target):
+    """/v1/chat/completions -> <endpoint's path>/chat/completions; other paths as they are."""
+    if target == "/v1" or target.startswith("/v1/") or target.startswith("/v1?"):
+        return ESC_BASE + target[3:]
+    return target
+
+
 async def forward(method, target, headers, body, writer, entry, finish):
-    global used
-    host, _, port = UPSTREAM.rpartition(":")
+    global used, esc_used
+    host, _, port = (ESCALATE or UPSTREAM).rpartition(":")
+    extra = []
+    if ESCALATE:
+        entry["escalated"] = True
+        entry["model"] = ESC_MODEL
+        entry["upstream"] = ESCALATE
+        target = escalated_target(target)
+        extra.append("Host: %s" % (ESC_HOST or ESCALATE))
+        if esc_key:
+            extra.append("Authorization: Bearer %s" % esc_key)
     try:
-        up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
-    except OSError as e:
+        if ESCALATE and ESC_TLS:
+            ctx = ssl.create_default_context()  # the system CA store, hostname checked
+            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx, server_hostname=ESC_SNI or None)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except (OSError, ssl.SSLError) as e:
         writer.write(simple_response(502, "Bad Gateway", "model unreachable: %s" % e))
         finish(502, "upstream")
         return
     try:
         out = ["%s %s HTTP/1.1" % (method, target)]
-        out += ["%s: %s" % (k, v) for k, v in headers]
+        out += ["%s: %s" % (k, v) for k, v in headers] + extra
         out += ["Content-Length: %d" % len(body), "Connection: close", "", ""]
         up_writer.write("\r\n".join(out).encode("latin-1") + body)
         await up_writer.drain()
@@ -266,6 +320,8 @@ async def forward(method, target, headers, body, writer, entry, finish):
         tokens = tokens_from(tail)
         if tokens:
             used += tokens[0] - tokens[1] + tokens[2]
+            if ESCALATE:
+                esc_used += tokens[0] - tokens[1] + tokens[2]
         finish(status, None, tokens)
     except (ConnectionError, asyncio.IncompleteReadError) as e:
         finish(entry.get("status") or 499, "client-or-upstream-closed: %s" % type(e).__name__)
@@ -282,15 +338,30 @@ def drop_to(user):
         raise SystemExit("loopbox-gateway: still root after setuid")
 
 
+def read_key():
+    """The escalation key, from the file the host put in the sentry (root, 0400), read as root."""
+    global esc_key
+    try:
+        with open(ESCALATE_KEY_FILE, "r", encoding="utf-8") as f:
+            key = f.read().strip()
+    except FileNotFoundError:
+        return
+    if not key or any(c in key for c in "\r\n\0"):
+        raise SystemExit("loopbox-gateway: the escalation key is empty or not one line")
+    esc_key = key
+
+
 async def main():
     global records
     records = open(RECORDS, "a", buffering=1)
+    if ESCALATE:
+        read_key()
     # Every local address: connections to the model are DNATed to the sentry's own address on
     # the model network. The firewall drops whatever comes from outside the namespace.
     server = await asyncio.start_server(handle, "0.0.0.0", LISTEN_PORT, limit=MAX_HEAD, reuse_address=False)
     if USER:
         drop_to(USER)
-    print("loopbox-gateway: listening on port %d, upstream %s" % (LISTEN_PORT, UPSTREAM), flush=True)
+    print("loopbox-gateway: listening on port %d, upstream %s%s" % (LISTEN_PORT, UPSTREAM, ", escalated to %s (%s, %s)" % (ESCALATE, ESC_MODEL, "key" if esc_key else "no key") if ESCALATE else ""), flush=True)
     async with server:
         await server.serve_forever()
 

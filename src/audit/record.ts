@@ -19,7 +19,7 @@ export interface AuditQuery {
   since?: Date | undefined;
 }
 
-export type AuditKind = 'packet' | 'dns' | 'loss' | 'model-denied' | 'review';
+export type AuditKind = 'packet' | 'dns' | 'loss' | 'model-denied' | 'model-escalated' | 'review';
 
 export interface AuditRecord {
   /** UTC time the sentry saw the attempt, ISO 8601 with milliseconds. */
@@ -46,7 +46,8 @@ export interface AuditRecord {
   icmpType: number | null;
   /**
    * `rejected` (firewall), `nxdomain` (DNS), `lost` (records the logger dropped), `denied` (model
-   * gateway), `allowed` (a request the host itself sent out: the reviewer, kind `review`).
+   * gateway), `allowed` (a request the host itself sent out: the reviewer, kind `review`; or one
+   * the gateway sent to the escalation endpoint, kind `model-escalated`).
    */
   verdict: 'rejected' | 'nxdomain' | 'lost' | 'denied' | 'allowed';
   /** The firewall rule (NFLOG prefix) or `dns`; for `loss`, the counters that show it. */
@@ -61,6 +62,8 @@ export interface AuditRecord {
   aggregate?: AuditAggregate | null;
   /** Set on `kind: review`: what one request to the reviewer sent and got (docs/audit-log.md). */
   review?: ReviewTraffic;
+  /** Set on `kind: model-escalated`: one request the gateway sent to model.escalate's endpoint. */
+  escalation?: EscalationTraffic;
   /**
    * Set on a `dns` record whose question could not be read whole (malformed, truncated, a
    * pointer loop): what was wrong. `query` then holds what could be read, or null.
@@ -87,6 +90,18 @@ export interface AuditLoss {
 }
 
 /** One request the host sent to the reviewer endpoint: the only data that leaves the machine. */
+/** One agent request the sentry's gateway sent to the escalation endpoint, with its key (issue 20). */
+export interface EscalationTraffic {
+  /** model.escalate.model: the model that did the work. */
+  model: string;
+  /** HTTP status the endpoint answered. */
+  status: number;
+  promptTokens: number | null;
+  cachedTokens: number | null;
+  completionTokens: number | null;
+  durationMs: number;
+}
+
 export interface ReviewTraffic {
   /** The endpoint URL (never with credentials: the config refuses them). */
   endpoint: string;

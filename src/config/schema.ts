@@ -41,6 +41,35 @@ export const sandboxSchema = z
   })
   .prefault({});
 
+/**
+ * `model.escalate` (issue 20): after `after` iterations that failed verification, or on a stall,
+ * the agent's model requests go through the sandbox's gateway to this OpenAI-compatible endpoint.
+ * The gateway adds the key (read on the host from the variable `apiKeyEnv`); the agent never
+ * sees it. docs/configuration.md and docs/security-model.md.
+ */
+export const escalateSchema = z
+  .strictObject({
+    /** Base URL (…/v1), http:// or https:// (TLS from the gateway, system CA store). No credentials in it. */
+    endpoint: z.url().refine((u) => {
+      try {
+        const url = new URL(u);
+        return (url.protocol === 'http:' || url.protocol === 'https:') && !url.username && !url.password && !url.search && !url.hash;
+      } catch {
+        return false;
+      }
+    }, 'expected an http:// or https:// URL without credentials, query or fragment: put the key in the environment variable named by model.escalate.apiKeyEnv'),
+    // It goes into a commit trailer and the gateway's request: one line, printable.
+    // eslint-disable-next-line no-control-regex -- refusing control characters is the point
+    model: z.string().regex(/^[^\u0000-\u001f\u007f"\\]+$/, 'expected a model name on one line, without quotes or backslashes'),
+    /** The name of the host environment variable that holds the key (unset: no Authorization header). */
+    apiKeyEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name like ESCALATE_API_KEY').optional(),
+    /** Escalate after this many iterations that failed verification (a stall escalates earlier). */
+    after: z.number().int().min(1).default(2),
+    /** Escalated tokens (uncached prompt + completion) in all; past it the loop goes back to the local model for good. */
+    tokenBudget: z.number().int().min(1).optional(),
+  })
+  .optional();
+
 export const modelSchema = z
   .strictObject({
     gguf: z.string().optional(),
@@ -56,6 +85,7 @@ export const modelSchema = z
     maxRequestBody: size.prefault('16m'),
     /** The gateway lowers `max_tokens` of every completion request to at most this. */
     maxTokens: z.number().int().min(1).default(32768),
+    escalate: escalateSchema,
   })
   .refine((m) => m.endpoint === undefined || m.endpoint.startsWith('http://'), {
     message: 'expected an http:// URL: the sandbox\'s model gateway reads every request and response, so it cannot carry TLS',

@@ -29,6 +29,8 @@ export interface ModelRequestRecord {
   completionTokens: number | null;
   /** Why the gateway refused the request (`path`, `token-budget`, `body-too-large`...), else null. */
   denied: string | null;
+  /** Set when the gateway sent it to model.escalate's endpoint: that model's name, and its `ip:port`. */
+  escalated?: { model: string; upstream: string };
 }
 
 /** Token totals of a read window. `tokens` is what the budget counts: uncached prompt + completion. */
@@ -41,6 +43,10 @@ export interface ModelUsage {
   tokens: number;
   /** The gateway refused a request because the token budget was used up. */
   budgetExceeded: boolean;
+  /** Of `tokens`, those of requests sent to model.escalate's endpoint. */
+  escalatedTokens?: number;
+  /** The gateway refused a request because model.escalate.tokenBudget was used up. */
+  escalateBudgetExceeded?: boolean;
 }
 
 export const NO_MODEL_USAGE: ModelUsage = { requests: 0, denied: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, tokens: 0, budgetExceeded: false };
@@ -84,6 +90,37 @@ export function parseGatewayLine(line: string, id: SandboxIdentity): ModelReques
     cachedTokens: count(j.cachedTokens),
     completionTokens: count(j.completionTokens),
     denied: typeof j.denied === 'string' ? text(j.denied, 128) : null,
+    ...(j.escalated === true ? { escalated: { model: text(j.model, 256), upstream: text(j.upstream, 64) } } : {}),
+  };
+}
+
+/** A request the gateway sent to the escalation endpoint: an `allowed` audit record with its tokens. */
+export function escalatedAuditRecord(r: ModelRequestRecord, role: string): AuditRecord {
+  const upstream = r.escalated?.upstream ?? '';
+  const at = upstream.lastIndexOf(':');
+  const port = Number(upstream.slice(at + 1));
+  return {
+    time: r.time,
+    runId: r.runId,
+    task: r.task,
+    iteration: r.iteration,
+    role,
+    kind: 'model-escalated',
+    protocol: 'http',
+    family: 'ipv4',
+    direction: 'out',
+    src: null,
+    srcPort: null,
+    dst: at > 0 ? upstream.slice(0, at) : null,
+    dstPort: at > 0 && Number.isInteger(port) ? port : null,
+    uid: null,
+    query: r.path,
+    queryType: r.method,
+    icmpType: null,
+    verdict: 'allowed',
+    rule: `gateway escalate ${r.status}`,
+    count: 1,
+    escalation: { model: r.escalated?.model ?? '', status: r.status, promptTokens: r.promptTokens, cachedTokens: r.cachedTokens, completionTokens: r.completionTokens, durationMs: r.durationMs },
   };
 }
 
@@ -122,6 +159,8 @@ function addUsage(u: ModelUsage, r: ModelRequestRecord): void {
   u.cachedTokens += cached;
   u.completionTokens += r.completionTokens ?? 0;
   u.tokens += prompt - cached + (r.completionTokens ?? 0);
+  if (r.escalated) u.escalatedTokens = (u.escalatedTokens ?? 0) + prompt - cached + (r.completionTokens ?? 0);
+  if (r.denied === 'escalate-budget') u.escalateBudgetExceeded = true;
 }
 
 export function sumUsage(requests: ModelRequestRecord[]): ModelUsage {
@@ -149,6 +188,9 @@ export async function readGatewayRecords(
   let denied = 0;
   let malformed = 0;
   const usage = { ...NO_MODEL_USAGE };
+  // Every escalated request is kept as an `allowed` record, past any limit: each one was sent
+  // out with the gateway's key and is billed.
+  const escalated: AuditRecord[] = [];
   const read = await streamLines(path.join(dir, GATEWAY_FILE), offset, (line) => {
     if (line === null) {
       malformed += 1;
@@ -161,13 +203,14 @@ export async function readGatewayRecords(
       return;
     }
     addUsage(usage, r);
+    if (r.escalated && !r.denied) escalated.push(escalatedAuditRecord(r, role));
     if (!r.denied) requests.push(r);
     else {
       limiter.add(deniedAuditRecord(r, role, model));
       if ((denied += 1) <= recordLimit) requests.push(r);
     }
   });
-  return { requests, audit: limiter.finish(), usage, malformed, offset: offset + read.bytes };
+  return { requests, audit: [...escalated, ...limiter.finish()], usage, malformed, offset: offset + read.bytes };
 }
 
 /** Appends request records to the run's `model.jsonl` (created 0600, like the audit log). */

@@ -23,6 +23,8 @@ export interface CommitMessageInput {
   command: string[];
   /** The reviewer's answer on a verified iteration (review on). */
   review?: Pick<ReviewResult, 'approved' | 'model'> | undefined;
+  /** The model that did the iteration's work (model.name, or model.escalate.model when escalated). */
+  model?: { name: string; escalated: boolean } | undefined;
 }
 
 export function commitMessage(input: CommitMessageInput): string {
@@ -38,6 +40,8 @@ export function commitMessage(input: CommitMessageInput): string {
   ];
   if (verify) lines.push(...(accounting.record ? evidenceTrailers(accounting.record) : [`Loopbox-Verify: ${accounting.evidence}`]));
   lines.push(`Loopbox-Verify-Command: ${JSON.stringify(input.command)}`);
+  // From the host's config (one line: schema.ts); "escalated" when model.escalate did the work.
+  if (input.model) lines.push(`Loopbox-Model: ${input.model.name}${input.model.escalated ? ' (escalated)' : ''}`);
   // The model name comes from the host's config (no control characters: schema.ts).
   if (input.review) lines.push(`Loopbox-Review: ${input.review.approved ? `approved (${input.review.model})` : 'rejected'}`);
   return lines.join('\n');

@@ -28,6 +28,7 @@ import { type Baseline, account as accountTests, accountingRecord } from '../ver
 import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
+import { type EscalationState, workerModel } from './escalation.js';
 import { DiskWatch } from './disk-watch.js';
 import { type Accounting, commitMessage } from './feedback.js';
 import { reviewRecord, type IterationRecord, type LoopState } from './state.js';
@@ -64,19 +65,30 @@ export interface LoopContext {
   /** Bytes in the worktree and notes when the session began (the disk watch's baseline). */
   diskBaseline: number;
   stateEnv?: NodeJS.ProcessEnv | undefined;
+  /** model.escalate's key, read from the host's environment at the start (never written anywhere). */
+  escalateKey?: string | undefined;
 }
 
-/** One sentry per run; a new one when the model server came back at another address. */
+/**
+ * One sentry per run; a new one when the model server came back at another address, and when
+ * the run escalates to model.escalate's endpoint or goes back (only an escalated sentry's
+ * gateway holds the key: a local one never has it).
+ */
 export class SentryKeeper {
   private sentry: SandboxHandle | undefined;
+  private escalated = false;
   constructor(
     private readonly auditRoot: string,
     private count: number,
   ) {}
 
   /** `tokensUsed`: the run's tokens so far, where a new sentry's gateway starts its budget count. */
-  async get(ctx: LoopContext, modelIp: string | undefined, tokensUsed: number): Promise<SandboxHandle> {
+  async get(ctx: LoopContext, modelIp: string | undefined, tokensUsed: number, escalation?: EscalationState): Promise<SandboxHandle> {
     if (this.sentry && modelIp && this.sentry.modelIp !== modelIp) await this.stop();
+    const esc = ctx.config.model.escalate;
+    const escalate = esc && escalation?.active ? { endpoint: esc.endpoint, model: esc.model, apiKey: ctx.escalateKey, tokenBudget: esc.tokenBudget, tokensUsed: escalation.tokens } : undefined;
+    if (this.sentry && this.escalated !== (escalate !== undefined)) await this.stop();
+    this.escalated = escalate !== undefined;
     this.sentry ??= await ctx.backend.startSentry({
       runId: ctx.runId,
       task: ctx.task.name,
@@ -85,6 +97,7 @@ export class SentryKeeper {
       modelEndpoint: ctx.external,
       // The gateway enforces the loop's token budget itself (429 past it).
       gateway: { maxBodyBytes: ctx.config.model.maxRequestBody, maxTokens: ctx.config.model.maxTokens, tokenBudget: ctx.config.loop.tokenBudget, tokensUsed },
+      escalate,
       logger: ctx.log,
       stateEnv: ctx.stateEnv,
     });
@@ -137,7 +150,7 @@ export interface AgentStep {
 /** Runs the agent; undefined when the loop was stopped while waiting for a model slot. */
 export async function agent(ctx: LoopContext, state: LoopState, iteration: number, invocation: ReturnType<typeof agentInvocation>): Promise<AgentStep | undefined> {
   const model = ctx.supervisor ? await ctx.supervisor.ensureUp() : undefined;
-  const sentry = await ctx.sentries.get(ctx, model?.ip, state.tokens);
+  const sentry = await ctx.sentries.get(ctx, model?.ip, state.tokens, state.escalation);
   const releaseSlot = ctx.agentSlots ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
   if (!releaseSlot) return undefined;
   const identity: SandboxIdentity = { runId: ctx.runId, task: ctx.task.name, iteration };
@@ -321,7 +334,7 @@ export async function commit(
   reviewed?: ReviewResult,
 ): Promise<string | null> {
   if (!accounting.verified && step.snap.changed.length === 0) return null;
-  const message = commitMessage({ task: ctx.task.name, runId: ctx.runId, iteration, verify: result, accounting, command: ctx.verifyCommand, review: reviewed });
+  const message = commitMessage({ task: ctx.task.name, runId: ctx.runId, iteration, verify: result, accounting, command: ctx.verifyCommand, review: reviewed, model: workerModel(ctx.config, state.escalation) });
   const id = await commitSnapshot(ctx.repo, state.branch, step.snap.tree, step.head, message);
   await syncWorktreeIndex(ctx.repo, state.worktree);
   return id;
@@ -353,6 +366,8 @@ export interface IterationOutcome {
   commit: string | null;
   /** The model gateway refused a request because the token budget was used up. */
   budgetExceeded: boolean;
+  /** The gateway refused an escalated request: model.escalate.tokenBudget is used up. */
+  escalateBudgetExceeded?: boolean;
   /** The reviewer's answer, when review is on and the iteration verified. */
   review?: ReviewResult | undefined;
 }
@@ -397,12 +412,12 @@ export async function runIteration(ctx: LoopContext, state: LoopState, iteration
     commit: commitId,
     verified: accounting.verified,
     tokens,
-    model: { promptTokens: audit.model.promptTokens, cachedTokens: audit.model.cachedTokens, completionTokens: audit.model.completionTokens, requests: audit.model.requests, denied: audit.model.denied },
+    model: { promptTokens: audit.model.promptTokens, cachedTokens: audit.model.cachedTokens, completionTokens: audit.model.completionTokens, requests: audit.model.requests, denied: audit.model.denied, ...workerModel(ctx.config, state.escalation) },
     audit: { ...audit.traffic, records: audit.records.length },
     modelDown,
     ...(reviewed ? { review: reviewRecord(reviewed) } : {}),
     steps: { ...steps, ...(result ? { verifyCopy: result.copyMs, verifyRun: result.durationMs - result.copyMs } : {}) },
   };
-  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId, budgetExceeded: audit.model.budgetExceeded, review: reviewed };
+  return { record, aborted: ctx.signal.aborted, modelDown, verified: accounting.verified, commit: commitId, budgetExceeded: audit.model.budgetExceeded, escalateBudgetExceeded: audit.model.escalateBudgetExceeded ?? false, review: reviewed };
 }
 

@@ -25,6 +25,7 @@ import { AGENT_UID } from '../sandbox/specs.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
 import { feedbackText } from './feedback.js';
+import { afterIteration, escalateApiKey } from './escalation.js';
 import { reviewApiKey, reviewRequired } from '../review/review.js';
 import { type IterationRecord, type LoopState, type ReviewTotals, addReview, appendIteration, loadState, readIterations, saveState } from './state.js';
 import { BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
@@ -208,6 +209,7 @@ export async function runLoop(first: DockerClient | (LoopOptions & { backend: Co
       diskBaseline: 0,
       stateEnv: options.stateEnv,
       baseline: null,
+      escalateKey: config.model.escalate ? escalateApiKey(config.model.escalate) : undefined,
     };
     await mkdir(path.join(ctx.mountDir, 'notes'), { recursive: true });
     await mkdir(ctx.notesDir, { recursive: true });
@@ -269,6 +271,17 @@ export async function runLoop(first: DockerClient | (LoopOptions & { backend: Co
         log.info({ iteration, tree: iterRecord.tree, verified: outcome.verified, commit: outcome.commit, violations: iterRecord.protectedViolations, agent: iterRecord.agent }, 'iteration end');
         options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
         decision = decide(config, state, outcome, signal);
+        if (config.model.escalate && !outcome.aborted && !signal.aborted) {
+          // model.escalate: after N failed iterations, or instead of ending stalled (escalation.ts).
+          const esc = afterIteration(config.model.escalate, state.escalation, iterRecord, { stalled: decision?.state === 'stalled', escalateBudgetExceeded: outcome.escalateBudgetExceeded ?? false });
+          state = { ...state, escalation: esc.state };
+          if (esc.escalatedNow && decision?.state === 'stalled') decision = undefined;
+          if (esc.escalatedNow || esc.wentBack) {
+            const message = esc.escalatedNow ? `escalating to ${config.model.escalate.model} from iteration ${iteration + 1}: ${esc.state.reason ?? ''}` : (esc.state.reason ?? 'back to the local model');
+            log.info({ iteration, escalation: esc.state }, message);
+            options.onEvent?.({ type: 'notice', runId, task: task.name, message });
+          }
+        }
         if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
         await saveState(dir, state);
       }
@@ -359,6 +372,7 @@ export function checkLoopConfig(config: Config): string[] {
   }
   // A missing key is bad input: refused before anything runs, not found after the first pass.
   if (config.review && reviewRequired(config)) reviewApiKey(config.review);
+  if (config.model.escalate) escalateApiKey(config.model.escalate);
   return config.verify.command;
 }
 

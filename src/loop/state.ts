@@ -7,6 +7,7 @@ import { writeJsonAtomic } from '../runs/registry.js';
 import type { ReviewResult } from '../review/review.js';
 import type { AccountingRecord, Baseline } from '../verify/accounting.js';
 import type { EndState } from './brakes.js';
+import type { EscalationState } from './escalation.js';
 
 export interface IterationRecord {
   iteration: number;
@@ -38,7 +39,17 @@ export interface IterationRecord {
   /** Uncached prompt + completion tokens of this iteration's model requests (the budget's unit). */
   tokens: number;
   /** The same requests in detail, from the sandbox's model gateway; absent in older records. */
-  model?: { promptTokens: number; cachedTokens: number; completionTokens: number; requests: number; denied: number };
+  model?: {
+    promptTokens: number;
+    cachedTokens: number;
+    completionTokens: number;
+    requests: number;
+    denied: number;
+    /** The model that did the work: model.name, or model.escalate.model when escalated (issue 20). */
+    name?: string;
+    /** The agent's requests went through the gateway to model.escalate's endpoint. */
+    escalated?: boolean;
+  };
   audit: SandboxTraffic & { records: number };
   /** The model server died during this iteration: it does not count towards the brakes. */
   modelDown: boolean;
@@ -96,6 +107,8 @@ export interface LoopState {
   elapsedMs: number;
   /** Reviewer requests and cost so far (review on). */
   review?: ReviewTotals | undefined;
+  /** model.escalate: failed iterations, whether escalated, escalated tokens (escalation.ts). */
+  escalation?: EscalationState | undefined;
   endState?: EndState | undefined;
   endReason?: string | undefined;
   trigger: string;

@@ -19,7 +19,8 @@ import { DNS_QUERIES_FILE } from '../egress/dns-records.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
 import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
-import { AGENT_UID, type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, deadline, sentrySpec } from './specs.js';
+import { AGENT_UID, ESCALATE_KEY_DIR, ESCALATE_KEY_NAME, type EscalateUpstream, type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, deadline, sentrySpec } from './specs.js';
+import { pack } from 'tar-stream';
 import { SHARED_RUN_ID, resourceLabels } from '../docker/labels.js';
 
 export interface SandboxLimits {
@@ -109,11 +110,54 @@ export interface SentryOptions extends SandboxIdentity {
   noFirewall?: boolean | undefined;
   /** The model gateway's limits; default: DEFAULT_GATEWAY_LIMITS. */
   gateway?: GatewayLimits | undefined;
+  /** model.escalate: this sentry's gateway sends every model request to that endpoint instead. */
+  escalate?: EscalateOptions | undefined;
   logger?: Logger | undefined;
   /** Environment that locates the state dir (LOOPBOX_STATE_DIR); defaults to process.env. */
   stateEnv?: NodeJS.ProcessEnv | undefined;
   /** Individual audit records per kind and iteration before aggregation (default 1000). */
   recordLimit?: number | undefined;
+}
+
+/** An escalated sentry: the endpoint as configured, and the key read on the host. */
+export interface EscalateOptions {
+  /** Base URL (…/v1), http:// or https://. */
+  endpoint: string;
+  model: string;
+  /** The key the gateway adds as `Authorization: Bearer`; copied into the sentry, never into its env. */
+  apiKey?: string | undefined;
+  tokenBudget?: number | undefined;
+  tokensUsed?: number | undefined;
+}
+
+/** model.escalate's URL resolved on the host: what the sentry's firewall and gateway need. */
+export async function escalateUpstream(options: EscalateOptions): Promise<EscalateUpstream> {
+  const u = new URL(options.endpoint);
+  const tls = u.protocol === 'https:';
+  const port = Number(u.port || (tls ? 443 : 80));
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const [resolved] = await resolveEndpoints([`${host.includes(':') ? `[${host}]` : host}:${port}`]);
+  if (!resolved || isIP(resolved.slice(0, resolved.lastIndexOf(':'))) !== 4) {
+    throw new ConfigError(`model.escalate.endpoint ${options.endpoint} resolves to ${resolved ?? 'nothing'}: the sandbox's gateway reaches IPv4 endpoints only.`, [], {
+      hint: 'Give an endpoint whose name resolves to an IPv4 address on this host.',
+    });
+  }
+  return { upstream: resolved, host: u.host, tls, base: u.pathname.replace(/\/+$/, ''), model: options.model, tokenBudget: options.tokenBudget, tokensUsed: options.tokensUsed };
+}
+
+/** A tar with one root-owned 0400 file: how the key gets into the sentry before it starts. */
+async function keyTar(key: string): Promise<Buffer> {
+  const p = pack();
+  const chunks: Buffer[] = [];
+  p.on('data', (c: unknown) => chunks.push(c as Buffer));
+  const done = new Promise<void>((resolve, reject) => {
+    p.on('end', resolve);
+    p.on('error', reject);
+  });
+  p.entry({ name: ESCALATE_KEY_NAME, mode: 0o400, uid: 0, gid: 0, type: 'file' }, `${key}\n`);
+  p.finalize();
+  await done;
+  return Buffer.concat(chunks);
 }
 
 export interface AgentRun {
@@ -144,6 +188,8 @@ export class Sentry {
     readonly modelIp: string | undefined,
     private readonly modelTarget: { ip: string; port: number } | undefined,
     private readonly options: SentryOptions,
+    /** Its gateway sends the agent's model requests to model.escalate's endpoint. */
+    readonly escalated = false,
   ) {}
 
   get modelReachable(): boolean {
@@ -168,9 +214,15 @@ export class Sentry {
     }
     // The model is not an allowed endpoint: only the gateway's uid reaches it (issue 8, item 1).
     const modelTarget = model ? endpoint(model.ip, model.port) : undefined;
-    const allow = (await resolveEndpoints(options.allow ?? [])).filter((e) => e !== modelTarget);
+    if (options.escalate && !model) {
+      throw new ConfigError('model.escalate needs a model gateway, and no model server is running.', [], { hint: 'Start one with `loopbox model up`, or set model.endpoint.' });
+    }
+    const escalate = options.escalate ? await escalateUpstream(options.escalate) : undefined;
+    // Neither the model nor the escalation endpoint is an allowed endpoint: only the gateway's
+    // uid reaches them (issue 8, item 1; issue 20).
+    const allow = (await resolveEndpoints(options.allow ?? [])).filter((e) => e !== modelTarget && e !== escalate?.upstream);
     // An outside model server needs a route: it counts as an extra endpoint (see below).
-    const extras = [...allow, ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : [])];
+    const extras = [...allow, ...(options.modelEndpoint ? [endpoint(options.modelEndpoint.ip, options.modelEndpoint.port)] : []), ...(escalate ? [escalate.upstream] : [])];
     const identity: SandboxIdentity = { runId: options.runId, task: options.task, iteration: options.iteration };
     await openAudit(options.runId, options.stateEnv);
     await recoverAuditDir(options.auditDir, identity, Object.keys(dnsHosts), options.stateEnv, options.recordLimit);
@@ -179,9 +231,13 @@ export class Sentry {
     await mkdir(options.auditDir, { recursive: true });
     await chmod(options.auditDir, 0o777);
     const id = await docker.createContainer(
-      sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, model: modelTarget, gateway: options.gateway ?? DEFAULT_GATEWAY_LIMITS, noFirewall: options.noFirewall }),
+      sentrySpec({ ...identity, image, auditDir: options.auditDir, allow, dnsHosts, model: modelTarget, gateway: options.gateway ?? DEFAULT_GATEWAY_LIMITS, escalate, noFirewall: options.noFirewall }),
     );
     try {
+      // The key goes into the created sentry as a root-only file, not into its env (which
+      // `docker inspect` shows): the gateway reads it as root before it drops to its uid, and
+      // the entrypoint deletes it (docs/security-model.md).
+      if (escalate && options.escalate?.apiKey) await docker.putArchive(id, await keyTar(options.escalate.apiKey), ESCALATE_KEY_DIR);
       // Endpoints outside the model network need a route: only then does the sentry join a
       // plain bridge, and the firewall alone decides (docs/security-model.md).
       if (extras.length) {
@@ -195,8 +251,8 @@ export class Sentry {
       await docker.remove(id);
       throw error;
     }
-    log.debug({ sentry: id.slice(0, 12), allow }, 'sentry ready');
-    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, model ? { ip: model.ip, port: model.port } : undefined, options);
+    log.debug({ sentry: id.slice(0, 12), allow, escalate: escalate ? { upstream: escalate.upstream, model: escalate.model } : undefined }, 'sentry ready');
+    return new Sentry(docker, id, image, options.auditDir, dnsHosts, model?.ip, model ? { ip: model.ip, port: model.port } : undefined, options, escalate !== undefined);
   }
 
   /** Attributes what the sentry logged since the last collect to `identity`, into the audit log. */

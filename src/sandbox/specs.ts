@@ -20,6 +20,8 @@ export interface SentrySpecInput extends SandboxIdentity {
   /** The model's `ip:port`: only the sentry's gateway may reach it; the agent is sent there. */
   model?: string | undefined;
   gateway?: GatewayLimits | undefined;
+  /** model.escalate, resolved: the gateway sends every request there (never carries the key). */
+  escalate?: EscalateUpstream | undefined;
   /** Test-only: start without firewall rules, to show the internal network is a wall too. */
   noFirewall?: boolean;
 }
@@ -34,6 +36,26 @@ export interface GatewayLimits {
   tokensUsed?: number | undefined;
 }
 
+/** Where an escalated sentry's gateway sends the agent's model requests (issue 20). */
+export interface EscalateUpstream {
+  /** `ipv4:port`, resolved on the host: the only address the gateway's uid may reach for it. */
+  upstream: string;
+  /** The URL's host name: the Host header and, with TLS, the name the certificate must carry. */
+  host: string;
+  tls: boolean;
+  /** The URL's path (`/v1`): the agent's `/v1/...` requests go to `<base>/...`. */
+  base: string;
+  model: string;
+  /** Escalated tokens in all (uncached prompt + completion); past it the gateway answers 429. */
+  tokenBudget?: number | undefined;
+  /** Escalated tokens used before this sentry started. */
+  tokensUsed?: number | undefined;
+}
+
+/** Where the host puts the escalation key in a created sentry (docs/security-model.md). */
+export const ESCALATE_KEY_DIR = '/run';
+export const ESCALATE_KEY_NAME = 'loopbox-escalate.key';
+
 export function sentrySpec(input: SentrySpecInput): ContainerSpec {
   const env: Record<string, string> = {
     LOOPBOX_ALLOW: input.allow.join(' '),
@@ -47,6 +69,16 @@ export function sentrySpec(input: SentrySpecInput): ContainerSpec {
     env.LOOPBOX_GW_MAX_TOKENS = String(input.gateway.maxTokens);
     if (input.gateway.tokenBudget !== undefined) env.LOOPBOX_GW_TOKEN_BUDGET = String(input.gateway.tokenBudget);
     if (input.gateway.tokensUsed !== undefined) env.LOOPBOX_GW_TOKENS_USED = String(input.gateway.tokensUsed);
+  }
+  if (input.escalate) {
+    const e = input.escalate;
+    env.LOOPBOX_GW_ESCALATE = e.upstream;
+    env.LOOPBOX_GW_ESCALATE_HOST = e.host;
+    env.LOOPBOX_GW_ESCALATE_TLS = e.tls ? '1' : '0';
+    env.LOOPBOX_GW_ESCALATE_BASE = e.base;
+    env.LOOPBOX_GW_ESCALATE_MODEL = e.model;
+    if (e.tokenBudget !== undefined) env.LOOPBOX_GW_ESCALATE_BUDGET = String(e.tokenBudget);
+    if (e.tokensUsed !== undefined) env.LOOPBOX_GW_ESCALATE_USED = String(e.tokensUsed);
   }
   if (input.noFirewall) env.LOOPBOX_NO_FIREWALL = '1';
   return {
