@@ -53,6 +53,8 @@ export class LoopRunner implements LoopStarter {
   private readonly active = new Map<string, QueuedLoop>();
   /** Tasks between the busy check and `active` (enqueue awaits): two triggers at once start one loop. */
   private readonly pending = new Set<string>();
+  /** Loops past the pool (the rest of `active` waits for it). */
+  private readonly running = new Set<string>();
 
   private constructor(
     private readonly docker: DockerClient,
@@ -96,6 +98,11 @@ export class LoopRunner implements LoopStarter {
     }
   }
 
+  /** Loops of this runner now: past the concurrency pool, and waiting for it. */
+  counts(): { running: number; queued: number } {
+    return { running: this.running.size, queued: Math.max(0, this.active.size - this.running.size) };
+  }
+
   /** Resolves when every queued and running loop has ended. */
   async idle(): Promise<void> {
     await Promise.all([...this.active.values()].map((l) => l.done.catch(() => undefined)));
@@ -121,6 +128,7 @@ export class LoopRunner implements LoopStarter {
 
   private async runQueued(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
     const release = await this.pool.acquire(this.options.signal);
+    this.running.add(runId);
     try {
       return await runLoop(this.docker, {
         repo: this.options.repo,
@@ -136,6 +144,7 @@ export class LoopRunner implements LoopStarter {
         modelSupervisor: this.supervisor,
       });
     } finally {
+      this.running.delete(runId);
       release();
     }
   }
