@@ -346,8 +346,8 @@ async function auditFlood(docker) {
     const agent = await runAgent(docker, sentry, { ...identity, cmd: ['node', '-e', FLOOD, decoyIp, '7000', String(P3_TCP), String(P3_DNS), id, String(P3_WIDTH), String(P3_FULL), String(P3_DIRECT)], limits: { memoryBytes: 1024 ** 3, cpus: 1, pids: 256 }, timeoutMs: 300_000, stdout: sink, stderr: sink });
     const agentMs = performance.now() - t0;
     // The sentry's own peak memory (its packet logger and DNS front read the flood), from its
-    // cgroup, before it is stopped; n/a where the kernel has no memory.peak.
-    const sentryPeak = await docker.exec(sentry.id, ['cat', '/sys/fs/cgroup/memory.peak']).then((r) => (r.exitCode === 0 ? Number(r.stdout.trim()) : NaN), () => NaN);
+    // cgroup (v2 memory.peak, v1 max_usage_in_bytes), before it is stopped; n/a without either.
+    const sentryPeak = await docker.exec(sentry.id, ['sh', '-c', 'cat /sys/fs/cgroup/memory.peak 2>/dev/null || cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes']).then((r) => (r.exitCode === 0 ? Number(r.stdout.trim()) : NaN), () => NaN);
     // The ingesting process's exact peak RSS during collect: the kernel's high-water mark
     // (VmHWM), reset just before (clear_refs 5), rather than a sample every 50 ms.
     const hwmReset = await writeFile('/proc/self/clear_refs', '5').then(() => true, () => false);
