@@ -316,6 +316,14 @@ async function pool(n, width, fn) {
   console.log(JSON.stringify({ tcp, dns: answers, full, direct }));
 })();`;
 
+/** The kernel's high-water mark of this process's RSS (VmHWM), in bytes; NaN off Linux. */
+async function vmHwm() {
+  const { readFile } = await import('node:fs/promises');
+  const status = await readFile('/proc/self/status', 'utf8').catch(() => '');
+  const kb = /^VmHWM:\s+(\d+) kB/m.exec(status);
+  return kb ? Number(kb[1]) * 1024 : NaN;
+}
+
 async function auditFlood(docker) {
   const { Sentry, runAgent, verifyAuditChain, resourceLabels, sealAudit } = await import('../dist/index.js');
   const id = `${runId}-p3`;
@@ -337,9 +345,16 @@ async function auditFlood(docker) {
     const t0 = performance.now();
     const agent = await runAgent(docker, sentry, { ...identity, cmd: ['node', '-e', FLOOD, decoyIp, '7000', String(P3_TCP), String(P3_DNS), id, String(P3_WIDTH), String(P3_FULL), String(P3_DIRECT)], limits: { memoryBytes: 1024 ** 3, cpus: 1, pids: 256 }, timeoutMs: 300_000, stdout: sink, stderr: sink });
     const agentMs = performance.now() - t0;
+    // The sentry's own peak memory (its packet logger and DNS front read the flood), from its
+    // cgroup (v2 memory.peak, v1 max_usage_in_bytes), before it is stopped; n/a without either.
+    const sentryPeak = await docker.exec(sentry.id, ['sh', '-c', 'cat /sys/fs/cgroup/memory.peak 2>/dev/null || cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes']).then((r) => (r.exitCode === 0 ? Number(r.stdout.trim()) : NaN), () => NaN);
+    // The ingesting process's exact peak RSS during collect: the kernel's high-water mark
+    // (VmHWM), reset just before (clear_refs 5), rather than a sample every 50 ms.
+    const hwmReset = await writeFile('/proc/self/clear_refs', '5').then(() => true, () => false);
     const t1 = performance.now();
     const collected = await sentry.collect(identity);
     const ingestMs = performance.now() - t1;
+    const ingestPeak = hwmReset ? await vmHwm() : NaN;
     await sentry.stop();
     sentry = undefined;
     await sealAudit(id);
@@ -381,7 +396,10 @@ async function auditFlood(docker) {
         `  full rate to the DNS front:   ${fullMade} sent in ${((seen.full?.ms ?? 0) / 1000).toFixed(1)} s; with the ${dnsMade} paced ones, ${front.records} in records/aggregates + ${front.lost} lost (${front.dropped} dropped by the kernel at the front's socket): ${front.records + front.lost >= fullMade + dnsMade ? 'ALL ACCOUNTED' : 'MISSING'}`,
         `  full rate straight to :53:    ${directMade} sent in ${((seen.direct?.ms ?? 0) / 1000).toFixed(1)} s (refused at once by the firewall); ${direct.records} with their name in records/aggregates + ${direct.lost} lost (${direct.dropped} NFLOG sequence gaps): ${direct.records + direct.lost >= directMade ? 'ALL ACCOUNTED' : 'MISSING'}`,
         `  audit records written:        ${records.length} (${aggregates.length} aggregates), audit.jsonl ${(size / 1024).toFixed(0)} KiB`,
+        `  sent vs accounted (all):      ${tcpMade + dnsMade + fullMade + directMade} attempts sent, ${p.kept + p.aggregated + loss + d.kept + d.aggregated + front.lost + direct.lost} accounted (${p.kept + p.aggregated + loss + d.kept + d.aggregated + front.lost + direct.lost >= tcpMade + dnsMade + fullMade + directMade ? 'ALL ACCOUNTED' : 'MISSING'})`,
         `  ingest (collect) time:        ${ms(ingestMs)}`,
+        `  ingesting process peak RSS:   ${Number.isNaN(ingestPeak) ? 'n/a' : `${(ingestPeak / 2 ** 20).toFixed(1)} MiB during collect (VmHWM; target < 200 MiB: ${ingestPeak < 200 * 2 ** 20 ? 'MET' : 'NOT MET'})`}`,
+        `  sentry container peak memory: ${Number.isNaN(sentryPeak) ? 'n/a' : `${(sentryPeak / 2 ** 20).toFixed(1)} MiB (cgroup memory.peak, whole flood)`}`,
         `  chain verify:                 ${chain.ok ? 'ok' : `BROKEN ${chain.firstBreak?.message}`}, ${chain.records} records, ${chain.sealed} sealed, ${ms(verifyMs)}`,
         `  orchestrator peak RSS:        ${(peakRss / 2 ** 20).toFixed(1)} MiB (target < 200 MiB: ${peakRss < 200 * 2 ** 20 ? 'MET' : 'NOT MET'})`,
         '',

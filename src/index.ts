@@ -16,7 +16,9 @@ export type { LoopStatusRow, StopTarget } from './runner/status.js';
 
 // Triggers: cron and webhooks, which start loops through a LoopStarter (the runner is one).
 export { startScheduler } from './triggers/cron.js';
-export { secretFromEnv, startServer } from './triggers/serve.js';
+export { metricsTokenFromEnv, secretFromEnv, startServer } from './triggers/serve.js';
+export { LoopMetrics, iterationResult } from './triggers/metrics.js';
+export type { IterationResult, MetricsEndpoint, MetricsSources } from './triggers/metrics.js';
 export type { LoopStarter, StartRequest, StartResult, TriggerEvent, TriggerLog } from './triggers/starter.js';
 
 // Where containers run, and the sandbox itself.
@@ -69,7 +71,7 @@ export { buildImages, imageStatus } from './images/builder.js';
 export type { BuildImagesOptions, BuiltImage } from './images/builder.js';
 export { IMAGE_NAMES, TOOLCHAINS, imageRef, toolchainImage } from './images/catalog.js';
 export type { ImageName, Toolchain } from './images/catalog.js';
-export { MODEL_CONTAINER, modelUp, modelDown, modelStatus } from './model/server.js';
+export { MODEL_CONTAINER, modelUp, modelDown, modelSlotUse, modelStatus } from './model/server.js';
 export { ensureFixtureModel } from './model/fixture.js';
 export { pullModel } from './model/pull.js';
 export { MODEL_NETWORK, findModelServer } from './model/network.js';

@@ -156,6 +156,8 @@ export interface SandboxTraffic {
   lostRecords: number;
   /** Blocked attempts by firewall rule (NFLOG prefix) or `dns` (the DNS front); absent in older records. */
   blockedByRule?: Record<string, number>;
+  /** Lost records by counter (the loss record's rule: a firewall rule, `dns-front`, `malformed`); absent in older records. */
+  lostByRule?: Record<string, number>;
 }
 
 /** Every per-packet field empty: the base of records that stand for no one packet (loss, aggregates). */

@@ -2,14 +2,36 @@
 // ticks or webhooks, through the same slot-bounded runner as `loopbox run`.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { checkRepoAndModel, type Config, ConfigError, createLogger, loadConfig, LoopRunner, resolveTaskFiles, secretFromEnv, startScheduler, startServer, stateDir, taskNameOf, type TriggerEvent } from '../index.js';
+import {
+  checkRepoAndModel,
+  type Config,
+  ConfigError,
+  createLogger,
+  loadConfig,
+  type LoopEvent,
+  LoopMetrics,
+  LoopRunner,
+  metricsTokenFromEnv,
+  modelSlotUse,
+  resolveTaskFiles,
+  secretFromEnv,
+  startScheduler,
+  startServer,
+  stateDir,
+  taskNameOf,
+  type TriggerEvent,
+} from '../index.js';
 import { type CliContext, err } from './context.js';
 import { port, positiveInt } from './options.js';
 import { printLoopEvent } from './print.js';
 
-async function triggerRunner(ctx: CliContext, repo: string, config: Config, concurrency: number | undefined): Promise<LoopRunner> {
+async function triggerRunner(ctx: CliContext, repo: string, config: Config, concurrency: number | undefined, observe?: (event: LoopEvent) => void): Promise<LoopRunner> {
   await checkRepoAndModel(ctx.docker, path.resolve(repo), config, true);
-  return LoopRunner.create(ctx.docker, { repo, config, concurrency, allowDirty: true, signal: ctx.signal, onEvent: printLoopEvent, maxQueued: config.serve.queueSize });
+  const onEvent = (event: LoopEvent): void => {
+    observe?.(event);
+    printLoopEvent(event);
+  };
+  return LoopRunner.create(ctx.docker, { repo, config, concurrency, allowDirty: true, signal: ctx.signal, onEvent, maxQueued: config.serve.queueSize });
 }
 
 /** Trigger events go to stderr as JSON lines and to the trigger log in the state dir. */
@@ -56,18 +78,25 @@ export function registerTriggers(program: Command, ctx: CliContext, configFile: 
     .option('--concurrency <n>', 'loops at once (default: the model server\'s slots)', positiveInt)
     .addHelpText(
       'after',
-      '\nThe HMAC secret comes from the environment variable named by serve.secretEnv\n(default LOOPBOX_WEBHOOK_SECRET). Endpoints: POST /hooks/github, POST /trigger, GET /healthz.\n\nExample:\n  LOOPBOX_WEBHOOK_SECRET=$(cat ~/.loopbox-secret) loopbox serve --repo ~/src/app\n',
+      '\nThe HMAC secret comes from the environment variable named by serve.secretEnv\n(default LOOPBOX_WEBHOOK_SECRET). Endpoints: POST /hooks/github, POST /trigger, GET /healthz,\nGET /metrics (Prometheus; docs/metrics.md).\n\nExample:\n  LOOPBOX_WEBHOOK_SECRET=$(cat ~/.loopbox-secret) loopbox serve --repo ~/src/app\n',
     )
     .action(async (opts: { repo: string; host?: string; port?: number; concurrency?: number }) => {
       const { config } = await loadConfig({ file: configFile(), dir: opts.repo });
       const serveConfig = { ...config.serve, host: opts.host ?? config.serve.host, port: opts.port ?? config.serve.port };
       if (serveConfig.github) serveConfig.github = { ...serveConfig.github, task: path.resolve(opts.repo, serveConfig.github.task) };
       const secret = secretFromEnv(serveConfig);
+      const metricsToken = metricsTokenFromEnv(serveConfig);
       const allowed = new Map((await resolveTaskFiles(opts.repo, serveConfig.tasks)).map((f) => [taskNameOf(f), f]));
-      const runner = await triggerRunner(ctx, opts.repo, config, opts.concurrency);
+      // The metrics observe the runner's events, so they exist first and read its counts later.
+      const made: { runner?: LoopRunner } = {};
+      const metrics = serveConfig.metrics.enabled
+        ? new LoopMetrics({ loops: () => made.runner?.counts() ?? { running: 0, queued: 0 }, modelSlots: () => modelSlotUse(ctx.docker, config.model.endpoint) })
+        : undefined;
+      const runner = (made.runner = await triggerRunner(ctx, opts.repo, config, opts.concurrency, metrics ? (event) => metrics.observe(event) : undefined));
       const server = await startServer({
         config: serveConfig,
         secret,
+        metrics: metrics ? { endpoint: metrics, token: metricsToken } : undefined,
         starter: runner,
         resolveTask: (name) => allowed.get(name),
         log: triggerLog(path.join(stateDir(), 'serve.log')),

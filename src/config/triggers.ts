@@ -96,6 +96,14 @@ export const serveSchema = z
       .optional(),
     /** Task files (globs) the generic POST /trigger may start, by task name. */
     tasks: z.array(z.string().min(1)).default(['tasks/*.md']),
+    /** GET /metrics (Prometheus): on by default; without a bearer token only on a loopback address. */
+    metrics: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        /** Name of the environment variable that holds the bearer token a scraper must send. */
+        tokenEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name').optional(),
+      })
+      .prefault({}),
   })
   .prefault({});
 

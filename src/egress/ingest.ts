@@ -441,7 +441,11 @@ export async function ingestSandboxAudit(
   if (counters?.dns) loss('dns-front', 'dns-front', delta(counters.dns.udp, since.counters.dns?.udp), frontUdp, delta(counters.dns.drops, since.counters.dns?.drops));
   const lost = records.reduce((n, r) => n + (r.kind === 'loss' ? r.count : 0), 0);
   const blockedByRule: Record<string, number> = {};
-  for (const r of records) if (r.kind !== 'loss') blockedByRule[r.rule] = (blockedByRule[r.rule] ?? 0) + r.count;
+  const lostByRule: Record<string, number> = {};
+  for (const r of records) {
+    const by = r.kind === 'loss' ? lostByRule : blockedByRule;
+    by[r.rule] = (by[r.rule] ?? 0) + r.count;
+  }
   return {
     records,
     attempts: limiter.attempts + lost,
@@ -453,6 +457,7 @@ export async function ingestSandboxAudit(
       dnsAnswered,
       lostRecords: lost,
       blockedByRule,
+      lostByRule,
     },
     cursor: {
       packetLines: since.packetLines + packets.lines,

@@ -163,13 +163,39 @@ export async function modelStatus(docker: DockerClient): Promise<ModelStatus> {
   const models = await get('/v1/models');
   if (models) status.model = (JSON.parse(models) as { data?: Array<{ id: string }> }).data?.[0]?.id;
   const slots = await get('/slots');
-  if (slots) {
-    const list = JSON.parse(slots) as Array<{ is_processing?: boolean }>;
-    status.slots = { busy: list.filter((s) => s.is_processing).length, total: list.length };
-  }
+  const use = slots === undefined ? undefined : parseSlots(slots);
+  if (use) status.slots = use;
   const metrics = await get('/metrics');
   if (metrics) status.metrics = parsePrometheus(metrics);
   return status;
+}
+
+/** Busy and total slots from a `/slots` answer (llama-server's list of slots); undefined when it is not one. */
+export function parseSlots(text: string): { busy: number; total: number } | undefined {
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(list)) return undefined;
+  const slots = list as Array<{ is_processing?: unknown } | null>;
+  return { busy: slots.filter((s) => s?.is_processing === true).length, total: slots.length };
+}
+
+/**
+ * The model's slots now: the managed server's `/slots`, or, with `endpoint` (model.endpoint),
+ * `/slots` at that URL's origin when it is a llama-server. Undefined when nothing answers.
+ */
+export async function modelSlotUse(docker: DockerClient, endpoint?: string): Promise<{ busy: number; total: number } | undefined> {
+  if (endpoint !== undefined) {
+    const res = await fetch(new URL('/slots', endpoint), { signal: AbortSignal.timeout(1000) }).catch(() => undefined);
+    return res?.ok ? parseSlots(await res.text()) : undefined;
+  }
+  const server = await findModelServer(docker).catch(() => undefined);
+  if (!server) return undefined;
+  const text = await modelGet(docker, server, '/slots');
+  return text === undefined ? undefined : parseSlots(text);
 }
 
 export function parsePrometheus(text: string): Record<string, number> {

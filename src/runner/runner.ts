@@ -57,6 +57,8 @@ export class LoopRunner implements LoopStarter {
   private readonly pending = new Set<string>();
   /** Scheduled loops of the current night: one notification when the last of them ends. */
   private readonly night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config: this.options.config, version: packageVersion(), stateEnv: this.options.stateEnv }));
+  /** Loops past the pool (the rest of `active` waits for it). */
+  private readonly running = new Set<string>();
 
   private constructor(
     private readonly docker: DockerClient,
@@ -99,6 +101,11 @@ export class LoopRunner implements LoopStarter {
     } finally {
       this.pending.delete(task);
     }
+  }
+
+  /** Loops of this runner now: past the concurrency pool, and waiting for it. */
+  counts(): { running: number; queued: number } {
+    return { running: this.running.size, queued: Math.max(0, this.active.size - this.running.size) };
   }
 
   /** Resolves when every queued and running loop has ended. */
@@ -159,6 +166,7 @@ export class LoopRunner implements LoopStarter {
 
   private async runPooled(runId: string, taskFile: string, trigger: string): Promise<LoopSummary> {
     const release = await this.pool.acquire(this.options.signal);
+    this.running.add(runId);
     try {
       return await runLoop(this.docker, {
         repo: this.options.repo,
@@ -174,6 +182,7 @@ export class LoopRunner implements LoopStarter {
         modelSupervisor: this.supervisor,
       });
     } finally {
+      this.running.delete(runId);
       release();
     }
   }

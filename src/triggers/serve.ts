@@ -12,6 +12,7 @@ import { ConfigError, describe } from '../common/errors.js';
 import { isSafeName } from '../common/ids.js';
 import type { ServeConfig } from '../config/triggers.js';
 import { taskNameOf } from '../loop/task.js';
+import type { MetricsEndpoint } from './metrics.js';
 import type { LoopStarter, StartRequest, TriggerLog } from './starter.js';
 
 export interface ServeOptions {
@@ -22,6 +23,12 @@ export interface ServeOptions {
   /** Task name (from POST /trigger) → task file, or undefined when it is not an allowed task. */
   resolveTask: (name: string) => string | undefined;
   log: TriggerLog;
+  /**
+   * GET /metrics (docs/metrics.md). Without it /metrics answers 404. `token`: the bearer token
+   * a scraper must send (from `serve.metrics.tokenEnv`); without one, /metrics is answered only
+   * when the server listens on a loopback address.
+   */
+  metrics?: { endpoint: MetricsEndpoint; token?: string | undefined } | undefined;
   /** Read timeouts; the defaults are HEADERS_TIMEOUT_MS and REQUEST_TIMEOUT_MS (tests shorten them). */
   timeouts?: { headersMs?: number; requestMs?: number };
 }
@@ -100,6 +107,33 @@ function checkSecret(name: string, secret: string | undefined): asserts secret i
   }
 }
 
+/**
+ * The bearer token from the environment variable `config.metrics.tokenEnv`, or undefined when
+ * no variable is named. A named variable that is unset, short, or equal to the webhook secret is
+ * a ConfigError: a metrics reader must not hold the key that signs webhooks.
+ */
+export function metricsTokenFromEnv(config: Pick<ServeConfig, 'metrics' | 'secretEnv'>, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const name = config.metrics.tokenEnv;
+  if (name === undefined) return undefined;
+  const token = env[name];
+  const hint = `export ${name}="$(openssl rand -hex 32)" and give Prometheus the same value (authorization: { credentials_file: ... }).`;
+  if (token === undefined || token.trim() === '') throw new ConfigError(`The metrics token ${name} (serve.metrics.tokenEnv) is ${token === undefined ? 'not set' : 'empty'}.`, [], { hint });
+  const bytes = Buffer.byteLength(token);
+  if (bytes < MIN_SECRET_BYTES) throw new ConfigError(`The metrics token ${name} is ${bytes} bytes long; loopbox serve needs at least ${MIN_SECRET_BYTES}.`, [], { hint });
+  if (token === env[config.secretEnv]) {
+    throw new ConfigError(`The metrics token ${name} is the webhook secret ${config.secretEnv}; use a separate token.`, [], { hint: 'Whoever scrapes metrics must not be able to sign webhooks. ' + hint });
+  }
+  return token;
+}
+
+/** Constant-time check of `Authorization: Bearer <token>`; anything else is false. */
+export function verifyBearer(token: string, header: string | undefined): boolean {
+  const match = typeof header === 'string' ? /^Bearer ([\x21-\x7e]{1,1024})$/.exec(header.trim()) : null;
+  // Compare digests, so the lengths are equal and the time does not depend on where they differ.
+  const digest = (v: string): Buffer => createHmac('sha256', 'loopbox-metrics').update(v).digest();
+  return timingSafeEqual(digest(match?.[1] ?? ''), digest(token)) && match !== null;
+}
+
 export type CiVerdict = { failed: true; conclusion: string; summary: Record<string, unknown> } | { failed: false; why: string };
 
 /**
@@ -173,13 +207,16 @@ type Reply = { status: number; body: Record<string, unknown>; headers?: Record<s
 /** What a signed request claimed in the replay cache, given back when it was not acted on. */
 type Claim = { delivery: string; signature: string };
 
-const ROUTES: Record<string, 'GET' | 'POST'> = { '/healthz': 'GET', '/hooks/github': 'POST', '/trigger': 'POST' };
+const ROUTES: Record<string, 'GET' | 'POST'> = { '/healthz': 'GET', '/metrics': 'GET', '/hooks/github': 'POST', '/trigger': 'POST' };
 
 export async function startServer(options: ServeOptions): Promise<TriggerServer> {
   const { config, starter, resolveTask, log } = options;
   checkSecret(config.secretEnv, options.secret);
   const secret = options.secret;
   const deliveries = new DeliveryWindow(config.replayWindow);
+  const metrics = options.metrics;
+  // Filled in once listening: a token-less /metrics is answered only on a loopback address.
+  let loopbackOnly = true;
   let inFlight = 0;
   let closing = false;
 
@@ -215,6 +252,10 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
     let delivery: string | undefined;
     try {
+      if (path === '/metrics' && req.method === 'GET') {
+        await scrape(req, res);
+        return;
+      }
       send(res, await route(req, path, (id) => (delivery = id)));
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
@@ -223,6 +264,19 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
       // 413: the rest of the body is not read; hang up instead of draining it.
       if (error.status === 413) hangUp(req, res);
     }
+  }
+
+  /** GET /metrics: read-only counts, behind a bearer token when one is configured (docs/metrics.md). */
+  async function scrape(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (!metrics) throw new Refusal(404, 'metrics off (serve.metrics.enabled)');
+    if (metrics.token !== undefined) {
+      if (!verifyBearer(metrics.token, req.headers.authorization)) throw new Refusal(401, 'metrics need Authorization: Bearer <serve.metrics.tokenEnv>', { 'WWW-Authenticate': 'Bearer realm="loopbox-metrics"' });
+    } else if (!loopbackOnly) {
+      throw new Refusal(403, 'metrics without a token are served on a loopback address only: set serve.metrics.tokenEnv');
+    }
+    const text = await metrics.endpoint.render();
+    res.writeHead(200, { 'Content-Type': metrics.endpoint.contentType, 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
+    res.end(text);
   }
 
   async function route(req: http.IncomingMessage, path: string, noteDelivery: (id: string) => void): Promise<Reply> {
@@ -355,9 +409,11 @@ export async function startServer(options: ServeOptions): Promise<TriggerServer>
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
-  log({ event: 'serve-listening', url, github: config.github?.task ?? null });
-  if (!isLoopback(address.address)) {
+  loopbackOnly = isLoopback(address.address);
+  log({ event: 'serve-listening', url, github: config.github?.task ?? null, metrics: !metrics ? 'off' : metrics.token !== undefined ? 'bearer' : loopbackOnly ? 'loopback' : 'refused' });
+  if (!loopbackOnly) {
     log({ event: 'serve-exposed', url, warning: 'listening beyond loopback: put a TLS reverse proxy in front (docs/triggers.md)' });
+    if (metrics && metrics.token === undefined) log({ event: 'metrics-refused', url, warning: 'GET /metrics answers 403 beyond loopback without serve.metrics.tokenEnv' });
   }
 
   let closed: Promise<void> | undefined;

@@ -63,7 +63,7 @@ describe('audit ingestion', () => {
     const loss = res.records.find((r) => r.kind === 'loss');
     // 5 logged by the firewall, 3 lines arrived of which 1 is unreadable: 2 + 1 lost.
     expect(loss).toMatchObject({ verdict: 'lost', count: 3 });
-    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 3, blockedByRule: { 'out-tcp': 1, 'out-icmp': 1, dns: 2 } });
+    expect(res.traffic).toEqual({ allowedPackets: 12, allowedBytes: 900, blockedPackets: 5, dnsBlocked: 2, dnsAnswered: 1, lostRecords: 3, blockedByRule: { 'out-tcp': 1, 'out-icmp': 1, dns: 2 }, lostByRule: { nflog: 3 } });
   });
 
   it('records no loss when every logged packet arrived, and tolerates missing files', async () => {

@@ -44,6 +44,7 @@ describe('serve config', () => {
       replayWindow: 10_000,
       signatureWindow: 300_000,
       tasks: ['tasks/*.md'],
+      metrics: { enabled: true },
     });
   });
 
