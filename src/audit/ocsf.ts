@@ -1,7 +1,8 @@
 // Audit records as OCSF events (https://schema.ocsf.io, version OCSF_VERSION), one per record, for
 // SIEMs that ingest OCSF (docs/audit-log.md#ocsf-export says how to ship them). Blocked packets are
 // Network Activity (4001), DNS look-ups DNS Activity (4003), requests the model gateway refused
-// (`model-denied`) HTTP Activity (4002); anything else (a `loss` record, or a kind this version
+// (`model-denied`) and those it sent to model.escalate's endpoint (`model-escalated`, allowed)
+// HTTP Activity (4002); anything else (a `loss` record, or a kind this version
 // does not know yet) is a Base Event (0) with the record in `unmapped`.
 // Pure functions: the caller streams records in and events out.
 import { containerName } from '../docker/labels.js';
@@ -35,6 +36,8 @@ export function toOcsf(record: AnyRecord, ctx: OcsfContext): OcsfEvent {
       return dnsEvent(record, ctx);
     case 'model-denied' as AuditRecord['kind']:
       return httpDeniedEvent(record, ctx);
+    case 'model-escalated' as AuditRecord['kind']:
+      return httpEscalatedEvent(record, ctx);
     default:
       return baseEvent(record, ctx);
   }
@@ -122,6 +125,30 @@ function httpDeniedEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
     ...(code ? { http_response: { code: Number(code) } } : {}),
     src_endpoint: sandboxEndpoint(r, ctx),
     dst_endpoint: { svc_name: 'model', ...address(r.dst, r.dstPort) },
+  };
+}
+
+/** A request the gateway sent, with its key, to model.escalate's endpoint (issue 20): allowed. */
+function httpEscalatedEvent(r: AnyRecord, ctx: OcsfContext): OcsfEvent {
+  const method = typeof r.queryType === 'string' ? r.queryType.toUpperCase() : '';
+  const activityId = HTTP_ACTIVITY[method] ?? 99;
+  const e = (r.escalation && typeof r.escalation === 'object' ? r.escalation : {}) as { model?: unknown; status?: unknown };
+  const status = typeof e.status === 'number' ? e.status : undefined;
+  return {
+    ...classification(4002, 'HTTP Activity', 4, 'Network Activity', activityId, activityId === 99 ? 'Other' : method.charAt(0) + method.slice(1).toLowerCase()),
+    ...common(r, ctx, SEVERITY.informational, ['security_control', 'container']),
+    message: `model gateway sent ${r.queryType ?? '?'} ${r.query ?? '?'} to the escalation endpoint (model ${typeof e.model === 'string' ? e.model : '?'})${status !== undefined ? `: HTTP ${status}` : ''}`,
+    action_id: 1,
+    action: 'Allowed',
+    disposition_id: 1,
+    disposition: 'Allowed',
+    http_request: {
+      ...(activityId !== 99 ? { http_method: method } : {}),
+      url: { path: r.query ?? '', ...(r.dstPort !== null ? { port: r.dstPort } : {}) },
+    },
+    ...(status !== undefined ? { http_response: { code: status } } : {}),
+    src_endpoint: sandboxEndpoint(r, ctx),
+    dst_endpoint: { svc_name: 'model-escalate', ...address(r.dst, r.dstPort) },
   };
 }
 

@@ -29,7 +29,7 @@ export function printLoopEvent(e: LoopEvent): void {
       err(
         `${tty ? '\x1b[2K' : ''}[${e.task}] iteration ${r.iteration}: ${agent} in ${(r.agent.durationMs / 1000).toFixed(1)} s, ` +
           `${r.filesChanged.length} file(s) changed${r.protectedViolations.length ? `, ${r.protectedViolations.length} protected reverted` : ''}, ` +
-          `${verify}${r.commit ? `, commit ${r.commit.slice(0, 8)}` : ''}, ${r.tokens} tokens, ${blocked} blocked`,
+          `${verify}${r.commit ? `, commit ${r.commit.slice(0, 8)}` : ''}, ${r.tokens} tokens${r.model?.escalated ? ` (escalated: ${r.model.name ?? '?'})` : ''}, ${blocked} blocked`,
       );
       if (r.review) {
         // The reasons come from outside: no control characters reach the terminal.

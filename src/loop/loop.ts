@@ -25,7 +25,7 @@ import { AGENT_UID } from '../sandbox/specs.js';
 import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
 import { feedbackText } from './feedback.js';
-import { afterIteration, escalateApiKey } from './escalation.js';
+import { type EscalationState, afterIteration, escalateApiKey } from './escalation.js';
 import { reviewApiKey, reviewRequired } from '../review/review.js';
 import { type IterationRecord, type LoopState, type ReviewTotals, addReview, appendIteration, loadState, readIterations, saveState } from './state.js';
 import { BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
@@ -87,6 +87,8 @@ export interface LoopSummary {
   review?: ReviewTotals | undefined;
   /** What the last verification rested on (test counts, or the exit code), and whether the base passed. */
   evidence: string;
+  /** model.escalate: whether and why the run escalated, and the escalated tokens. */
+  escalation?: EscalationState | undefined;
 }
 
 /** `loopbox stop RUN` writes this file in the run directory. */
@@ -304,6 +306,7 @@ export async function runLoop(first: DockerClient | (LoopOptions & { backend: Co
       verifiedCommit,
       runDir: dir,
       ...(state.review ? { review: state.review } : {}),
+      ...(state.escalation ? { escalation: state.escalation } : {}),
       evidence: evidenceSummary(lastEvidence),
     };
     log.info(summary, 'loop end');

@@ -243,7 +243,7 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
   it('past model.escalate.tokenBudget the loop goes back to the local model for good', async () => {
     const loop = await hostileLoop({ after: 1, tokenBudget: 5 });
     const res = await cli(['--config', loop.config, 'run', '--repo', loop.repo, '--json', path.join(loop.repo, 'tasks', 'fix-add.md')], { env: { [KEY_ENV]: key }, timeoutMs: 600_000 });
-    const events = parseJsonLines<{ type: string; message?: string; summary?: { endState: string; runDir: string } }>(res.stdout);
+    const events = parseJsonLines<{ type: string; message?: string; summary?: { endState: string; runDir: string; escalation?: unknown } }>(res.stdout);
     const summary = events.find((e) => e.type === 'loop-end')?.summary;
     expect(summary?.endState, res.all).toBe('capped');
     const its = parseJsonLines<IterationRecord>(await readFile(path.join(summary!.runDir, 'iterations.jsonl'), 'utf8'));
@@ -258,5 +258,29 @@ describe('model.escalate (real Docker, a second llama-server with --api-key)', (
     expect(events.some((e) => e.type === 'notice' && /escalation token budget of 5 used \(\d+\): back to the local model/.test(e.message ?? ''))).toBe(true);
     const state = JSON.parse(await readFile(path.join(summary!.runDir, 'state.json'), 'utf8')) as { escalation?: { exhausted: boolean; active: boolean } };
     expect(state.escalation).toMatchObject({ active: false, exhausted: true });
+    expect(summary).toMatchObject({ escalation: { active: false, exhausted: true, since: 2 } });
+  });
+
+  it('a stall on the local model escalates instead of ending the loop; a stall while escalated ends it', async () => {
+    const ask = "fetch(process.env.LOOPBOX_MODEL_URL + '/chat/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }) }).then((r) => console.log('MODEL ' + r.status))";
+    const loop = await makeLoopRepo({
+      model: { escalate: { endpoint: `http://${ip}:8080/v1`, model: 'frontier-model', apiKeyEnv: KEY_ENV, after: 5 } },
+      // Changes nothing: the tree never moves, so the no-progress brake fires after one iteration.
+      agent: { type: 'command', command: ['node', '-e', ask], timeout: '60s' },
+      verify: { command: ['node', 'test/calc.test.js'] },
+      loop: { maxIterations: 5, noProgress: 1 },
+    });
+    loops.push(loop);
+    const res = await cli(['--config', loop.config, 'run', '--repo', loop.repo, '--json', path.join(loop.repo, 'tasks', 'fix-add.md')], { env: { [KEY_ENV]: key }, timeoutMs: 600_000 });
+    const events = parseJsonLines<{ type: string; message?: string; summary?: { endState: string; runDir: string } }>(res.stdout);
+    const summary = events.find((e) => e.type === 'loop-end')?.summary;
+    expect(summary?.endState, res.all).toBe('stalled');
+    expect(events.some((e) => e.type === 'notice' && /escalating to frontier-model from iteration 2: the loop stalled on the local model/.test(e.message ?? ''))).toBe(true);
+    const its = parseJsonLines<IterationRecord>(await readFile(path.join(summary!.runDir, 'iterations.jsonl'), 'utf8'));
+    expect(its.map((i) => [i.iteration, i.model?.name, i.model?.escalated, i.model?.requests])).toEqual([
+      [1, 'local', false, 1],
+      [2, 'frontier-model', true, 1],
+    ]);
+    expect(await readFile(path.join(summary!.runDir, 'sandboxes', 'i2.agent.log'), 'utf8')).toContain('MODEL 200');
   });
 });

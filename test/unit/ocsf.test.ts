@@ -50,6 +50,7 @@ const cases: Record<string, AuditRecord & Record<string, unknown>> = {
   loss: rec({ kind: 'loss', protocol: null, family: null, direction: null, src: null, srcPort: null, dst: null, dstPort: null, uid: null, verdict: 'lost', rule: 'firewall logged 12000 packets, 11800 records arrived', count: 200 }),
   // The model gateway's refusal: path in `query`, method in `queryType`.
   modelDenied: rec({ kind: 'model-denied', protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/slots?x=<b>', queryType: 'GET', verdict: 'denied', rule: 'gateway 403 path' }),
+  modelEscalated: rec({ kind: 'model-escalated', protocol: 'http', src: null, srcPort: null, dst: '203.0.113.7', dstPort: 443, uid: null, query: '/v1/chat/completions', queryType: 'POST', verdict: 'allowed', rule: 'gateway escalate 200', escalation: { model: 'big', status: 200, promptTokens: 18, cachedTokens: 0, completionTokens: 7, durationMs: 700 } }),
   modelDeniedOddMethod: rec({ kind: 'model-denied', protocol: 'http', src: null, srcPort: null, dst: '172.20.0.2', dstPort: 8080, uid: null, query: '/v1/x', queryType: 'BREW', verdict: 'denied', rule: 'gateway' }),
   // A kind this version does not map yet, with fields of its own.
   unknownKind: rec({ kind: 'model-future' as AuditRecord['kind'], protocol: 'http', path: '/slots', method: 'GET', reason: 'not allowed' }),
@@ -105,6 +106,9 @@ describe('OCSF export', () => {
 
   it('a request the model gateway refused is HTTP Activity with the method, path and status; an odd method is Other', () => {
     expect(toOcsf(cases.modelDenied!, ctx)).toMatchObject({ class_uid: 4002, activity_id: 3, type_uid: 400203, action_id: 2, disposition_id: 2, http_request: { http_method: 'GET', url: { path: '/slots?x=<b>', port: 8080 } }, http_response: { code: 403 }, dst_endpoint: { ip: '172.20.0.2', port: 8080 } });
+    // A request sent to model.escalate's endpoint: allowed HTTP activity with the model in the message.
+    expect(toOcsf(cases.modelEscalated!, ctx)).toMatchObject({ class_uid: 4002, activity_id: 6, action_id: 1, disposition_id: 1, severity_id: 1, http_response: { code: 200 }, dst_endpoint: { svc_name: 'model-escalate', ip: '203.0.113.7', port: 443 }, unmapped: { escalation: { model: 'big', completionTokens: 7 } } });
+    expect(String(toOcsf(cases.modelEscalated!, ctx).message)).toContain('(model big)');
     const odd = toOcsf(cases.modelDeniedOddMethod!, ctx);
     expect(odd).toMatchObject({ class_uid: 4002, activity_id: 99, type_uid: 400299 });
     expect((odd.http_request as Record<string, unknown>).http_method).toBeUndefined();
