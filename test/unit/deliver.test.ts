@@ -131,3 +131,26 @@ describe('a night of loopbox schedule', () => {
     expect(bodies[1]!.runs).toHaveLength(1);
   });
 });
+
+describe('config: loop.push, loop.pullRequest, notify', () => {
+  it('loop.push takes true, a remote name, or a map; defaults are the safe ones', async () => {
+    const { parseConfig } = await import('../../src/config/load.js');
+    expect(parseConfig({ loop: { push: true } }).loop.push).toEqual({ remote: 'origin', branch: 'loopbox/{task}', unverified: 'skip', timeout: 120_000 });
+    expect(parseConfig({ loop: { push: 'upstream' } }).loop.push?.remote).toBe('upstream');
+    expect(parseConfig({ loop: { push: { remote: 'git@github.com:acme/app.git', unverified: 'wip' } } }).loop.push).toMatchObject({ unverified: 'wip' });
+    expect(parseConfig({}).loop.push).toBeUndefined();
+    expect(parseConfig({ loop: { push: false } }).loop.push).toBeUndefined();
+    expect(parseConfig({}).loop.pullRequest).toBe(false);
+  });
+
+  it('bad values are refused with the key named: ext:: remotes, option-like names, credentials in the webhook URL, unknown keys', async () => {
+    const { parseConfig } = await import('../../src/config/load.js');
+    expect(() => parseConfig({ loop: { push: 'ext::sh -c id' } })).toThrow(/loop\.push[\s\S]*ext::/);
+    expect(() => parseConfig({ loop: { push: { branch: '--force' } } })).toThrow(/loop\.push\.branch/);
+    expect(() => parseConfig({ loop: { push: { unverified: 'always' } } })).toThrow(/loop\.push\.unverified/);
+    expect(() => parseConfig({ notify: { webhook: 'https://user:pw@hooks.example.invalid/x' } })).toThrow(/notify\.webhook[\s\S]*without credentials/);
+    expect(() => parseConfig({ notify: { webhook: 'ftp://x.invalid/' } })).toThrow(/notify\.webhook/);
+    expect(() => parseConfig({ notify: { command: [] } })).toThrow(/notify\.command/);
+    expect(() => parseConfig({ notify: { webhok: 'https://x.invalid/' } })).toThrow(/webhok/);
+  });
+});
