@@ -105,7 +105,7 @@ describe('deliverRun', () => {
 });
 
 describe('a night of loopbox schedule', () => {
-  it('one schedule-night notification when the last scheduled loop has ended, with every run, errors included', async () => {
+  it('one schedule-night notification when the last scheduled loop has ended, with every run, the ones needing a human first', async () => {
     const { summary } = await world();
     const bodies: Array<{ event: string; runs: Array<{ runId: string; endState: string; needsHuman: boolean }> }> = [];
     const url = await receiver((res, body) => {
@@ -123,7 +123,7 @@ describe('a night of loopbox schedule', () => {
     await night.end(await runFacts({ ...summary, runId: 'run-s', endState: 'stalled', reason: 'no progress', verifiedCommit: null }, null));
     expect(bodies).toHaveLength(1);
     expect(bodies[0]!.event).toBe('schedule-night');
-    expect(bodies[0]!.runs.map((r) => [r.runId, r.endState, r.needsHuman])).toEqual([['run-d', 'done', false], ['run-e', 'error', true], ['run-s', 'stalled', true]]);
+    expect(bodies[0]!.runs.map((r) => [r.runId, r.endState, r.needsHuman])).toEqual([['run-e', 'error', true], ['run-s', 'stalled', true], ['run-d', 'done', false]]);
     // The next night starts empty.
     night.begin();
     await night.end(await runFacts(summary, null));
