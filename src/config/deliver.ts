@@ -40,17 +40,8 @@ export const pushSchema = z.strictObject({
 
 export type PushConfig = z.output<typeof pushSchema>;
 
-/** `loop.push`: `true`, a remote name, or the full object. */
-export const pushOption = z
-  .union([z.literal(true).transform(() => pushSchema.parse({})), z.string().transform((remoteName, ctx) => {
-    const r = pushSchema.safeParse({ remote: remoteName });
-    if (!r.success) {
-      for (const issue of r.error.issues) ctx.addIssue({ code: 'custom', message: issue.message });
-      return z.NEVER;
-    }
-    return r.data;
-  }), pushSchema])
-  .optional();
+/** `loop.push`: `true`, a remote name, or the full object (each issue keeps its key's path). */
+export const pushOption = z.preprocess((value) => (value === true ? {} : value === false ? undefined : typeof value === 'string' ? { remote: value } : value), pushSchema.optional());
 
 /** `loopbox run --push [remote]`: the config's push settings with this remote (or the configured/default one). */
 export function withPushRemote(push: PushConfig | undefined, remoteName: string | true): PushConfig {

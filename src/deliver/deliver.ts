@@ -226,7 +226,8 @@ export class NightBatch {
     if (run) this.runs.push(run);
     this.active = Math.max(0, this.active - 1);
     if (this.active > 0 || !this.runs.length) return;
-    const runs = this.runs;
+    // A bad night reads as one: the runs that need a human come first.
+    const runs = [...this.runs.filter((r) => r.needsHuman), ...this.runs.filter((r) => !r.needsHuman)];
     this.runs = [];
     await this.send(runs).catch(() => undefined);
   }

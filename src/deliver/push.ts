@@ -95,18 +95,24 @@ async function recordPush(entry: Omit<LedgerEntry, 'createdAt' | 'pushedAt'>, en
 
 /**
  * The credential helpers of the user's own global git config (the hardened runner reads no
- * global config at all). That file is the user's, never the agent's; it is read by git as a
- * plain config file (`--file`), so nothing else in it (hooks, aliases, includes) takes effect.
+ * global config at all): `credential.helper` and URL-scoped ones like
+ * `credential.https://github.com.helper` (what `gh auth setup-git` writes), as `key=value` for
+ * `-c`. That file is the user's, never the agent's; it is read by git as a plain config file
+ * (`--file`), so nothing else in it (hooks, aliases, includes) takes effect.
  */
-async function userCredentialHelpers(repo: string): Promise<string[]> {
-  const xdg = process.env.XDG_CONFIG_HOME || path.join(homedir(), '.config');
-  const files = [path.join(homedir(), '.gitconfig'), path.join(xdg, 'git', 'config')].filter((f) => existsSync(f));
-  const helpers: string[] = [];
+export async function userCredentialConfig(repo: string, home = homedir(), xdgConfigHome = process.env.XDG_CONFIG_HOME): Promise<string[]> {
+  const xdg = xdgConfigHome || path.join(home, '.config');
+  const files = [path.join(xdg, 'git', 'config'), path.join(home, '.gitconfig')].filter((f) => existsSync(f));
+  const settings: string[] = [];
   for (const file of files) {
-    const { stdout } = await gitStatus(['config', '--file', file, '--get-all', 'credential.helper'], { cwd: repo, okExitCodes: [1] });
-    helpers.push(...stdout.split('\n').filter(Boolean));
+    const { stdout } = await gitStatus(['config', '--file', file, '--null', '--get-regexp', '^credential\\..*helper$'], { cwd: repo, okExitCodes: [1] });
+    // --null: each entry is `key\nvalue\0`, so a value may hold anything but NUL.
+    for (const entry of stdout.split('\0')) {
+      const nl = entry.indexOf('\n');
+      if (nl > 0) settings.push(`${entry.slice(0, nl)}=${entry.slice(nl + 1)}`);
+    }
   }
-  return helpers;
+  return settings;
 }
 
 /** Classifies a failed `git push` / `ls-remote` into a PushError that says what to do. */
@@ -139,7 +145,7 @@ async function lsRemote(repo: string, url: string, branch: string, helpers: stri
   let out: string;
   try {
     // `--end-of-options`: a URL may not be read as an option, whatever it starts with.
-    out = await git(['ls-remote', '--symref', '--end-of-options', url, 'HEAD', `refs/heads/${branch}`], { cwd: repo, transport: { credentialHelpers: helpers }, timeoutMs });
+    out = await git(['ls-remote', '--symref', '--end-of-options', url, 'HEAD', `refs/heads/${branch}`], { cwd: repo, transport: { credentialConfig: helpers }, timeoutMs });
   } catch (error) {
     throw pushFailure(error, url, branch, 'git ls-remote');
   }
@@ -193,7 +199,7 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
   if (refOk !== 0) throw new PushError(`${JSON.stringify(branch)} is not a valid branch name.`, 'config', 'Set loop.push.branch to a name like "loopbox/{task}".');
 
   const url = await remoteUrl(repo, config.remote);
-  const helpers = await userCredentialHelpers(repo);
+  const helpers = await userCredentialConfig(repo);
   const view = await lsRemote(repo, url, branch, helpers, config.timeout);
   const localHead = (await gitStatus(['symbolic-ref', '-q', '--short', 'HEAD'], { cwd: repo, okExitCodes: [1] })).stdout.trim() || null;
   const bases = [...new Set([view.head, localHead].filter((b): b is string => b !== null))];
@@ -223,7 +229,7 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
     }
   }
   try {
-    await git([...args, '--', url, `${commit}:refs/heads/${branch}`], { cwd: repo, transport: { credentialHelpers: helpers }, timeoutMs: config.timeout });
+    await git([...args, '--', url, `${commit}:refs/heads/${branch}`], { cwd: repo, transport: { credentialConfig: helpers }, timeoutMs: config.timeout });
   } catch (error) {
     throw pushFailure(error, url, branch, 'git push to');
   }

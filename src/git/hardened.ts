@@ -45,9 +45,10 @@ export interface GitOptions {
   timeoutMs?: number;
   /**
    * Only `git push`/`ls-remote` of deliver/push.ts: lets git reach a remote over file, git, ssh,
-   * http and https (never ext:: or fd::, which run programs), with the credential helpers named.
+   * http and https (never ext:: or fd::, which run programs), with these credential settings
+   * (`credential.helper=…` or `credential.<url>.helper=…`, from the user's own global config).
    */
-  transport?: { credentialHelpers: readonly string[] };
+  transport?: { credentialConfig: readonly string[] };
 }
 
 export interface GitResult<T extends string | Uint8Array = string> {
@@ -151,7 +152,9 @@ export function hardenedEnv(extra: Record<string, string> = {}): Record<string, 
  */
 function transportConfig(transport: NonNullable<GitOptions['transport']>): string[] {
   const settings = ['file', 'git', 'ssh', 'http', 'https'].map((p) => `protocol.${p}.allow=always`);
-  for (const helper of transport.credentialHelpers) settings.push(`credential.helper=${helper}`);
+  for (const setting of transport.credentialConfig) {
+    if (/^credential\.(.+\.)?helper=/.test(setting)) settings.push(setting);
+  }
   return settings;
 }
 

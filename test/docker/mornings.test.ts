@@ -132,4 +132,37 @@ describe('overnight: push, notify and digest after a real loop', () => {
     }
     expect(await remaining(end!.runId)).toEqual([]);
   });
+
+  it('a bad morning: unreachable remote and a webhook that hangs are logged; the loop still ends done with exit 0 and its branch intact', async () => {
+    const hanging = http.createServer(() => undefined);
+    await new Promise<void>((resolve) => hanging.listen(0, '127.0.0.1', resolve));
+    try {
+      const c = track(await makeLoopRepo({
+        agent: { type: 'command', command: ['bash', '-c', 'sed -i "s/return a - b;/return a + b;/" calc.js'], timeout: '60s' },
+        verify: { command: ['node', 'test/calc.test.js'], timeout: '60s' },
+        protectedPaths: ['test/**'],
+        loop: { maxIterations: 2, push: { remote: 'file:///nonexistent/remote.git' } },
+        sandbox: { memory: '1g', cpus: 1, pids: 256 },
+        notify: { webhook: `http://127.0.0.1:${(hanging.address() as AddressInfo).port}/`, timeout: '1s', attempts: 2 },
+      }));
+      const started = Date.now();
+      const res = await cli(['--config', c.config, 'run', '--repo', c.repo, '--json', path.join(c.repo, 'tasks', 'fix-add.md')], { timeoutMs: 300_000 });
+      const events = parseJsonLines<{ type: string; message?: string; summary?: { runId: string; endState: string; verifiedCommit: string | null } }>(res.stdout);
+      const end = events.find((e) => e.type === 'loop-end')?.summary;
+      expect(res.exitCode, res.all).toBe(0);
+      expect(end?.endState).toBe('done');
+      const notices = events.filter((e) => e.type === 'notice').map((e) => e.message ?? '');
+      expect(notices.some((m) => /^push failed: git ls-remote file:\/\/\/nonexistent\/remote.git failed: the remote cannot be reached/.test(m))).toBe(true);
+      expect(notices.some((m) => /^notify webhook failed after 2 attempt\(s\): no answer within 1000 ms/.test(m))).toBe(true);
+      // The hanging receiver cost at most the attempts' timeouts and backoff, not the night.
+      expect(Date.now() - started).toBeLessThan(240_000);
+      const tip = (await execa('git', ['rev-parse', 'loopbox/fix-add'], { cwd: c.repo })).stdout.trim();
+      expect(tip).toBe(end!.verifiedCommit);
+      const text = await cli(['digest', '--since', '1h']);
+      expect(text.stdout).toMatch(new RegExp(`!! fix-add {2}DONE {2}\\(run ${end!.runId}[\\s\\S]*?needs a human: push failed[\\s\\S]*?needs a human: notify webhook failed`));
+    } finally {
+      hanging.closeAllConnections();
+      await new Promise<void>((resolve) => hanging.close(() => resolve()));
+    }
+  });
 });

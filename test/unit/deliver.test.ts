@@ -105,7 +105,7 @@ describe('deliverRun', () => {
 });
 
 describe('a night of loopbox schedule', () => {
-  it('one schedule-night notification when the last scheduled loop has ended, with every run, errors included', async () => {
+  it('one schedule-night notification when the last scheduled loop has ended, with every run, the ones needing a human first', async () => {
     const { summary } = await world();
     const bodies: Array<{ event: string; runs: Array<{ runId: string; endState: string; needsHuman: boolean }> }> = [];
     const url = await receiver((res, body) => {
@@ -123,11 +123,97 @@ describe('a night of loopbox schedule', () => {
     await night.end(await runFacts({ ...summary, runId: 'run-s', endState: 'stalled', reason: 'no progress', verifiedCommit: null }, null));
     expect(bodies).toHaveLength(1);
     expect(bodies[0]!.event).toBe('schedule-night');
-    expect(bodies[0]!.runs.map((r) => [r.runId, r.endState, r.needsHuman])).toEqual([['run-d', 'done', false], ['run-e', 'error', true], ['run-s', 'stalled', true]]);
+    expect(bodies[0]!.runs.map((r) => [r.runId, r.endState, r.needsHuman])).toEqual([['run-e', 'error', true], ['run-s', 'stalled', true], ['run-d', 'done', false]]);
     // The next night starts empty.
     night.begin();
     await night.end(await runFacts(summary, null));
     expect(bodies).toHaveLength(2);
     expect(bodies[1]!.runs).toHaveLength(1);
+  });
+});
+
+describe('config: loop.push, loop.pullRequest, notify', () => {
+  it('loop.push takes true, a remote name, or a map; defaults are the safe ones', async () => {
+    const { parseConfig } = await import('../../src/config/load.js');
+    expect(parseConfig({ loop: { push: true } }).loop.push).toEqual({ remote: 'origin', branch: 'loopbox/{task}', unverified: 'skip', timeout: 120_000 });
+    expect(parseConfig({ loop: { push: 'upstream' } }).loop.push?.remote).toBe('upstream');
+    expect(parseConfig({ loop: { push: { remote: 'git@github.com:acme/app.git', unverified: 'wip' } } }).loop.push).toMatchObject({ unverified: 'wip' });
+    expect(parseConfig({}).loop.push).toBeUndefined();
+    expect(parseConfig({ loop: { push: false } }).loop.push).toBeUndefined();
+    expect(parseConfig({}).loop.pullRequest).toBe(false);
+  });
+
+  it('bad values are refused with the key named: ext:: remotes, option-like names, credentials in the webhook URL, unknown keys', async () => {
+    const { parseConfig } = await import('../../src/config/load.js');
+    expect(() => parseConfig({ loop: { push: 'ext::sh -c id' } })).toThrow(/loop\.push[\s\S]*ext::/);
+    expect(() => parseConfig({ loop: { push: { branch: '--force' } } })).toThrow(/loop\.push\.branch/);
+    expect(() => parseConfig({ loop: { push: { unverified: 'always' } } })).toThrow(/loop\.push\.unverified/);
+    expect(() => parseConfig({ notify: { webhook: 'https://user:pw@hooks.example.invalid/x' } })).toThrow(/notify\.webhook[\s\S]*without credentials/);
+    expect(() => parseConfig({ notify: { webhook: 'ftp://x.invalid/' } })).toThrow(/notify\.webhook/);
+    expect(() => parseConfig({ notify: { command: [] } })).toThrow(/notify\.command/);
+    expect(() => parseConfig({ notify: { webhok: 'https://x.invalid/' } })).toThrow(/webhok/);
+  });
+});
+
+describe('deliverRun with a pull request (contract check: GitHub is a local recording server)', () => {
+  async function fakeGitHub(status: number): Promise<{ root: string; seen: Array<{ method: string; url: string; body: Record<string, unknown> | null }> }> {
+    const seen: Array<{ method: string; url: string; body: Record<string, unknown> | null }> = [];
+    const s = http.createServer((req, res) => {
+      let text = '';
+      req.on('data', (c: Buffer) => (text += c.toString()));
+      req.on('end', () => {
+        seen.push({ method: req.method ?? '', url: req.url ?? '', body: text ? (JSON.parse(text) as Record<string, unknown>) : null });
+        res.writeHead(status === 200 ? (req.method === 'GET' ? 200 : 201) : status, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(status !== 200 ? { message: 'Bad credentials' } : req.method === 'GET' ? [] : { number: 3, html_url: 'https://ghe.invalid/acme/app/pull/3' }));
+      });
+    });
+    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => s.close(() => resolve())));
+    return { root: `http://127.0.0.1:${(s.address() as AddressInfo).port}/api/v3`, seen };
+  }
+
+  // The remote is named by a GitHub-looking URL on a `.invalid` host; the repository's own
+  // `url.<base>.insteadOf` sends git to the bare repository, so nothing leaves the machine.
+  async function githubLike(): Promise<Awaited<ReturnType<typeof world>> & { remoteUrl: string }> {
+    const w = await world();
+    const remoteUrl = 'https://ghe.invalid/acme/app.git';
+    await sh(w.repo, 'config', `url.file://${w.bare}.insteadOf`, remoteUrl);
+    process.env.GH_HOST = 'ghe.invalid';
+    cleanups.push(() => {
+      delete process.env.GH_HOST;
+      return Promise.resolve();
+    });
+    return { ...w, remoteUrl };
+  }
+
+  it('pushes, then opens a draft PR whose body carries the run\'s facts; delivery.json has its URL', async () => {
+    const { repo, bare, env, summary, remoteUrl } = await githubLike();
+    const { root, seen } = await fakeGitHub(200);
+    const { httpTransport } = await import('../../src/deliver/pull-request.js');
+    const config = configSchema.parse({ loop: { push: { remote: remoteUrl }, pullRequest: true } });
+    const record = await deliverRun(summary, { repo, config, version: '0.1.0', stateEnv: env, github: () => httpTransport(root, 'tok') });
+    expect(record.push).toMatchObject({ status: 'pushed', url: remoteUrl, base: 'main' });
+    expect(await sh(bare, 'rev-parse', 'loopbox/t')).toBe(summary.verifiedCommit);
+    expect(record.pullRequest).toEqual({ status: 'opened', url: 'https://ghe.invalid/acme/app/pull/3', number: 3 });
+    const post = seen.find((s) => s.method === 'POST')!;
+    expect(post.url).toBe('/api/v3/repos/acme/app/pulls');
+    expect(post.body).toMatchObject({ head: 'loopbox/t', base: 'main', draft: true });
+    expect(String(post.body?.body)).toContain(summary.verifiedCommit!);
+    expect(String(post.body?.body)).toContain('| blocked egress attempts | 2 |');
+    expect((await readDelivery(summary.runDir))?.pullRequest?.url).toBe('https://ghe.invalid/acme/app/pull/3');
+  });
+
+  it('an expired token: the push stands, the PR failure is recorded with what to do', async () => {
+    const { repo, env, summary, remoteUrl } = await githubLike();
+    const { root } = await fakeGitHub(401);
+    const { httpTransport } = await import('../../src/deliver/pull-request.js');
+    const config = configSchema.parse({ loop: { push: { remote: remoteUrl }, pullRequest: true } });
+    const notices: string[] = [];
+    const record = await deliverRun(summary, { repo, config, version: '0.1.0', stateEnv: env, github: () => httpTransport(root, 'expired'), onNotice: (m) => notices.push(m) });
+    expect(record.push?.status).toBe('pushed');
+    expect(record.pullRequest?.status).toBe('failed');
+    expect(record.pullRequest?.hint).toMatch(/gh auth login/);
+    expect(record.pullRequest?.error).toMatch(/HTTP 401: Bad credentials/);
+    expect(notices.join('\n')).toMatch(/pull request failed/);
   });
 });

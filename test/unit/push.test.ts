@@ -4,13 +4,14 @@
 // where a push could pick them up, an ext:: remote. Each test makes its repos under the OS tmpdir.
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import http from 'node:http';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pushSchema } from '../../src/config/deliver.js';
-import { PushError, pushRun, type PushRequest } from '../../src/deliver/push.js';
+import { PushError, pushRun, type PushRequest, userCredentialConfig } from '../../src/deliver/push.js';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -253,5 +254,81 @@ describe('push over git:// to a real git daemon on 127.0.0.1', () => {
     expect(error.kind).toBe('unreachable');
     expect(error.message).toMatch(/cannot be reached/);
     expect(error.hint).toMatch(/branch are kept/);
+  });
+});
+
+describe('push over http:// to `git http-backend` behind Basic auth, with the user\'s credential helper', () => {
+  /** A smart-HTTP git server on 127.0.0.1: node answers 401 without the right Basic auth, else runs git http-backend as CGI. */
+  async function httpGit(root: string, user: string, password: string): Promise<{ url: string; close: () => Promise<void> }> {
+    const expected = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+    const server = http.createServer((req, res) => {
+      if (req.headers.authorization !== expected) {
+        res.writeHead(401, { 'www-authenticate': 'Basic realm="test"' });
+        res.end();
+        return;
+      }
+      const u = new URL(req.url ?? '/', 'http://x');
+      const cgi = execa('git', ['http-backend'], {
+        env: { ...userEnv, GIT_PROJECT_ROOT: root, GIT_HTTP_EXPORT_ALL: '1', REQUEST_METHOD: req.method ?? 'GET', PATH_INFO: u.pathname, QUERY_STRING: u.search.slice(1), CONTENT_TYPE: req.headers['content-type'] ?? '', REMOTE_USER: user, REMOTE_ADDR: '127.0.0.1' },
+        encoding: 'buffer',
+        reject: false,
+        input: req,
+      });
+      void cgi.then((r) => {
+        const out = Buffer.from(r.stdout);
+        const split = out.indexOf('\r\n\r\n');
+        const head = out.subarray(0, split).toString('latin1');
+        let status = 200;
+        const headers: Record<string, string> = {};
+        for (const line of head.split('\r\n')) {
+          const [k, ...v] = line.split(':');
+          if (!k) continue;
+          if (k.toLowerCase() === 'status') status = Number(v.join(':').trim().split(' ')[0]);
+          else headers[k] = v.join(':').trim();
+        }
+        res.writeHead(status, headers);
+        res.end(out.subarray(split + 4));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  }
+
+  async function withHome(home: string, f: () => Promise<void>): Promise<void> {
+    const saved = { HOME: process.env.HOME, XDG: process.env.XDG_CONFIG_HOME };
+    process.env.HOME = home;
+    delete process.env.XDG_CONFIG_HOME;
+    try {
+      await f();
+    } finally {
+      process.env.HOME = saved.HOME;
+      if (saved.XDG !== undefined) process.env.XDG_CONFIG_HOME = saved.XDG;
+    }
+  }
+
+  it('pushes with the URL-scoped credential helper of the user\'s global config; a wrong password is an auth error', async () => {
+    const { repo, bare, state, first } = await setup();
+    const srv = await httpGit(path.dirname(bare), 'loopbox-user', 's3cret');
+    try {
+      const home = await tempDir('home');
+      const url = `${srv.url}/remote.git`;
+      const helper = (pw: string): string => `[credential "${srv.url}"]\n\thelper = "!f() { echo username=loopbox-user; echo password=${pw}; }; f"\n`;
+      await writeFile(path.join(home, '.gitconfig'), helper('s3cret'));
+      await withHome(home, async () => {
+        expect(await userCredentialConfig(repo)).toEqual([`credential.${srv.url}.helper=!f() { echo username=loopbox-user; echo password=s3cret; }; f`]);
+        expect(await pushRun(request(repo, state, { verifiedCommit: first, push: { remote: url } }))).toMatchObject({ status: 'pushed', url });
+      });
+      expect(await remoteTip(bare, 'loopbox/fix')).toBe(first);
+      // Expired credentials: the helper gives a password the server refuses.
+      await writeFile(path.join(home, '.gitconfig'), helper('expired'));
+      await withHome(home, async () => {
+        const error = await pushError(pushRun(request(repo, state, { verifiedCommit: first, push: { remote: url, branch: 'loopbox/other' } })));
+        expect(error.kind).toBe('auth');
+        expect(error.message).toMatch(/refused the credentials/);
+      });
+      expect(await remoteTip(bare, 'loopbox/other')).toBeNull();
+    } finally {
+      await srv.close();
+    }
   });
 });
