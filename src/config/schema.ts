@@ -120,6 +120,8 @@ export const loopSchema = z
     budget: duration.optional(),
     /** Token budget per task (uncached prompt + completion tokens, metered by the sandbox's model gateway, which refuses the request past it with 429). */
     tokenBudget: z.number().int().min(1).optional(),
+    /** How long a loop waits for the Docker engine to answer again after it went away mid-iteration. */
+    engineWait: duration.prefault('3m'),
   })
   .prefault({});
 
