@@ -59,6 +59,7 @@ export { LoopboxError, ConfigError, ContainerError, ImageBuildError, DockerUnava
 export { isSafeName, newRunId } from './common/ids.js';
 export { createLogger } from './common/logger.js';
 export { stateDir, runDir } from './common/paths.js';
+export { recordedConfig } from './loop/state.js';
 export { packageVersion } from './common/version.js';
 export { loadConfig, parseConfig, CONFIG_FILE } from './config/load.js';
 export type { Config, ConfigInput } from './config/schema.js';

@@ -1,7 +1,7 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { checkDeliveryConfig, checkRepoAndModel, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, gc, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, resolveTaskFiles, runLoop, stopLoops } from '../index.js';
+import { checkDeliveryConfig, checkRepoAndModel, type Config, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, gc, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, recordedConfig, resolveTaskFiles, runDir, runLoop, stopLoops } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, positiveInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
@@ -29,7 +29,7 @@ Example:
 `,
     )
     .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean; push?: string | true }) => {
-      const { config } = await loadConfig({ file: configFile(), dir: opts.repo });
+      const config = opts.resume ? await resumeConfig(opts.resume, configFile(), opts.repo) : (await loadConfig({ file: configFile(), dir: opts.repo })).config;
       if (opts.maxIterations) config.loop.maxIterations = opts.maxIterations;
       if (opts.push) config.loop.push = withPushRemote(config.loop.push, opts.push);
       await reapDeadRuns(ctx.docker);
@@ -56,6 +56,22 @@ Example:
       for (const r of await reportPaths(summaries.filter((x) => x.iterations > 0).map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = summaries.reduce((code, s) => Math.max(code, s.exitCode), 0);
     });
+}
+
+/**
+ * A resumed run goes on with the config it was started with (issue 20), recorded in its run
+ * directory, wherever `--resume` is typed; the current directory's loopbox.yaml (or --config)
+ * only for a run of an older loopbox that recorded none.
+ */
+async function resumeConfig(runId: string, file: string | undefined, repo: string): Promise<Config> {
+  const recorded = await recordedConfig(runDir(runId));
+  if (recorded) {
+    if (file !== undefined) err(`loopbox: --resume ${runId} uses the config recorded with the run (${recorded.file}), not ${file}`);
+    return recorded.config;
+  }
+  const loaded = await loadConfig({ file, dir: repo });
+  err(`loopbox: run ${runId} has no recorded config; using ${loaded.file ?? 'the defaults'}`);
+  return loaded.config;
 }
 
 /**

@@ -155,6 +155,8 @@ export const loopSchema = z
     push: pushOption,
     /** After a push: open or update a draft pull request with `gh`. */
     pullRequest: z.boolean().default(false),
+    /** How long a loop waits for the Docker engine to answer again after it went away mid-iteration. */
+    engineWait: duration.prefault('3m'),
   })
   .prefault({});
 

@@ -2,6 +2,7 @@
 // inspect, list by label, and copy files in and out (the archive API).
 import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
+import { DockerUnavailableError } from '../common/errors.js';
 import { isGone, isNotRunning, isRemovalInProgress, wrapApiError } from './errors.js';
 import type { ContainerSpec, ContainerSummary, WaitResult } from './types.js';
 
@@ -102,17 +103,67 @@ async function awaitExit(api: Docker, id: string, exited: Promise<{ StatusCode: 
       kill();
     }, timeoutMs);
   }
+  const watch = watchEngine(api, id);
   try {
-    const result = await exited.catch((error: unknown) => {
+    const result = await Promise.race([exited, watch.lost]).catch((error: unknown) => {
+      if (error instanceof DockerUnavailableError) throw error;
       // Removed from outside (or by autoRemove) before the wait saw it: it is gone.
       if (isGone(error)) return { StatusCode: 137 };
       throw wrapApiError(error, `waiting for container ${id.slice(0, 12)}`, { containerId: id });
     });
     return { exitCode: result.StatusCode, timedOut };
   } finally {
+    watch.stop();
     if (timer) clearTimeout(timer);
     signal?.removeEventListener('abort', kill);
   }
+}
+
+/** How often a wait checks that the engine is still there, and how long an exit may go unreported. */
+export const ENGINE_WATCH_MS = 2_000;
+const UNREPORTED_EXIT_MS = 6_000;
+
+/**
+ * A wait is one long HTTP request, and docker-modem never settles one whose connection drops
+ * after the headers: when dockerd is killed, the wait would hang for ever (issue 20). So while
+ * it runs, the container is inspected every ENGINE_WATCH_MS: `lost` rejects with a
+ * DockerUnavailableError when the engine does not answer, or when it answers that the container
+ * stopped but the wait has not said so for UNREPORTED_EXIT_MS (the engine restarted under it).
+ */
+function watchEngine(api: Docker, id: string): { lost: Promise<never>; stop: () => void } {
+  let fail: (error: Error) => void = () => undefined;
+  const lost = new Promise<never>((_resolve, reject) => (fail = reject));
+  lost.catch(() => undefined);
+  let busy = false;
+  let stoppedSince: number | undefined;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    api
+      .getContainer(id)
+      .inspect()
+      .then(
+        (info) => {
+          if (info.State.Running) stoppedSince = undefined;
+          else if (Date.now() - (stoppedSince ??= Date.now()) >= UNREPORTED_EXIT_MS) {
+            fail(new DockerUnavailableError(new Error(`the engine stopped container ${id.slice(0, 12)} without answering the wait for it (it was restarted)`)));
+          }
+        },
+        (error: unknown) => {
+          if (isGone(error)) stoppedSince ??= Date.now();
+          else if (!statusOf(error)) fail(new DockerUnavailableError(error));
+        },
+      )
+      .finally(() => (busy = false));
+  }, ENGINE_WATCH_MS);
+  timer.unref();
+  return { lost, stop: () => clearInterval(timer) };
+}
+
+/** The engine's HTTP status of a failed call; undefined when it did not answer at all. */
+function statusOf(error: unknown): number | undefined {
+  const code = (error as { statusCode?: unknown } | null)?.statusCode;
+  return typeof code === 'number' ? code : undefined;
 }
 
 export async function killContainer(api: Docker, id: string, signal = 'SIGKILL'): Promise<void> {

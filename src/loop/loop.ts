@@ -31,6 +31,7 @@ import { type IterationRecord, type LoopState, type ReviewTotals, addReview, app
 import { BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
 import { runBaseline } from '../verify/baseline.js';
 import { type IterationOutcome, type LoopContext, SentryKeeper, runIteration, verifyOptions } from './iteration.js';
+import { voidAfterEngineLoss } from './engine.js';
 import { loadTask } from './task.js';
 import { acquireTaskLock, legacyWorktreeDir, lendTree, taskWorktreeDir } from './workspace.js';
 
@@ -246,7 +247,23 @@ export async function runLoop(first: DockerClient | (LoopOptions & { backend: Co
       while (!decision) {
         const iteration: number = state.iteration + 1;
         options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
-        const outcome = await runIteration(ctx, state, iteration, feedback);
+        const iterationStarted = new Date();
+        let outcome: IterationOutcome | undefined;
+        try {
+          outcome = await runIteration(ctx, state, iteration, feedback);
+        } catch (error) {
+          // The engine restarted under the iteration: void, not counted, and the loop goes on.
+          const notify = (message: string): void => options.onEvent?.({ type: 'notice', runId, task: task.name, message });
+          const voided = await voidAfterEngineLoss(ctx, error, iteration, iterationStarted, state.trees.at(-1) ?? state.baseTree, notify);
+          if (!voided) throw error;
+          await appendIteration(dir, voided);
+          state = { ...state, iteration, elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started) };
+          options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: voided });
+          if (signal.aborted) decision = { state: 'aborted', reason: describe(signal.reason ?? 'stopped') };
+          if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
+          await saveState(dir, state);
+          continue;
+        }
         if (!outcome) {
           decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
           state = { ...state, endState: decision.state, endReason: decision.reason };

@@ -1,9 +1,11 @@
 // What a loop keeps on the host, in its run directory, so that a crash loses nothing that was
 // committed and `loopbox run --resume RUN` can continue.
-import { appendFile, readFile } from 'node:fs/promises';
+import { appendFile, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SandboxTraffic } from '../audit/record.js';
 import { writeJsonAtomic } from '../runs/registry.js';
+import { parseConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
 import type { ReviewResult } from '../review/review.js';
 import type { AccountingRecord, Baseline } from '../verify/accounting.js';
 import type { EndState } from './brakes.js';
@@ -53,6 +55,8 @@ export interface IterationRecord {
   audit: SandboxTraffic & { records: number };
   /** The model server died during this iteration: it does not count towards the brakes. */
   modelDown: boolean;
+  /** Why this iteration is void (the Docker engine went away mid-iteration): not counted towards the brakes. */
+  void?: string;
   /** The reviewer's answer on this verified iteration (review on), with what it cost. */
   review?: IterationReview;
   /** Host-side milliseconds per step (snapshot, restore, commit, ownership, verifyCopy, verifyRun). */
@@ -142,4 +146,39 @@ export async function readIterations(dir: string): Promise<IterationRecord[]> {
   } catch {
     return [];
   }
+}
+
+/**
+ * The config a run went with, as its run directory records it: the latest
+ * `config.resumed-<ms>.json`, else `config.json` (written when it started). Keys the recorded
+ * file lacks (a run of an older loopbox) take today's defaults. Undefined when nothing is
+ * recorded. `run --resume` uses it rather than the loopbox.yaml of the current directory.
+ */
+export async function recordedConfig(dir: string): Promise<{ config: Config; file: string } | undefined> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const resumed = names
+    .map((n) => /^config\.resumed-(\d+)\.json$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .sort((a, b) => Number(b[1]) - Number(a[1]))
+    .map((m) => m[0]);
+  for (const name of [...resumed, 'config.json']) {
+    if (!names.includes(name)) continue;
+    const file = path.join(dir, name);
+    const recorded = JSON.parse(await readFile(file, 'utf8')) as unknown;
+    if (!isPlainObject(recorded)) continue;
+    return { config: mergeRecorded(parseConfig({}), recorded) as Config, file };
+  }
+  return undefined;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** `recorded` over `defaults`, object by object (the recorded config is already parsed: no re-parse). */
+function mergeRecorded(defaults: unknown, recorded: unknown): unknown {
+  if (!isPlainObject(defaults) || !isPlainObject(recorded)) return recorded === undefined ? defaults : recorded;
+  const out: Record<string, unknown> = { ...defaults };
+  for (const [key, value] of Object.entries(recorded)) out[key] = mergeRecorded(defaults[key], value);
+  return out;
 }

@@ -28,7 +28,7 @@ export const ITERATION_RESULTS: readonly IterationResult[] = ['verified', 'faile
 
 /** One word for how an iteration ended, from its record. */
 export function iterationResult(record: IterationRecord): IterationResult {
-  if ((record as IterationRecord & { void?: unknown }).void) return 'void';
+  if (record.void !== undefined) return 'void';
   if (record.modelDown) return 'model-down';
   if (record.verified) return 'verified';
   if (record.untrusted !== null) return 'untrusted';
