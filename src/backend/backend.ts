@@ -37,6 +37,8 @@ export interface ContainerBackend {
    * deadline needs, before anything of a run starts.
    */
   checkImage(image: string): Promise<void>;
+  /** Resolves when the engine answers now (the loop's wait after an engine loss polls it). */
+  ping(): Promise<void>;
   /** Restarts a managed model server that died (once); undefined where the backend cannot. */
   modelSupervisor?(options?: { startTimeoutMs?: number }): ModelSupervisor;
 }

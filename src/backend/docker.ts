@@ -13,6 +13,10 @@ import type { ContainerBackend, SandboxHandle } from './backend.js';
 export class DockerBackend implements ContainerBackend {
   constructor(readonly docker: DockerClient) {}
 
+  async ping(): Promise<void> {
+    await this.docker.ping();
+  }
+
   async startSentry(options: SentryOptions): Promise<SandboxHandle> {
     return Sentry.start(this.docker, options);
   }

@@ -3,7 +3,6 @@
 // did can be verified. The loop waits for the engine (bounded by loop.engineWait), cleans up
 // what the dead iteration left, records it as void (not counted against the brakes) and goes on.
 import { DockerUnavailableError, LoopboxError, describe } from '../common/errors.js';
-import type { DockerClient } from '../docker/client.js';
 import type { LoopContext } from './iteration.js';
 import type { IterationRecord } from './state.js';
 
@@ -23,8 +22,13 @@ export function isEngineLoss(error: unknown): boolean {
   return false;
 }
 
+/** What the engine wait needs of a backend (or a Docker client): a ping. */
+export interface Pingable {
+  ping(): Promise<unknown>;
+}
+
 /** True when the engine answers a ping now. */
-export async function engineAnswers(docker: DockerClient): Promise<boolean> {
+export async function engineAnswers(docker: Pingable): Promise<boolean> {
   return docker.ping().then(
     () => true,
     () => false,
@@ -35,7 +39,7 @@ export async function engineAnswers(docker: DockerClient): Promise<boolean> {
  * Polls the engine until it answers, at most `timeoutMs`; false if it did not (or `signal`
  * fired). `onWait` is told once when the first ping fails.
  */
-export async function waitForEngine(docker: DockerClient, timeoutMs: number, signal: AbortSignal, intervalMs = 1000): Promise<boolean> {
+export async function waitForEngine(docker: Pingable, timeoutMs: number, signal: AbortSignal, intervalMs = 1000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await engineAnswers(docker)) return true;
@@ -85,13 +89,13 @@ export function voidRecord(iteration: number, startedAt: Date, tree: string, err
  * so the caller rethrows it. Throws when the engine does not come back in time.
  */
 export async function voidAfterEngineLoss(ctx: LoopContext, error: unknown, iteration: number, startedAt: Date, tree: string, notify: (message: string) => void): Promise<IterationRecord | undefined> {
-  if (!isEngineLoss(error) && (await engineAnswers(ctx.docker))) return undefined;
+  if (!isEngineLoss(error) && (await engineAnswers(ctx.backend))) return undefined;
   const waitMs = ctx.config.loop.engineWait;
   const first = describe(error).split('\n')[0] ?? 'error';
   ctx.log.warn({ iteration, error: describe(error), waitMs }, 'docker engine lost: waiting for it');
   notify(`the Docker engine went away during iteration ${iteration} (${first}); waiting up to ${Math.round(waitMs / 1000)} s for it (loop.engineWait)`);
   const t0 = Date.now();
-  if (!(await waitForEngine(ctx.docker, waitMs, ctx.signal))) {
+  if (!(await waitForEngine(ctx.backend, waitMs, ctx.signal))) {
     throw new LoopboxError(`The Docker engine went away during iteration ${iteration} and did not answer again within ${Math.round(waitMs / 1000)} s.`, {
       cause: error,
       hint: 'Start Docker again (`docker info` must work), then `loopbox run --resume <run>`; raise loop.engineWait if restarts take longer here.',

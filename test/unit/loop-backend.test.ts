@@ -59,6 +59,10 @@ class MemoryBackend implements ContainerBackend {
     private readonly agentStep: (worktree: string, iteration: number) => Promise<void>,
   ) {}
 
+  ping(): Promise<void> {
+    return Promise.resolve();
+  }
+
   startSentry(options: SentryOptions): Promise<SandboxHandle> {
     this.calls.push(`startSentry ${options.runId}`);
     const stop = (): Promise<void> => {
