@@ -3,7 +3,7 @@
 import { appendFile, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SandboxTraffic } from '../audit/record.js';
-import { writeJsonAtomic } from '../runs/registry.js';
+import { writeJsonAtomic } from '../common/files.js';
 import type { ReviewResult } from '../review/review.js';
 import type { AccountingRecord, Baseline } from '../verify/accounting.js';
 import type { EndState } from './brakes.js';

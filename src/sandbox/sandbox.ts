@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { appendAudit, openAudit, sealAudit } from '../audit/log.js';
-import { writeJsonAtomic } from '../runs/registry.js';
+import { writeJsonAtomic } from '../common/files.js';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
