@@ -65,7 +65,7 @@ export { MODEL_CONTAINER, modelUp, modelDown, modelStatus } from './model/server
 export { ensureFixtureModel } from './model/fixture.js';
 export { pullModel } from './model/pull.js';
 export { MODEL_NETWORK, findModelServer } from './model/network.js';
-export { gc } from './runs/gc.js';
+export { gc, reapDeadRunContainers } from './runs/gc.js';
 export type { GcOptions, GcResult } from './runs/gc.js';
 export { createRun, finishRun, readRun, listRuns, isRunAlive } from './runs/registry.js';
 export { doctor } from './doctor.js';
