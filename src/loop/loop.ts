@@ -323,6 +323,10 @@ async function startUp(session: Session, ctx: LoopContext): Promise<LoopState> {
           await chmod(base.worktree, 0o777);
         }
         ctx.diskBaseline = await treesSize([base.worktree, ctx.notesDir]);
+        // A worktree written just now was never read: read it once here, while the sentry
+        // starts and the baseline runs, so that the first iteration's snapshot finds its stat
+        // cache warm (a reused worktree was read for its base tree above).
+        if (wt.created && !previous) await snapshotWorktree(repo, base.worktree);
       })(),
       // Test accounting's baseline: the verify command on the base tree, once per run, before
       // the first agent (issue 7 item 5, issue 12 item 3). It reads git objects only.
