@@ -418,6 +418,9 @@ async function sizedRepo(files) {
     await Promise.all(writes);
   }
   await execa('git', ['add', '-A'], { cwd: dir });
+  // gc.auto=0: 100,000 loose objects would start a detached gc that packs them away while the
+  // bash loop's clone copies them ("failed to copy file").
+  await execa('git', ['config', 'gc.auto', '0'], { cwd: dir });
   await execa('git', ['-c', 'user.name=bench', '-c', 'user.email=b@localhost', '-c', 'commit.gpgsign=false', 'commit', '-qm', `${files} files`], { cwd: dir });
   return dir;
 }
