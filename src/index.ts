@@ -2,7 +2,7 @@
 // rule (.dependency-cruiser.mjs, cli-only-through-the-library) keeps it from reaching past them.
 
 // Loops: one task, iterated in a sandbox until verification passes or a brake stops it.
-export { runLoop, checkRepoAndModel } from './loop/loop.js';
+export { runLoop, checkRepoAndModel, loopBackend } from './loop/loop.js';
 export type { LoopEvent, LoopSummary, LoopOptions } from './loop/loop.js';
 export { loadTask, taskNameOf } from './loop/task.js';
 export type { Task } from './loop/task.js';
@@ -29,10 +29,14 @@ export type { SandboxOptions, SandboxResult, SentryOptions, AgentOptions, AgentR
 export { agentSpec, sentrySpec } from './sandbox/specs.js';
 export { ingestSandboxAudit } from './egress/ingest.js';
 
+// Verification: the verify command in a clean container with no network, on a git tree.
+export { runVerify } from './verify/verify.js';
+export type { VerifyOptions, VerifyResult } from './verify/verify.js';
+
 // Audit: the chained log, its verification, queries, OCSF, terminal tables.
 export { queryAudit, appendAudit, auditFile, sealAudit, formatTable, formatAuditTable, auditRow, formatFollowRow, AUDIT_TABLE_HEADER } from './audit/log.js';
 export { verifyAuditChain, formatVerification, canonicalize, loadAuditKey, parseVerifierKey } from './audit/chain.js';
-export type { ChainVerification, ChainBreak, VerifyOptions } from './audit/chain.js';
+export type { ChainVerification, ChainBreak, VerifyOptions as ChainVerifyOptions } from './audit/chain.js';
 export type { AuditRecord, AuditAggregate, AuditQuery, SandboxIdentity, StoredAuditRecord, SandboxTraffic } from './audit/record.js';
 export { streamAudit } from './audit/stream.js';
 export type { AuditLine, StreamOptions } from './audit/stream.js';
@@ -76,7 +80,7 @@ export { MODEL_CONTAINER, modelUp, modelDown, modelSlotUse, modelStatus } from '
 export { ensureFixtureModel } from './model/fixture.js';
 export { pullModel } from './model/pull.js';
 export { MODEL_NETWORK, findModelServer } from './model/network.js';
-export { gc } from './runs/gc.js';
+export { gc, reapDeadRunContainers } from './runs/gc.js';
 export type { GcOptions, GcResult } from './runs/gc.js';
 export { createRun, finishRun, readRun, listRuns, isRunAlive } from './runs/registry.js';
 export { doctor } from './doctor.js';

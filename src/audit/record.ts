@@ -160,6 +160,19 @@ export interface SandboxTraffic {
   lostByRule?: Record<string, number>;
 }
 
+/** The fields every audit record begins with: when, whose (run, task, iteration), which role, what kind. */
+export type AuditHeader = Pick<AuditRecord, 'time' | 'runId' | 'task' | 'iteration' | 'role' | 'kind'>;
+
+/** The one constructor of a record's header; a missing task or iteration is stored as null. */
+export function auditHeader(
+  time: string,
+  id: { runId: string; task?: string | null | undefined; iteration?: number | null | undefined },
+  role: string,
+  kind: AuditKind,
+): AuditHeader {
+  return { time, runId: id.runId, task: id.task ?? null, iteration: id.iteration ?? null, role, kind };
+}
+
 /** Every per-packet field empty: the base of records that stand for no one packet (loss, aggregates). */
 export const NO_PACKET_FIELDS = {
   protocol: null,

@@ -1,7 +1,7 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { checkDeliveryConfig, checkRepoAndModel, type Config, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, gc, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, recordedConfig, resolveTaskFiles, runDir, runLoop, stopLoops } from '../index.js';
+import { checkDeliveryConfig, checkRepoAndModel, type Config, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, reapDeadRunContainers, recordedConfig, resolveTaskFiles, runDir, runLoop, stopLoops } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, positiveInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
@@ -74,13 +74,8 @@ async function resumeConfig(runId: string, file: string | undefined, repo: strin
   return loaded.config;
 }
 
-/**
- * Containers of runs whose loopbox died (SIGKILL, a crash) go before anything else touches the
- * state: a crashed run's verify container, or an agent whose deadline has not hit yet.
- */
 async function reapDeadRuns(docker: CliContext['docker']): Promise<void> {
-  const result = await gc(docker, {}).catch(() => undefined);
-  const n = result?.removed.filter((r) => r.kind === 'container').length ?? 0;
+  const n = await reapDeadRunContainers(docker);
   if (n) err(`loopbox: removed ${n} container(s) left by runs that are no longer alive`);
 }
 

@@ -5,7 +5,7 @@
 // per iteration and per loop even when loops share one model server.
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import type { AuditRecord, SandboxIdentity } from '../audit/record.js';
+import { type AuditRecord, type SandboxIdentity, auditHeader } from '../audit/record.js';
 import { runDir } from '../common/paths.js';
 import { DEFAULT_RECORD_LIMIT, RecordLimiter, streamLines } from './ingest.js';
 
@@ -126,12 +126,7 @@ export function escalatedAuditRecord(r: ModelRequestRecord, role: string): Audit
 
 export function deniedAuditRecord(r: ModelRequestRecord, role: string, model: { ip: string; port: number } | undefined): AuditRecord {
   return {
-    time: r.time,
-    runId: r.runId,
-    task: r.task,
-    iteration: r.iteration,
-    role,
-    kind: 'model-denied',
+    ...auditHeader(r.time, r, role, 'model-denied'),
     protocol: 'http',
     family: model ? (model.ip.includes(':') ? 'ipv6' : 'ipv4') : null,
     direction: 'out',

@@ -5,7 +5,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { type AuditRecord, NO_PACKET_FIELDS, type SandboxIdentity, type SandboxTraffic } from '../audit/record.js';
+import { type AuditRecord, NO_PACKET_FIELDS, auditHeader, type SandboxIdentity, type SandboxTraffic } from '../audit/record.js';
 import { DNS_QUERIES_FILE, type DnsQuery, normalise, parseDnsFrontLine } from './dns-records.js';
 
 const normaliseName = (name: string | null): string | null => (name === null ? null : normalise(name.slice(0, 2048)));
@@ -57,12 +57,7 @@ export function packetRecord(line: Json, id: SandboxIdentity, role: string): Aud
   const dnsError = str(line['dns.error']);
   const payload = str(line['dns.payload']);
   return {
-    time,
-    runId: id.runId,
-    task: id.task ?? null,
-    iteration: id.iteration ?? null,
-    role,
-    kind: dns ? 'dns' : 'packet',
+    ...auditHeader(time, id, role, dns ? 'dns' : 'packet'),
     protocol: protoNum === null ? null : (PROTOCOLS[protoNum] ?? String(protoNum)),
     family,
     direction: /^in/.test(prefix) ? 'in' : 'out',
@@ -119,12 +114,7 @@ export function parseDnsLog(text: string, year = new Date().getUTCFullYear()): D
 
 export function dnsRecord(query: DnsQuery, id: SandboxIdentity, role: string): AuditRecord {
   return {
-    time: query.time,
-    runId: id.runId,
-    task: id.task ?? null,
-    iteration: id.iteration ?? null,
-    role,
-    kind: 'dns',
+    ...auditHeader(query.time, id, role, 'dns'),
     protocol: 'dns',
     family: query.from.includes(':') ? 'ipv6' : 'ipv4',
     direction: 'out',
@@ -417,12 +407,7 @@ export async function ingestSandboxAudit(
     const lost = counted - recorded;
     if (lost <= 0) return;
     records.push({
-      time: new Date().toISOString(),
-      runId: id.runId,
-      task: id.task ?? null,
-      iteration: id.iteration ?? null,
-      role,
-      kind: 'loss',
+      ...auditHeader(new Date().toISOString(), id, role, 'loss'),
       ...NO_PACKET_FIELDS,
       verdict: 'lost',
       rule,

@@ -16,4 +16,5 @@ export {
   syncWorktreeIndex,
   taskBranch,
 } from './worktree.js';
+export { treeOf } from './tree.js';
 export type { Author, ChangedPath, EnsureWorktreeOptions, EntryMode, RestoreResult, SkippedPath, Snapshot, SnapshotOptions, TaskWorktree, TreeEntry } from './worktree.js';

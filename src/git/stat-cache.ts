@@ -17,7 +17,8 @@
 // worktree's `.git` is masked in the sandbox). Anything odd in it (wrong version, another
 // directory, unparsable) means an empty cache: where in doubt, hash. See docs/security-model.md.
 import type { BigIntStats } from 'node:fs';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../common/files.js';
 
 /** Entries changed this close to (or after) the cache's start are racy: 2 s covers 1 s and 2 s timestamp granularity. */
 export const RACY_MARGIN_NS = 2_000_000_000n;
@@ -105,9 +106,7 @@ export class StatCache {
   async save(file: string): Promise<void> {
     const rows: Row[] = [];
     for (const [p, c] of this.next) rows.push([p, String(c.dev), String(c.ino), String(c.size), String(c.mode), String(c.mtimeNs), String(c.ctimeNs), c.oid]);
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, JSON.stringify({ version: VERSION, dir: this.dir, startNs: String(this.startNs), rows }), { mode: 0o600 });
-    await rename(tmp, file);
+    await writeFileAtomic(file, JSON.stringify({ version: VERSION, dir: this.dir, startNs: String(this.startNs), rows }), 0o600);
   }
 }
 

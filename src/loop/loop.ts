@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { ConfigError, LoopboxError, describe } from '../common/errors.js';
 import { newRunId } from '../common/ids.js';
-import { createLogger } from '../common/logger.js';
+import { type Logger, createLogger } from '../common/logger.js';
 import { runDir, stateDir } from '../common/paths.js';
 import type { Semaphore } from '../common/semaphore.js';
 import type { Config } from '../config/schema.js';
@@ -16,7 +16,7 @@ import { DEFAULT_PROTECTED } from '../config/schema.js';
 import type { ContainerBackend } from '../backend/backend.js';
 import { DockerBackend } from '../backend/docker.js';
 import { DockerClient } from '../docker/client.js';
-import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree } from '../git/index.js';
+import { ensureTaskWorktree, isDirtyRepo, matchesAny, snapshotWorktree, treeOf } from '../git/index.js';
 import { MODEL_HOSTNAME } from '../model/network.js';
 import type { ModelSupervisor } from '../model/supervisor.js';
 import { createRun, finishRun, isRunAlive, readRun, type RunRecord } from '../runs/registry.js';
@@ -26,13 +26,13 @@ import { END_STATE_EXIT, type EndState, checkBrakes } from './brakes.js';
 import { treesSize } from './disk-watch.js';
 import { feedbackText } from './feedback.js';
 import { type EscalationState, afterIteration, escalateApiKey } from './escalation.js';
+import { voidAfterEngineLoss } from './engine.js';
 import { reviewApiKey, reviewRequired } from '../review/review.js';
 import { type IterationRecord, type LoopState, type ReviewTotals, addReview, appendIteration, loadState, readIterations, saveState } from './state.js';
-import { BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
+import { type AccountingRecord, BASE_PASSES_NOTICE, type Baseline, evidenceSummary } from '../verify/accounting.js';
 import { runBaseline } from '../verify/baseline.js';
 import { type IterationOutcome, type LoopContext, SentryKeeper, runIteration, verifyOptions } from './iteration.js';
-import { voidAfterEngineLoss } from './engine.js';
-import { loadTask } from './task.js';
+import { type Task, loadTask } from './task.js';
 import { acquireTaskLock, legacyWorktreeDir, lendTree, taskWorktreeDir } from './workspace.js';
 
 export { feedbackText } from './feedback.js';
@@ -105,12 +105,68 @@ export function loopBackend(on: DockerClient | ContainerBackend): ContainerBacke
 /**
  * Runs one loop to its end state. `runLoop({ ...options, backend })` runs it on any
  * ContainerBackend; `runLoop(docker, options)` on this host's Docker engine.
+ *
+ * Four phases, like an iteration's steps: open the session (checks, lock, run record, then the
+ * start-up work that does not depend on the agent, overlapped), watch for stops, iterate until a
+ * brake decides, summarize. Whatever the session started is stopped on every way out.
  */
 export async function runLoop(options: LoopOptions & { backend: ContainerBackend }): Promise<LoopSummary>;
 export async function runLoop(docker: DockerClient, options: LoopOptions): Promise<LoopSummary>;
 export async function runLoop(first: DockerClient | (LoopOptions & { backend: ContainerBackend }), second?: LoopOptions): Promise<LoopSummary> {
   const options: LoopOptions = first instanceof DockerClient ? second! : first;
   const backend = options.backend ?? loopBackend(first as DockerClient);
+  const session = await openSession(backend, options);
+  const { log } = session;
+  const stops = watchStops(session.dir, options.signal, options.stateEnv);
+  let state: LoopState | undefined = session.previous;
+  try {
+    const ctx = await sessionContext(session, stops.signal);
+    try {
+      state = await startUp(session, ctx);
+      const end = await iterate(session, ctx, state);
+      state = end.state;
+      const summary = summarize(session, end);
+      log.info(summary, 'loop end');
+      options.onEvent?.({ type: 'loop-end', summary });
+      return summary;
+    } finally {
+      await ctx.sentries.stop().catch((error: unknown) => log.warn({ error: describe(error) }, 'sentry stop failed'));
+    }
+  } catch (error) {
+    log.error({ error: describe(error) }, 'loop error');
+    if (state) await saveState(session.dir, { ...state, endState: 'error', endReason: describe(error) }).catch(() => undefined);
+    throw error;
+  } finally {
+    stops.dispose();
+    await session.close();
+  }
+}
+
+/** What a loop session holds from its opening to its end: the run, its lock and its log. */
+interface Session {
+  backend: ContainerBackend;
+  options: LoopOptions;
+  config: Config;
+  verifyCommand: string[];
+  repo: string;
+  task: Task;
+  runId: string;
+  /** The run directory. */
+  dir: string;
+  log: Logger;
+  /** The state of the run being resumed. */
+  previous: LoopState | undefined;
+  supervisor: ModelSupervisor | undefined;
+  started: number;
+  /** Gives back the run record and the task lock; idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Checks everything a loop cannot run without (bad input loses nothing), takes the task's lock
+ * and writes the run record. Nothing is started yet.
+ */
+async function openSession(backend: ContainerBackend, options: LoopOptions): Promise<Session> {
   const { config } = options;
   const verifyCommand = checkLoopConfig(config);
   const previous = options.resume ? await loadResumable(backend, options.resume, options.stateEnv) : undefined;
@@ -134,212 +190,278 @@ export async function runLoop(first: DockerClient | (LoopOptions & { backend: Co
     throw error;
   }
   const log = createLogger({ file: path.join(dir, 'loop.log'), level: 'debug' });
-  const started = Date.now();
-  let state: LoopState | undefined = previous;
-  // This loop's own stop: the caller's signal (Ctrl+C), `loopbox stop` (a file in the run
-  // directory), or the global kill-switch file a cron job can touch.
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await finishRun(record, options.stateEnv);
+    await lock.release().catch(() => undefined);
+    log.flush();
+  };
+  return { backend, options, config, verifyCommand, repo, task, runId, dir, log, previous, supervisor, started: Date.now(), close };
+}
+
+/**
+ * This loop's own stop: the caller's signal (Ctrl+C), `loopbox stop` (a file in the run
+ * directory), or the global kill-switch file a cron job can touch.
+ */
+function watchStops(dir: string, outer: AbortSignal | undefined, stateEnv: NodeJS.ProcessEnv | undefined): { signal: AbortSignal; dispose(): void } {
   const stop = new AbortController();
-  const onOuterAbort = (): void => stop.abort(options.signal?.reason);
-  options.signal?.addEventListener('abort', onOuterAbort, { once: true });
-  if (options.signal?.aborted) stop.abort(options.signal.reason);
-  const stopFiles = [path.join(dir, STOP_FILE), path.join(stateDir(options.stateEnv), KILL_SWITCH_FILE)];
+  const onOuterAbort = (): void => stop.abort(outer?.reason);
+  outer?.addEventListener('abort', onOuterAbort, { once: true });
+  if (outer?.aborted) stop.abort(outer.reason);
+  const stopFiles = [path.join(dir, STOP_FILE), path.join(stateDir(stateEnv), KILL_SWITCH_FILE)];
   const watcher = setInterval(() => {
     for (const file of stopFiles) if (existsSync(file)) stop.abort(new Error(`stop requested (${path.basename(file)})`));
   }, 500);
-  const signal = stop.signal;
-  try {
-    const agentUid = agentUidFor();
-    const lend = agentUid === AGENT_UID && process.getuid?.() === 0;
+  return {
+    signal: stop.signal,
+    dispose: () => {
+      clearInterval(watcher);
+      outer?.removeEventListener('abort', onOuterAbort);
+    },
+  };
+}
+
+/** The run's fixed context, after the folders a crashed session left are recovered. */
+async function sessionContext(session: Session, signal: AbortSignal): Promise<LoopContext> {
+  const { config, runId, task, dir, options } = session;
+  // A stop request of an earlier session (loopbox stop, then --resume) is spent.
+  await rm(path.join(dir, STOP_FILE), { force: true });
+  const sandboxesDir = path.join(dir, 'sandboxes');
+  // Sentry folders a crashed session left: what was logged after its last read belongs to
+  // the iteration that was running (the one after the last recorded).
+  let sentries = 0;
+  for (const name of await readdir(sandboxesDir).catch(() => [] as string[])) {
+    const n = /^sentry-(\d+)$/.exec(name);
+    if (!n) continue;
+    sentries = Math.max(sentries, Number(n[1]));
+    await recoverAuditDir(path.join(sandboxesDir, name), { runId, task: task.name, iteration: (session.previous?.iteration ?? 0) + 1 }, [MODEL_HOSTNAME], options.stateEnv);
+  }
+  const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
+  const agentUid = agentUidFor();
+  const ctx: LoopContext = {
+    config,
+    runId,
+    task,
+    repo: session.repo,
+    dir,
+    log: session.log,
+    signal,
+    verifyCommand: session.verifyCommand,
+    isProtected: (p) => matchesAny(p, protectedPatterns),
+    mountDir: path.join(dir, 'mount'),
+    notesDir: path.join(dir, 'notes'),
+    gitMask: path.join(dir, 'git-mask'),
+    agentUid,
+    lend: agentUid === AGENT_UID && process.getuid?.() === 0,
+    supervisor: session.supervisor,
+    external: config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined,
+    agentSlots: options.agentSlots,
+    backend: session.backend,
+    sentries: new SentryKeeper(sandboxesDir, sentries),
+    diskBaseline: 0,
+    stateEnv: options.stateEnv,
+    baseline: null,
+    escalateKey: config.model.escalate ? escalateApiKey(config.model.escalate) : undefined,
+  };
+  await mkdir(path.join(ctx.mountDir, 'notes'), { recursive: true });
+  await mkdir(ctx.notesDir, { recursive: true });
+  await mkdir(sandboxesDir, { recursive: true });
+  await writeFile(ctx.gitMask, '');
+  return ctx;
+}
+
+/**
+ * The start-up work that does not depend on the agent, overlapped (issue 20 item 3): the sentry
+ * starts while the worktree is checked out, lent and measured and the baseline verify runs on
+ * the base tree. Every branch is waited for before a failure is thrown, so nothing is still
+ * starting when the caller stops what started.
+ */
+async function startUp(session: Session, ctx: LoopContext): Promise<LoopState> {
+  const { options, repo, task, runId, dir, log, previous } = session;
+  const sentry = (async () => {
+    const model = ctx.supervisor ? await ctx.supervisor.ensureUp() : undefined;
+    await ctx.sentries.get(ctx, model?.ip, previous?.tokens ?? 0);
+  })();
+  const workspace = (async () => {
     // Task worktrees live in the state directory, never in the user's checkout; one that an
     // older loopbox made in <repo>/.loopbox/worktrees is moved there (git worktree move).
     const worktreeDir = await taskWorktreeDir(repo, task.name, options.stateEnv);
     const wt = await ensureTaskWorktree(repo, task.name, worktreeDir, { legacyDir: legacyWorktreeDir(repo, task.name) });
     if (wt.movedFrom) log.info({ from: wt.movedFrom, to: wt.dir }, 'task worktree moved out of the repository');
     if (wt.movedFrom) options.onEvent?.({ type: 'notice', runId, task: task.name, message: `moved the task worktree from ${wt.movedFrom} to ${wt.dir}: task worktrees now live outside the repository` });
-    if (state) state = { ...state, worktree: wt.dir, endState: undefined, endReason: undefined };
-    state ??= {
-      runId,
-      task: task.name,
-      taskFile: task.file,
-      repo,
-      branch: wt.branch,
-      worktree: wt.dir,
-      baseTree: (await snapshotWorktree(repo, wt.dir)).tree,
-      trees: [],
-      iteration: 0,
-      tokens: 0,
-      elapsedMs: 0,
-      trigger: options.trigger ?? 'manual',
-    };
-    await writeFile(path.join(dir, previous ? `config.resumed-${Date.now()}.json` : 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+    let state: LoopState;
+    if (previous) state = { ...previous, worktree: wt.dir, endState: undefined, endReason: undefined };
+    else {
+      state = {
+        runId,
+        task: task.name,
+        taskFile: task.file,
+        repo,
+        branch: wt.branch,
+        worktree: wt.dir,
+        // A worktree written just now holds exactly the tip's tree; one kept from an earlier
+        // run may hold what its agent left, which this run starts from.
+        baseTree: wt.created ? await treeOf(repo, wt.head) : (await snapshotWorktree(repo, wt.dir)).tree,
+        trees: [],
+        iteration: 0,
+        tokens: 0,
+        elapsedMs: 0,
+        trigger: options.trigger ?? 'manual',
+      };
+    }
+    await writeFile(path.join(dir, previous ? `config.resumed-${Date.now()}.json` : 'config.json'), `${JSON.stringify(session.config, null, 2)}\n`);
     await saveState(dir, state);
     options.onEvent?.({ type: 'loop-start', runId, task: task.name, branch: state.branch, worktree: state.worktree, resumedAt: state.iteration });
     log.info({ runId, task: task.name, branch: state.branch, resumedAt: state.iteration }, 'loop start');
-
-    // A stop request of an earlier session (loopbox stop, then --resume) is spent.
-    await rm(path.join(dir, STOP_FILE), { force: true });
-    const sandboxesDir = path.join(dir, 'sandboxes');
-    // Sentry folders a crashed session left: what was logged after its last read belongs to
-    // the iteration that was running (the one after the last recorded).
-    let sentries = 0;
-    for (const name of await readdir(sandboxesDir).catch(() => [] as string[])) {
-      const n = /^sentry-(\d+)$/.exec(name);
-      if (!n) continue;
-      sentries = Math.max(sentries, Number(n[1]));
-      await recoverAuditDir(path.join(sandboxesDir, name), { runId, task: task.name, iteration: state.iteration + 1 }, [MODEL_HOSTNAME], options.stateEnv);
-    }
-    const protectedPatterns = [...DEFAULT_PROTECTED, ...config.protectedPaths];
-    const ctx: LoopContext = {
-      config,
-      runId,
-      task,
-      repo,
-      dir,
-      log,
-      signal,
-      verifyCommand,
-      isProtected: (p) => matchesAny(p, protectedPatterns),
-      mountDir: path.join(dir, 'mount'),
-      notesDir: path.join(dir, 'notes'),
-      gitMask: path.join(dir, 'git-mask'),
-      agentUid,
-      lend,
-      supervisor,
-      external: config.model.endpoint ? await externalEndpoint(config.model.endpoint) : undefined,
-      agentSlots: options.agentSlots,
-      backend,
-      sentries: new SentryKeeper(sandboxesDir, sentries),
-      diskBaseline: 0,
-      stateEnv: options.stateEnv,
-      baseline: null,
-      escalateKey: config.model.escalate ? escalateApiKey(config.model.escalate) : undefined,
-    };
-    await mkdir(path.join(ctx.mountDir, 'notes'), { recursive: true });
-    await mkdir(ctx.notesDir, { recursive: true });
-    await mkdir(sandboxesDir, { recursive: true });
-    await writeFile(ctx.gitMask, '');
-    // Run as root, the agent's uid gets the worktree once per session; after that the host
-    // hands back only the paths it writes itself (restores), so an iteration costs what changed.
-    if (lend) {
-      await lendTree(state.worktree, agentUid);
-      await lendTree(ctx.notesDir, agentUid);
-      await lchown(ctx.notesDir, agentUid, agentUid);
-      // The top stays the host's (git's ownership check), writable for the agent.
-      await chmod(state.worktree, 0o777);
-    }
-    ctx.diskBaseline = await treesSize([state.worktree, ctx.notesDir]);
-    // Test accounting's baseline: the verify command on the base tree, once per run, before the
-    // first agent (issue 7 item 5, issue 12 item 3).
-    if (state.baseline === undefined) {
-      state = { ...state, baseline: await takeBaseline(ctx, state) };
+    const base = state;
+    const [, baseline] = await settleAll([
+      // Run as root, the agent's uid gets the worktree once per session; after that the host
+      // hands back only the paths it writes itself (restores), so an iteration costs what changed.
+      (async () => {
+        if (ctx.lend) {
+          await lendTree(base.worktree, ctx.agentUid);
+          await lendTree(ctx.notesDir, ctx.agentUid);
+          await lchown(ctx.notesDir, ctx.agentUid, ctx.agentUid);
+          // The top stays the host's (git's ownership check), writable for the agent.
+          await chmod(base.worktree, 0o777);
+        }
+        ctx.diskBaseline = await treesSize([base.worktree, ctx.notesDir]);
+        // A worktree written just now was never read: read it once here, while the sentry
+        // starts and the baseline runs, so that the first iteration's snapshot finds its stat
+        // cache warm (a reused worktree was read for its base tree above).
+        if (wt.created && !previous) await snapshotWorktree(repo, base.worktree);
+      })(),
+      // Test accounting's baseline: the verify command on the base tree, once per run, before
+      // the first agent (issue 7 item 5, issue 12 item 3). It reads git objects only.
+      base.baseline === undefined ? takeBaseline(ctx, base) : Promise.resolve(undefined),
+    ]);
+    if (baseline !== undefined) {
+      state = { ...state, baseline };
       await saveState(dir, state);
-      if (state.baseline) announceBaseline(ctx, state.baseline, options.onEvent);
+      if (baseline) announceBaseline(ctx, baseline, options.onEvent);
     }
     ctx.baseline = state.baseline ?? null;
-    const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
-    let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
-    let lastCommit: string | null = null;
-    let verifiedCommit: string | null = null;
-    let lastEvidence = lastRecord?.verify?.accounting ?? null;
-    let blocked = 0;
-    let decision: { state: EndState; reason: string } | undefined;
+    return state;
+  })();
+  const [, state] = await settleAll([sentry, workspace]);
+  return state;
+}
+
+/** Promise.all that waits for every promise, then throws the first failure. */
+async function settleAll<T extends readonly unknown[]>(promises: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
+interface LoopEnd {
+  state: LoopState;
+  decision: { state: EndState; reason: string };
+  lastCommit: string | null;
+  verifiedCommit: string | null;
+  lastEvidence: AccountingRecord | null;
+  blocked: number;
+}
+
+/** Iterations until a brake (or a stop) decides; the state is saved after each. */
+async function iterate(session: Session, ctx: LoopContext, start: LoopState): Promise<LoopEnd> {
+  const { options, verifyCommand, config, runId, task, dir, log, previous, started } = session;
+  const signal = ctx.signal;
+  let state = start;
+  const lastRecord = previous ? (await readIterations(dir)).at(-1) : undefined;
+  let feedback = lastRecord ? feedbackText(lastRecord, verifyCommand, config.agent.timeout) : '';
+  let lastCommit: string | null = null;
+  let verifiedCommit: string | null = null;
+  let lastEvidence = lastRecord?.verify?.accounting ?? null;
+  let blocked = 0;
+  let decision: { state: EndState; reason: string } | undefined;
+  while (!decision) {
+    const iteration: number = state.iteration + 1;
+    options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
+    const iterationStarted = new Date();
+    let outcome: IterationOutcome | undefined;
     try {
-      while (!decision) {
-        const iteration: number = state.iteration + 1;
-        options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
-        const iterationStarted = new Date();
-        let outcome: IterationOutcome | undefined;
-        try {
-          outcome = await runIteration(ctx, state, iteration, feedback);
-        } catch (error) {
-          // The engine restarted under the iteration: void, not counted, and the loop goes on.
-          const notify = (message: string): void => options.onEvent?.({ type: 'notice', runId, task: task.name, message });
-          const voided = await voidAfterEngineLoss(ctx, error, iteration, iterationStarted, state.trees.at(-1) ?? state.baseTree, notify);
-          if (!voided) throw error;
-          await appendIteration(dir, voided);
-          state = { ...state, iteration, elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started) };
-          options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: voided });
-          if (signal.aborted) decision = { state: 'aborted', reason: describe(signal.reason ?? 'stopped') };
-          if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
-          await saveState(dir, state);
-          continue;
-        }
-        if (!outcome) {
-          decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
-          state = { ...state, endState: decision.state, endReason: decision.reason };
-          await saveState(dir, state);
-          break;
-        }
-        const { record: iterRecord, modelDown } = outcome;
-        if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
-        if (outcome.commit) lastCommit = outcome.commit;
-        if (outcome.verified) verifiedCommit = outcome.commit;
-        if (iterRecord.verify?.accounting) lastEvidence = iterRecord.verify.accounting;
-        blocked += iterRecord.audit.blockedPackets + iterRecord.audit.dnsBlocked;
-        await appendIteration(dir, iterRecord);
-        state = {
-          ...state,
-          iteration,
-          // A voided iteration (model down) does not count towards the brakes.
-          trees: modelDown ? state.trees : [...state.trees, iterRecord.tree],
-          tokens: state.tokens + iterRecord.tokens,
-          ...(iterRecord.review ? { review: addReview(state.review, iterRecord.review) } : {}),
-          elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
-        };
-        feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
-        log.info({ iteration, tree: iterRecord.tree, verified: outcome.verified, commit: outcome.commit, violations: iterRecord.protectedViolations, agent: iterRecord.agent }, 'iteration end');
-        options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
-        decision = decide(config, state, outcome, signal);
-        if (config.model.escalate && !outcome.aborted && !signal.aborted) {
-          // model.escalate: after N failed iterations, or instead of ending stalled (escalation.ts).
-          const esc = afterIteration(config.model.escalate, state.escalation, iterRecord, { stalled: decision?.state === 'stalled', escalateBudgetExceeded: outcome.escalateBudgetExceeded ?? false });
-          state = { ...state, escalation: esc.state };
-          if (esc.escalatedNow && decision?.state === 'stalled') decision = undefined;
-          if (esc.escalatedNow || esc.wentBack) {
-            const message = esc.escalatedNow ? `escalating to ${config.model.escalate.model} from iteration ${iteration + 1}: ${esc.state.reason ?? ''}` : (esc.state.reason ?? 'back to the local model');
-            log.info({ iteration, escalation: esc.state }, message);
-            options.onEvent?.({ type: 'notice', runId, task: task.name, message });
-          }
-        }
-        if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
-        await saveState(dir, state);
-      }
-    } finally {
-      await ctx.sentries.stop().catch((error: unknown) => log.warn({ error: describe(error) }, 'sentry stop failed'));
+      outcome = await runIteration(ctx, state, iteration, feedback);
+    } catch (error) {
+      // The engine restarted under the iteration: void, not counted, and the loop goes on.
+      const notify = (message: string): void => options.onEvent?.({ type: 'notice', runId, task: task.name, message });
+      const voided = await voidAfterEngineLoss(ctx, error, iteration, iterationStarted, state.trees.at(-1) ?? state.baseTree, notify);
+      if (!voided) throw error;
+      await appendIteration(dir, voided);
+      state = { ...state, iteration, elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started) };
+      options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: voided });
+      if (signal.aborted) decision = { state: 'aborted', reason: describe(signal.reason ?? 'stopped') };
+      if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
+      await saveState(dir, state);
+      continue;
     }
-    const summary: LoopSummary = {
-      runId,
-      task: task.name,
-      endState: decision.state,
-      reason: decision.reason,
-      exitCode: END_STATE_EXIT[decision.state],
-      iterations: state.iteration,
-      wallMs: state.elapsedMs,
-      tokens: state.tokens,
-      blocked,
-      branch: state.branch,
-      worktree: state.worktree,
-      lastCommit,
-      verifiedCommit,
-      runDir: dir,
-      ...(state.review ? { review: state.review } : {}),
-      ...(state.escalation ? { escalation: state.escalation } : {}),
-      evidence: evidenceSummary(lastEvidence),
+    if (!outcome) {
+      decision = { state: 'aborted', reason: 'stopped while waiting for a model slot' };
+      state = { ...state, endState: decision.state, endReason: decision.reason };
+      await saveState(dir, state);
+      break;
+    }
+    const { record: iterRecord, modelDown } = outcome;
+    if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
+    if (outcome.commit) lastCommit = outcome.commit;
+    if (outcome.verified) verifiedCommit = outcome.commit;
+    if (iterRecord.verify?.accounting) lastEvidence = iterRecord.verify.accounting;
+    blocked += iterRecord.audit.blockedPackets + iterRecord.audit.dnsBlocked;
+    await appendIteration(dir, iterRecord);
+    state = {
+      ...state,
+      iteration,
+      // A voided iteration (model down) does not count towards the brakes.
+      trees: modelDown ? state.trees : [...state.trees, iterRecord.tree],
+      tokens: state.tokens + iterRecord.tokens,
+      ...(iterRecord.review ? { review: addReview(state.review, iterRecord.review) } : {}),
+      elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started),
     };
-    log.info(summary, 'loop end');
-    options.onEvent?.({ type: 'loop-end', summary });
-    return summary;
-  } catch (error) {
-    log.error({ error: describe(error) }, 'loop error');
-    if (state) await saveState(dir, { ...state, endState: 'error', endReason: describe(error) }).catch(() => undefined);
-    throw error;
-  } finally {
-    clearInterval(watcher);
-    options.signal?.removeEventListener('abort', onOuterAbort);
-    await finishRun(record, options.stateEnv);
-    await lock.release().catch(() => undefined);
-    log.flush();
+    feedback = feedbackText(iterRecord, verifyCommand, config.agent.timeout);
+    log.info({ iteration, tree: iterRecord.tree, verified: outcome.verified, commit: outcome.commit, violations: iterRecord.protectedViolations, agent: iterRecord.agent }, 'iteration end');
+    options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: iterRecord });
+    decision = decide(config, state, outcome, signal);
+    if (config.model.escalate && !outcome.aborted && !signal.aborted) {
+      // model.escalate: after N failed iterations, or instead of ending stalled (escalation.ts).
+      const esc = afterIteration(config.model.escalate, state.escalation, iterRecord, { stalled: decision?.state === 'stalled', escalateBudgetExceeded: outcome.escalateBudgetExceeded ?? false });
+      state = { ...state, escalation: esc.state };
+      if (esc.escalatedNow && decision?.state === 'stalled') decision = undefined;
+      if (esc.escalatedNow || esc.wentBack) {
+        const message = esc.escalatedNow ? `escalating to ${config.model.escalate.model} from iteration ${iteration + 1}: ${esc.state.reason ?? ''}` : (esc.state.reason ?? 'back to the local model');
+        log.info({ iteration, escalation: esc.state }, message);
+        options.onEvent?.({ type: 'notice', runId, task: task.name, message });
+      }
+    }
+    if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
+    await saveState(dir, state);
   }
+  return { state, decision, lastCommit, verifiedCommit, lastEvidence, blocked };
+}
+
+function summarize(session: Session, end: LoopEnd): LoopSummary {
+  const { state, decision } = end;
+  return {
+    runId: session.runId,
+    task: session.task.name,
+    endState: decision.state,
+    reason: decision.reason,
+    exitCode: END_STATE_EXIT[decision.state],
+    iterations: state.iteration,
+    wallMs: state.elapsedMs,
+    tokens: state.tokens,
+    blocked: end.blocked,
+    branch: state.branch,
+    worktree: state.worktree,
+    lastCommit: end.lastCommit,
+    verifiedCommit: end.verifiedCommit,
+    runDir: session.dir,
+    ...(state.review ? { review: state.review } : {}),
+    ...(state.escalation ? { escalation: state.escalation } : {}),
+    evidence: evidenceSummary(end.lastEvidence),
+  };
 }
 
 /** The verify command on the base tree, from git objects like every iteration's. */

@@ -3,7 +3,7 @@
 import { appendFile, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { SandboxTraffic } from '../audit/record.js';
-import { writeJsonAtomic } from '../runs/registry.js';
+import { writeJsonAtomic } from '../common/files.js';
 import { parseConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { ReviewResult } from '../review/review.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { TaskBusyError } from '../common/errors.js';
 import { stateDir } from '../common/paths.js';
 import { git } from '../git/index.js';
-import { isProcessAlive, processStartTime } from '../runs/registry.js';
+import { isProcessAlive, processStartTime } from '../common/process.js';
 
 /** `<state>/worktrees/<repo>-<hash>/`: the task worktrees of one repository. */
 export async function repoWorktreesDir(repo: string, env?: NodeJS.ProcessEnv): Promise<string> {

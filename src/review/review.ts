@@ -10,7 +10,7 @@
 // the run's audit log as an `allowed` record of kind `review`.
 import { z } from 'zod';
 import { appendAudit } from '../audit/log.js';
-import type { AuditRecord, ReviewTraffic } from '../audit/record.js';
+import { type AuditRecord, type ReviewTraffic, auditHeader } from '../audit/record.js';
 import { ConfigError, describe } from '../common/errors.js';
 import type { Config } from '../config/schema.js';
 import { git, splitZ } from '../git/hardened.js';
@@ -355,12 +355,7 @@ function auditRecord(req: ReviewRequest, attempt: number, ex: Exchange): AuditRe
     diffCutBytes: req.subject.diff.cutBytes,
   };
   return {
-    time: new Date().toISOString(),
-    runId: req.runId,
-    task: req.task,
-    iteration: req.iteration,
-    role: 'host',
-    kind: 'review',
+    ...auditHeader(new Date().toISOString(), req, 'host', 'review'),
     protocol: 'tcp',
     family: null,
     direction: 'out',

@@ -69,3 +69,13 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
   }
   return result;
 }
+
+/**
+ * Containers of runs whose loopbox died (SIGKILL, a crash) go before anything else touches the
+ * state: a crashed run's verify container, or an agent whose deadline has not hit yet. Returns
+ * how many containers were removed; never fails (a Docker hiccup here is not the caller's error).
+ */
+export async function reapDeadRunContainers(docker: DockerClient): Promise<number> {
+  const result = await gc(docker, {}).catch(() => undefined);
+  return result?.removed.filter((r) => r.kind === 'container').length ?? 0;
+}

@@ -1,10 +1,15 @@
 // A run's directory on the host: `run.json` (who owns it: pid + the process's start time, so a
 // recycled pid is not mistaken for a live run), its audit log, and per-sandbox folders.
-import { mkdir, readFile, readdir, writeFile, rename } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
+import { writeJsonAtomic } from '../common/files.js';
 import { runDir, runsDir } from '../common/paths.js';
+import { isProcessAlive, processStartTime } from '../common/process.js';
+
+// Moved to common/ (files.ts, process.ts); re-exported for the callers that import them from here.
+export { writeJsonAtomic } from '../common/files.js';
+export { isProcessAlive, processStartTime } from '../common/process.js';
 
 export interface RunRecord {
   runId: string;
@@ -19,17 +24,6 @@ export interface RunRecord {
   trigger?: string;
   /** Written when a loop is queued; cleared when it starts. */
   queued?: boolean;
-}
-
-export function processStartTime(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parens: split after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? null;
-  } catch {
-    return null;
-  }
 }
 
 export async function createRun(record: Omit<RunRecord, 'pid' | 'pidStart' | 'startedAt' | 'hostname'>, env = process.env): Promise<RunRecord> {
@@ -76,23 +70,6 @@ export function isRunAlive(record: RunRecord | undefined, hostname = currentHost
   return isProcessAlive(record.pid, record.pidStart);
 }
 
-/** The process `pid` exists and is the same one (same kernel start time), not a recycled pid. */
-export function isProcessAlive(pid: number, pidStart: string | null): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  const start = processStartTime(pid);
-  return pidStart === null || start === null || start === pidStart;
-}
-
 function currentHostname(): string {
   return hostname();
-}
-
-export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
-  await rename(tmp, file);
 }

@@ -2,23 +2,23 @@
 // started (and unwound if a step fails) before any agent, outlives each agent, and on stop
 // flushes its logs; the host ingests its audit records after every agent.
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { appendAudit, openAudit, sealAudit } from '../audit/log.js';
-import { writeJsonAtomic } from '../runs/registry.js';
+import { openAudit, sealAudit } from '../audit/log.js';
+import { type CollectCursor, type CollectOptions, type CollectResult, START_COLLECT_CURSOR, collect, savedCursor } from '../egress/collect.js';
 import type { AuditRecord, SandboxTraffic } from '../audit/record.js';
 import { ConfigError, LoopboxError } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { silentLogger } from '../common/logger.js';
 import { type Bind, type DockerClient, sleep } from '../docker/client.js';
-import { type AuditCursor, type IngestResult, PACKETS_FILE, START_CURSOR, frontUdpLine, ingestSandboxAudit, packetLineWeight, parseCounters, type SentryCounters, streamLines } from '../egress/ingest.js';
+import { PACKETS_FILE, frontUdpLine, packetLineWeight, parseCounters, type SentryCounters, streamLines } from '../egress/ingest.js';
 import { DNS_QUERIES_FILE } from '../egress/dns-records.js';
 import { imageRef } from '../images/catalog.js';
 import { EGRESS_NETWORK, MODEL_HOSTNAME, MODEL_NETWORK, ensureNetwork, findModelServer } from '../model/network.js';
-import { NO_MODEL_USAGE, type ModelUsage, appendModelRequests, readGatewayRecords } from '../egress/gateway-records.js';
+import { NO_MODEL_USAGE, type ModelUsage } from '../egress/gateway-records.js';
 import { AGENT_UID, ESCALATE_KEY_DIR, ESCALATE_KEY_NAME, type EscalateUpstream, type GatewayLimits, SENTRY_READY, type SandboxIdentity, agentSpec, deadline, sentrySpec } from './specs.js';
 import { pack } from 'tar-stream';
 import { SHARED_RUN_ID, resourceLabels } from '../docker/labels.js';
@@ -53,10 +53,7 @@ export interface SandboxResult {
   modelReachable: boolean;
 }
 
-/** What `collect()` attributes to an iteration: the firewall's records and the gateway's tokens. */
-export interface CollectResult extends IngestResult {
-  model: ModelUsage;
-}
+export type { CollectResult };
 
 /** The defaults of `model.maxRequestBody` and `model.maxTokens` (src/config/schema.ts). */
 export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = { maxBodyBytes: 16 * 1024 ** 2, maxTokens: 32768 };
@@ -66,36 +63,6 @@ export const SENTRY_DAEMON_UIDS = [990, 991];
 
 /** Written into a sentry's audit folder once all its records are in the run's audit log. */
 const INGESTED_MARK = '.ingested';
-/** The sentry's read position, saved after each collect so a crashed run loses no record. */
-const CURSOR_FILE = '.cursor.json';
-/** The read position in the model gateway's file, apart from the firewall's cursor. */
-const FRONTS_CURSOR_FILE = '.fronts-cursor.json';
-
-interface FrontsCursor {
-  gateway: number;
-}
-
-/**
- * Reads what the model gateway wrote after `cursor` and attributes it to `identity`: refused
- * requests to the audit log (rate-limited like the firewall's records), requests to
- * model.jsonl, and the window's tokens. Saves the new position in the folder, after the
- * records are on disk, so that a crash loses nothing (recoverAuditDir reads on from it).
- */
-async function collectFronts(
-  dir: string,
-  identity: SandboxIdentity,
-  cursor: FrontsCursor,
-  model: { ip: string; port: number } | undefined,
-  env: NodeJS.ProcessEnv | undefined,
-  recordLimit: number | undefined,
-): Promise<{ model: ModelUsage; cursor: FrontsCursor }> {
-  const gw = await readGatewayRecords(dir, identity, 'agent', cursor.gateway, model, recordLimit);
-  await appendAudit(identity.runId, gw.audit, env);
-  await appendModelRequests(identity.runId, gw.requests, env);
-  const next = { gateway: gw.offset };
-  await writeJsonAtomic(path.join(dir, FRONTS_CURSOR_FILE), next);
-  return { model: gw.usage, cursor: next };
-}
 
 export interface SentryOptions extends SandboxIdentity {
   /** Host folder for the sentry's audit files (the sentry writes; the agent never sees it). */
@@ -174,10 +141,9 @@ export interface AgentRun {
  * never by clock) to that iteration.
  */
 export class Sentry {
-  private cursor: AuditCursor = START_CURSOR;
+  private cursor: CollectCursor = START_COLLECT_CURSOR;
   private stopped = false;
   private lastIdentity: SandboxIdentity | undefined;
-  private fronts: FrontsCursor = { gateway: 0 };
 
   private constructor(
     private readonly docker: DockerClient,
@@ -263,22 +229,21 @@ export class Sentry {
     // wait (bounded) until the records the counters announce are written; what never comes is
     // reported lost. Each poll reads only what was written since the previous poll.
     if (counters) await this.awaitRecords(counters);
-    const result = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
-    // Durable (fsynced) before the read position moves past the raw lines.
-    await appendAudit(identity.runId, result.records, this.options.stateEnv);
-    this.cursor = result.cursor;
-    await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
-    const fronts = await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit);
-    this.fronts = fronts.cursor;
-    return { ...result, model: fronts.model };
+    const read = await collect(this.auditDir, this.cursor, this.collectOptions(identity, counters));
+    this.cursor = read.cursor;
+    return read.result;
+  }
+
+  private collectOptions(identity: SandboxIdentity, counters: SentryCounters | undefined): CollectOptions {
+    return { identity, counters, answered: Object.keys(this.dnsHosts), model: this.modelTarget, stateEnv: this.options.stateEnv, recordLimit: this.options.recordLimit };
   }
 
   private async awaitRecords(counters: SentryCounters): Promise<void> {
     const deadline = Date.now() + 2000;
-    const before = this.cursor.counters;
-    const packets = { count: 0, bytes: this.cursor.packetBytes };
+    const before = this.cursor.audit.counters;
+    const packets = { count: 0, bytes: this.cursor.audit.packetBytes };
     const wantPackets = counters.logged.packets - before.logged.packets;
-    const front = { count: 0, bytes: this.cursor.dnsFrontBytes ?? 0 };
+    const front = { count: 0, bytes: this.cursor.audit.dnsFrontBytes ?? 0 };
     // What the kernel dropped at the front's socket will never be written: do not wait for it.
     const wantFront = (counters.dns?.udp ?? 0) - (before.dns?.udp ?? 0) - ((counters.dns?.drops ?? 0) - (before.dns?.drops ?? 0));
     for (;;) {
@@ -303,11 +268,7 @@ export class Sentry {
     const identity = this.lastIdentity ?? { runId: this.options.runId, task: this.options.task, iteration: this.options.iteration };
     let ingested = false;
     try {
-      const late = await ingestSandboxAudit(this.auditDir, identity, 'agent', counters, Object.keys(this.dnsHosts), this.cursor, { recordLimit: this.options.recordLimit });
-      await appendAudit(identity.runId, late.records, this.options.stateEnv);
-      this.cursor = late.cursor;
-      await writeJsonAtomic(path.join(this.auditDir, CURSOR_FILE), this.cursor);
-      this.fronts = (await collectFronts(this.auditDir, identity, this.fronts, this.modelTarget, this.options.stateEnv, this.options.recordLimit)).cursor;
+      this.cursor = (await collect(this.auditDir, this.cursor, this.collectOptions(identity, counters))).cursor;
       ingested = true;
     } catch (error) {
       (this.options.logger ?? silentLogger).warn({ error: String(error), auditDir: this.auditDir }, 'audit files not ingested: kept for --resume');
@@ -430,23 +391,10 @@ async function requireImage(docker: DockerClient, ref: string): Promise<{ entryp
 export async function recoverAuditDir(dir: string, identity: SandboxIdentity, answered: string[], env?: NodeJS.ProcessEnv, recordLimit?: number): Promise<void> {
   if (!existsSync(dir)) return;
   if (!existsSync(path.join(dir, INGESTED_MARK))) {
-    let cursor = START_CURSOR;
-    try {
-      cursor = { ...START_CURSOR, ...(JSON.parse(await readFile(path.join(dir, CURSOR_FILE), 'utf8')) as Partial<AuditCursor>) };
-    } catch {
-      // never collected: everything is left over
-    }
     // If this throws, the folder stays: its raw files are deleted only once their records are
-    // on disk in audit.jsonl (appendAudit fsyncs before it resolves).
-    const leftover = await ingestSandboxAudit(dir, identity, 'agent', undefined, answered, cursor, { recordLimit });
-    await appendAudit(identity.runId, leftover.records, env);
-    let fronts: FrontsCursor = { gateway: 0 };
-    try {
-      fronts = { ...fronts, ...(JSON.parse(await readFile(path.join(dir, FRONTS_CURSOR_FILE), 'utf8')) as Partial<FrontsCursor>) };
-    } catch {
-      // never collected
-    }
-    await collectFronts(dir, identity, fronts, undefined, env, recordLimit);
+    // on disk in audit.jsonl (appendAudit fsyncs before it resolves). With no counters, loss
+    // cannot be judged.
+    await collect(dir, await savedCursor(dir), { identity, counters: undefined, answered, stateEnv: env, recordLimit });
   }
   await rm(dir, { recursive: true, force: true });
 }

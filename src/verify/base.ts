@@ -11,9 +11,10 @@
 // state and the next update rebuilds from empty. The writing itself (removals first, lstat on
 // every component, O_EXCL|O_NOFOLLOW, contents streamed from git) is git/checkout.ts's, shared
 // with the task worktree's checkout.
-import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { LoopboxError } from '../common/errors.js';
+import { writeFileAtomic } from '../common/files.js';
 import { writeTree } from '../git/checkout.js';
 import { git } from '../git/hardened.js';
 import { isFsError } from '../git/safe-fs.js';
@@ -100,9 +101,7 @@ export class VerifyBase {
     counts.bytes += write.bytesWritten - write.bytesRemoved;
     counts.entries += write.written - write.removed;
     const state: BaseState = { tree, bytes: counts.bytes, entries: counts.entries };
-    const temp = `${this.stateFile}.tmp`;
-    await writeFile(temp, JSON.stringify(state));
-    await rename(temp, this.stateFile);
+    await writeFileAtomic(this.stateFile, JSON.stringify(state));
     return { ...state, removed: write.removed, written: write.written, rebuilt: previous === undefined };
   }
 

@@ -167,6 +167,48 @@ describe('runLoop on an in-memory backend', () => {
   });
 });
 
+describe('opening a session on an in-memory backend', () => {
+  const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+  it('starts the sentry while the baseline verify runs (issue 20 item 3), not one after the other', async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    // The sentry's start waits (up to 5 s) for the baseline verify to begin: started one
+    // after the other, the baseline could only begin once the sentry was up.
+    let baselineBegan: () => void = () => undefined;
+    const began = new Promise<'overlapped'>((resolve) => (baselineBegan = () => resolve('overlapped')));
+    let seen: string | undefined;
+    const backend = new MemoryBackend(repo, async (wt) => writeFile(path.join(wt, 'answer.txt'), '42\n'));
+    const startSentry = backend.startSentry.bind(backend);
+    const runVerify = backend.runVerify.bind(backend);
+    backend.startSentry = async (o) => {
+      seen = await Promise.race([began, sleep(5000).then(() => 'one after the other')]);
+      return startSentry(o);
+    };
+    backend.runVerify = (o) => {
+      if (o.iteration === 0) baselineBegan();
+      return runVerify(o);
+    };
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config(), stateEnv, backend });
+    expect(summary.endState).toBe('done');
+    expect(seen).toBe('overlapped');
+  });
+
+  it('a failing start-up stops the sentry that started meanwhile and gives back the task lock', async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const backend = new MemoryBackend(repo, () => Promise.resolve());
+    backend.runVerify = () => Promise.reject(new Error('the verify image is gone'));
+    const taskFile = path.join(repo, 'tasks', 'fix.md');
+    await expect(runLoop({ repo, taskFile, config: config(), stateEnv, backend })).rejects.toThrow(/the verify image is gone/);
+    expect(backend.calls.filter((c) => c.startsWith('startSentry'))).toHaveLength(1);
+    expect(backend.calls).toContain('stopSentry');
+    expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toEqual([]);
+    // The lock is free again: a new run on the same task gets past it (and fails the same way).
+    await expect(runLoop({ repo, taskFile, config: config(), stateEnv, backend })).rejects.toThrow(/the verify image is gone/);
+  });
+});
+
 describe('decide', () => {
   const state: LoopState = { runId: 'r', task: 't', taskFile: 'f', repo: '/r', branch: 'loopbox/t', worktree: '/w', baseTree: 'b', trees: ['x'], iteration: 1, tokens: 5, elapsedMs: 1, trigger: 'manual' };
   const outcome = (o: Partial<IterationOutcome>): IterationOutcome => ({ record: {} as IterationOutcome['record'], aborted: false, modelDown: false, verified: false, commit: null, budgetExceeded: false, ...o });
