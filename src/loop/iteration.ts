@@ -28,7 +28,7 @@ import { type Baseline, account as accountTests, accountingRecord } from '../ver
 import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
-import { type EscalationState, workerModel } from './escalation.js';
+import { type EscalationState, usesLocalModelSlot, workerModel } from './escalation.js';
 import { DiskWatch } from './disk-watch.js';
 import { type Accounting, commitMessage } from './feedback.js';
 import { reviewRecord, type IterationRecord, type LoopState } from './state.js';
@@ -151,7 +151,8 @@ export interface AgentStep {
 export async function agent(ctx: LoopContext, state: LoopState, iteration: number, invocation: ReturnType<typeof agentInvocation>): Promise<AgentStep | undefined> {
   const model = ctx.supervisor ? await ctx.supervisor.ensureUp() : undefined;
   const sentry = await ctx.sentries.get(ctx, model?.ip, state.tokens, state.escalation);
-  const releaseSlot = ctx.agentSlots ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
+  // An escalated agent's model requests go to model.escalate's endpoint: no local slot is taken.
+  const releaseSlot = ctx.agentSlots && usesLocalModelSlot(ctx.config, state.escalation) ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
   if (!releaseSlot) return undefined;
   const identity: SandboxIdentity = { runId: ctx.runId, task: ctx.task.name, iteration };
   const agentLog = new CappedLog(path.join(ctx.dir, 'sandboxes', `i${iteration}.agent.log`), ctx.config.agent.maxOutput);

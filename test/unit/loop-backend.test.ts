@@ -9,6 +9,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ContainerBackend, SandboxHandle } from '../../src/backend/backend.js';
+import { Semaphore } from '../../src/common/semaphore.js';
 import { parseConfig } from '../../src/config/load.js';
 import { NO_MODEL_USAGE } from '../../src/egress/gateway-records.js';
 import { START_CURSOR } from '../../src/egress/ingest.js';
@@ -155,6 +156,29 @@ describe('runLoop on an in-memory backend', () => {
     expect(summary.endState).toBe('stalled');
     expect(summary.lastCommit).toBeNull();
     expect(backend.verified.length).toBeGreaterThan(1);
+  });
+
+  it('takes a local model slot for a local iteration and none for an escalated one', async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const slots = new Semaphore(1);
+    const seen: Array<{ iteration: number; inUse: number }> = [];
+    const backend = new MemoryBackend(repo, async (wt, n) => {
+      seen.push({ iteration: n, inUse: slots.inUse });
+      await writeFile(path.join(wt, 'answer.txt'), n === 1 ? '40\n' : '42\n');
+    });
+    const escalated: boolean[] = [];
+    const start = backend.startSentry.bind(backend);
+    backend.startSentry = (options) => {
+      escalated.push(options.escalate !== undefined);
+      return start(options);
+    };
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ model: { escalate: { endpoint: 'http://escalate.invalid:8080/v1', model: 'big', after: 1 } } }), stateEnv, backend, agentSlots: slots });
+    expect(summary.endState).toBe('done');
+    // Iteration 1 ran on the local model and held its slot; iteration 2 was escalated and held none.
+    expect(escalated).toEqual([false, true]);
+    expect(seen).toEqual([{ iteration: 1, inUse: 1 }, { iteration: 2, inUse: 0 }]);
+    expect(slots.inUse).toBe(0);
   });
 
   it('refuses to start when the backend finds no model server, before anything runs', async () => {
