@@ -166,7 +166,7 @@ async function lsRemote(repo: string, url: string, branch: string, helpers: stri
 }
 
 /** The remote's URL: a URL as given, or the push URL of the named remote in the user's repo. */
-async function remoteUrl(repo: string, remote: string): Promise<string> {
+export async function remoteUrl(repo: string, remote: string): Promise<string> {
   if (isUrl(remote)) return remote;
   const { stdout, exitCode } = await gitStatus(['remote', 'get-url', '--push', remote], { cwd: repo, okExitCodes: [2, 128] });
   if (exitCode !== 0 || !stdout.trim()) {
