@@ -77,6 +77,8 @@ export interface LoopContext {
 export class SentryKeeper {
   private sentry: SandboxHandle | undefined;
   private escalated = false;
+  /** The last iteration's audit collection: a void iteration (engine loss) still counts its tokens. */
+  lastCollect: { iteration: number; result: Promise<CollectResult> } | undefined;
   constructor(
     private readonly auditRoot: string,
     private count: number,
@@ -101,6 +103,11 @@ export class SentryKeeper {
       logger: ctx.log,
       stateEnv: ctx.stateEnv,
     });
+    return this.sentry;
+  }
+
+  /** The sentry in use, if any (the engine-loss path reads a dead one's audit files through it). */
+  get current(): SandboxHandle | undefined {
     return this.sentry;
   }
 
@@ -199,6 +206,7 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
     // collect while the host snapshots and verifies.
     const collecting = ctx.backend.collectAudit(sentry, identity);
     collecting.catch(() => undefined); // awaited by the caller; never an unhandled rejection meanwhile
+    ctx.sentries.lastCollect = { iteration, result: collecting };
     return { run, outputDropped: agentLog.dropped, stoppedFor, collecting };
   } finally {
     watch?.stop();

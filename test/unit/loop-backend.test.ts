@@ -181,6 +181,44 @@ describe('runLoop on an in-memory backend', () => {
     expect(slots.inUse).toBe(0);
   });
 
+  /** A backend whose engine "goes away" during iteration 1's agent, after the gateway recorded 7 tokens for it. */
+  function engineLostOnce(repo: string): MemoryBackend {
+    const backend = new MemoryBackend(repo, async (wt, n) => {
+      if (n === 1) throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
+      await writeFile(path.join(wt, 'answer.txt'), '42\n');
+    });
+    const collect = backend.collectAudit.bind(backend);
+    backend.collectAudit = async (...args: Parameters<ContainerBackend['collectAudit']>) => {
+      const r = await collect();
+      const iteration = args[1].iteration;
+      return { ...r, model: { ...r.model, requests: 1, promptTokens: iteration === 1 ? 5 : 8, completionTokens: 2, tokens: iteration === 1 ? 7 : 10 } };
+    };
+    return backend;
+  }
+
+  it("counts a void iteration's tokens (engine loss) from the gateway's records read after the engine came back", async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const backend = engineLostOnce(repo);
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ loop: { maxIterations: 4, engineWait: '5s' } }), stateEnv, backend });
+    expect(summary.endState).toBe('done');
+    expect(summary.tokens).toBe(17);
+    const iterations = (await readFile(path.join(summary.runDir, 'iterations.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { void?: string; tokens: number; model?: { requests: number; promptTokens: number } });
+    expect(iterations[0]).toMatchObject({ tokens: 7, model: { requests: 1, promptTokens: 5 } });
+    expect(iterations[0]!.void).toMatch(/Docker engine went away/);
+    expect(iterations[1]!.tokens).toBe(10);
+  });
+
+  it("the token budget sees a void iteration's tokens: the loop ends instead of starting another agent", async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const backend = engineLostOnce(repo);
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ loop: { maxIterations: 4, engineWait: '5s', tokenBudget: 6 } }), stateEnv, backend });
+    expect(summary.endState).toBe('timed-out-budget');
+    expect(summary.reason).toMatch(/token budget of 6 used \(7, with the void iteration 1's 7\)/);
+    expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toEqual(['runAgent 1']);
+  });
+
   it('refuses to start when the backend finds no model server, before anything runs', async () => {
     const repo = await gitdir();
     const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
