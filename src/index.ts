@@ -50,6 +50,7 @@ export type { ReportData, ChainResult } from './report/data.js';
 export { checkDeliveryConfig, deliverRun, readDelivery, DELIVERY_FILE } from './deliver/deliver.js';
 export type { DeliveryRecord, PushRecord, PullRequestRecord } from './deliver/deliver.js';
 export { pushRun, PushError } from './deliver/push.js';
+export { deliveryChecks, type DeliveryCheck } from './deliver/checks.js';
 export { notify, notifyBody, NOTIFY_SCHEMA } from './deliver/notify.js';
 export type { NotifyBody, NotifyRun } from './deliver/notify.js';
 export { openOrUpdatePullRequest, pullRequestBody, PullRequestError } from './deliver/pull-request.js';

@@ -24,11 +24,12 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
 
   program
     .command('doctor')
-    .description('report the Docker engine (version, API, storage driver), NVIDIA runtime, and which project images exist')
+    .description('report the Docker engine (version, API, storage driver), NVIDIA runtime, which project images exist, and the delivery prerequisites the config asks for (gh, push remote, notify secret)')
     .option('--json', 'print JSON')
+    .option('--repo <dir>', 'repository whose push remote is checked', '.')
     .addHelpText('after', example('loopbox doctor --json'))
-    .action(async (opts: { json?: boolean }) => {
-      const report = await doctor(ctx.docker);
+    .action(async (opts: { json?: boolean; repo: string }) => {
+      const report = await doctor(ctx.docker, { config: (await loadConfig({ file: configFile(), dir: opts.repo })).config, repo: path.resolve(opts.repo) });
       if (opts.json) return out(JSON.stringify(report, null, 2));
       const e = report.engine;
       out(
@@ -40,6 +41,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
           'images:',
           ...report.images.map((i) => `  ${i.present ? 'ok     ' : 'missing'} ${i.ref}`),
           ...(report.images.every((i) => i.present) ? [] : ['run `loopbox images build` to build the missing images']),
+          ...(report.delivery.length ? ['delivery:', ...report.delivery.map((c) => `  ${c.ok ? 'ok     ' : 'PROBLEM'} ${c.name}: ${c.detail}${c.ok || !c.hint ? '' : `\n          ${c.hint}`}`)] : []),
         ].join('\n'),
       );
     });

@@ -38,7 +38,7 @@ Example:
       if (opts.resume) {
         await checkDeliveryConfig(config);
         const summary = await runLoop(ctx.docker, { repo: opts.repo, config, resume: opts.resume, signal: ctx.signal, onEvent });
-        await deliverRun(summary, { repo: opts.repo, config, version: packageVersion(), onNotice: (message) => onEvent({ type: 'notice', runId: summary.runId, task: summary.task, message }) });
+        await deliverRun(summary, { repo: opts.repo, config, version: packageVersion(), signal: ctx.signal, onNotice: (message) => onEvent({ type: 'notice', runId: summary.runId, task: summary.task, message }) });
         summaries = [summary];
       } else {
         // Like `git -C`: a relative task path names a file in --repo, not in the current directory.

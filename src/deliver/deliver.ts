@@ -19,7 +19,7 @@ import { pushRun } from './push.js';
 export const DELIVERY_FILE = 'delivery.json';
 
 export interface PushRecord {
-  status: 'pushed' | 'up-to-date' | 'skipped' | 'failed';
+  status: 'pushed' | 'up-to-date' | 'skipped' | 'failed' | 'cancelled';
   remote?: string;
   url?: string;
   branch?: string;
@@ -32,7 +32,7 @@ export interface PushRecord {
 }
 
 export interface PullRequestRecord {
-  status: 'opened' | 'updated' | 'skipped' | 'failed';
+  status: 'opened' | 'updated' | 'skipped' | 'failed' | 'cancelled';
   url?: string;
   number?: number;
   reason?: string;
@@ -46,6 +46,8 @@ export interface DeliveryRecord {
   push: PushRecord | null;
   pullRequest: PullRequestRecord | null;
   notify: { event: NotifyEvent; results: NotifyResult[] } | null;
+  /** Set when the run's stop signal (Ctrl+C) cut delivery short: why, and the steps it cut. */
+  cancelled?: { reason: string; steps: Array<'push' | 'pullRequest' | 'notify'> };
 }
 
 export interface DeliverOptions {
@@ -60,6 +62,11 @@ export interface DeliverOptions {
   github?: (host: string) => GitHubTransport;
   /** First notify backoff (tests). */
   backoffMs?: number;
+  /**
+   * The run's stop (Ctrl+C): a step in flight is cut (git and gh killed, the webhook request
+   * aborted), no retry or later step starts, and delivery.json says `cancelled`.
+   */
+  signal?: AbortSignal | undefined;
 }
 
 /** Is anything to do after a loop? */
@@ -137,22 +144,39 @@ export async function deliverRun(summary: LoopSummary, options: DeliverOptions):
   const log = createLogger({ file: path.join(dir, 'loop.log'), level: 'info' });
   const notice = (message: string): void => options.onNotice?.(message);
   const record: DeliveryRecord = { at: new Date().toISOString(), push: null, pullRequest: null, notify: null };
+  const { signal } = options;
+  const cutSteps: Array<'push' | 'pullRequest' | 'notify'> = [];
+  const stopReason = (): string => `the run was stopped (${describe(signal?.reason ?? 'aborted')})`;
   const push = config.loop.push;
-  if (push) {
+  if (push && signal?.aborted) {
+    record.push = { status: 'cancelled', remote: push.remote, reason: stopReason() };
+    cutSteps.push('push');
+  } else if (push) {
     try {
       // A resumed run works on the repository its state names, whatever --repo says now.
       const repo = (await loadState(dir))?.repo ?? options.repo;
-      const out = await pushRun({ repo, task: summary.task, runId: summary.runId, endState: summary.endState, verifiedCommit: summary.verifiedCommit, lastCommit: summary.lastCommit, localBranch: summary.branch, config: push, stateEnv: options.stateEnv });
+      const out = await pushRun({ repo, task: summary.task, runId: summary.runId, endState: summary.endState, verifiedCommit: summary.verifiedCommit, lastCommit: summary.lastCommit, localBranch: summary.branch, config: push, stateEnv: options.stateEnv, signal });
       record.push = out.status === 'skipped' ? { status: 'skipped', reason: out.reason } : { ...out };
       log.info({ push: record.push }, 'push');
       if (out.status === 'pushed') notice(`pushed ${out.commit.slice(0, 12)} to ${out.branch} on ${out.remote}${out.verified ? '' : ' (unverified work)'}`);
     } catch (error) {
-      record.push = { status: 'failed', remote: push.remote, ...failure(error) };
-      log.error({ push: record.push }, 'push failed');
-      notice(`push failed: ${describe(error).split('\n')[0] ?? ''}`);
+      if (signal?.aborted) {
+        record.push = { status: 'cancelled', remote: push.remote, reason: stopReason(), ...failure(error) };
+        cutSteps.push('push');
+        log.warn({ push: record.push }, 'push cancelled');
+        notice('push cancelled: the run was stopped; push the local branch later with `git push`');
+      } else {
+        record.push = { status: 'failed', remote: push.remote, ...failure(error) };
+        log.error({ push: record.push }, 'push failed');
+        notice(`push failed: ${describe(error).split('\n')[0] ?? ''}`);
+      }
     }
   }
-  if (config.loop.pullRequest) {
+  if (config.loop.pullRequest && signal?.aborted) {
+    record.pullRequest = { status: 'cancelled', reason: stopReason() };
+    cutSteps.push('pullRequest');
+    log.info({ pullRequest: record.pullRequest }, 'pull request');
+  } else if (config.loop.pullRequest) {
     const pushed = record.push;
     if (!pushed || (pushed.status !== 'pushed' && pushed.status !== 'up-to-date') || !pushed.url || !pushed.branch) {
       record.pullRequest = { status: 'skipped', reason: pushed ? `nothing was pushed (${pushed.status}${pushed.reason ? `: ${pushed.reason}` : ''})` : 'loop.push is not set' };
@@ -163,13 +187,18 @@ export async function deliverRun(summary: LoopSummary, options: DeliverOptions):
       } else {
         try {
           const facts = await runFacts(summary, record);
-          const send = (options.github ?? ((host: string) => ghTransport(host)))(repo.host);
+          const send = (options.github ?? ((host: string) => ghTransport(host, undefined, signal)))(repo.host);
           const pr = await openOrUpdatePullRequest(send, repo, pushed.branch, pushed.base ?? 'main', { ...facts, report: facts.report });
           record.pullRequest = { status: pr.status, url: pr.url, number: pr.number };
           notice(`pull request ${pr.status}: ${pr.url}`);
         } catch (error) {
-          record.pullRequest = { status: 'failed', ...failure(error) };
-          notice(`pull request failed: ${describe(error).split('\n')[0] ?? ''}`);
+          if (signal?.aborted) {
+            record.pullRequest = { status: 'cancelled', reason: stopReason(), ...failure(error) };
+            cutSteps.push('pullRequest');
+          } else {
+            record.pullRequest = { status: 'failed', ...failure(error) };
+            notice(`pull request failed: ${describe(error).split('\n')[0] ?? ''}`);
+          }
         }
       }
     }
@@ -177,6 +206,11 @@ export async function deliverRun(summary: LoopSummary, options: DeliverOptions):
   }
   if (config.notify && options.notify !== false) {
     record.notify = { event: 'loop-end', results: await sendNotification('loop-end', [await runFacts(summary, record)], options, log) };
+    if (record.notify.results.some((r) => r.cancelled)) cutSteps.push('notify');
+  }
+  if (cutSteps.length) {
+    record.cancelled = { reason: stopReason(), steps: cutSteps };
+    log.warn({ cancelled: record.cancelled }, 'delivery cancelled');
   }
   try {
     await writeJsonAtomic(path.join(dir, DELIVERY_FILE), record);
@@ -188,7 +222,7 @@ export async function deliverRun(summary: LoopSummary, options: DeliverOptions):
 }
 
 /** Sends one notification; failures are logged and returned, never thrown. */
-export async function sendNotification(event: NotifyEvent, runs: NotifyRun[], options: Pick<DeliverOptions, 'config' | 'version' | 'stateEnv' | 'onNotice' | 'backoffMs'>, log = createLogger()): Promise<NotifyResult[]> {
+export async function sendNotification(event: NotifyEvent, runs: NotifyRun[], options: Pick<DeliverOptions, 'config' | 'version' | 'stateEnv' | 'onNotice' | 'backoffMs' | 'signal'>, log = createLogger()): Promise<NotifyResult[]> {
   const config = options.config.notify;
   if (!config) return [];
   try {
@@ -197,9 +231,10 @@ export async function sendNotification(event: NotifyEvent, runs: NotifyRun[], op
       env: process.env,
       version: options.version,
       ...(options.backoffMs !== undefined ? { backoffMs: options.backoffMs } : {}),
+      signal: options.signal,
       log: (entry) => (entry.ok ? log.info({ notify: entry }, 'notify attempt') : log.warn({ notify: entry }, 'notify attempt failed')),
     });
-    for (const r of results) if (!r.ok) options.onNotice?.(`notify ${r.target} failed after ${r.attempts} attempt(s): ${r.error ?? '?'}`);
+    for (const r of results) if (!r.ok && !r.cancelled) options.onNotice?.(`notify ${r.target} failed after ${r.attempts} attempt(s): ${r.error ?? '?'}`);
     return results;
   } catch (error) {
     log.error({ error: describe(error) }, 'notify failed');

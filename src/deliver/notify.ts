@@ -61,6 +61,8 @@ export interface NotifyResult {
   ok: boolean;
   attempts: number;
   error?: string | undefined;
+  /** The run's stop signal fired: the attempt in flight was cut and no further one was made. */
+  cancelled?: boolean;
 }
 
 export interface NotifyOptions {
@@ -71,6 +73,8 @@ export interface NotifyOptions {
   /** The first backoff in ms (then doubled); default 1000. Tests shorten it. */
   backoffMs?: number;
   version: string;
+  /** The run's stop (Ctrl+C): cuts the attempt in flight and the backoff; no retry after it. */
+  signal?: AbortSignal | undefined;
 }
 
 /** The HMAC secret from `notify.secretEnv`, or undefined when none is configured; a ConfigError when named but unusable. */
@@ -102,26 +106,44 @@ export function webhookRequest(body: NotifyBody, secret: string | undefined, ver
   return { headers, payload };
 }
 
-async function withRetries(attempts: number, backoffMs: number, once: (attempt: number) => Promise<{ ok: boolean; retry: boolean; error?: string }>): Promise<{ ok: boolean; attempts: number; error?: string | undefined }> {
+/** Waits `ms`, or less when `signal` fires. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+type Attempts = { ok: boolean; attempts: number; error?: string | undefined; cancelled?: boolean };
+
+async function withRetries(attempts: number, backoffMs: number, signal: AbortSignal | undefined, once: (attempt: number) => Promise<{ ok: boolean; retry: boolean; error?: string }>): Promise<Attempts> {
   let last: string | undefined;
+  const cancelled = (made: number): Attempts => ({ ok: false, attempts: made, error: `cancelled: the run was stopped${last ? ` (last attempt: ${last})` : ''}`, cancelled: true });
   for (let attempt = 1; attempt <= attempts; attempt++) {
+    if (signal?.aborted) return cancelled(attempt - 1);
     const r = await once(attempt);
     if (r.ok) return { ok: true, attempts: attempt };
     last = r.error;
+    if (signal?.aborted) return cancelled(attempt);
     if (!r.retry || attempt === attempts) return { ok: false, attempts: attempt, error: last };
-    await new Promise((resolve) => setTimeout(resolve, backoffMs * 2 ** (attempt - 1)));
+    await pause(backoffMs * 2 ** (attempt - 1), signal);
   }
   return { ok: false, attempts, error: last };
 }
 
 async function sendWebhook(url: string, body: NotifyBody, options: NotifyOptions, secret: string | undefined): Promise<NotifyResult> {
   const { config } = options;
-  const r = await withRetries(config.attempts, options.backoffMs ?? 1000, async (attempt) => {
+  const r = await withRetries(config.attempts, options.backoffMs ?? 1000, options.signal, async (attempt) => {
     const start = Date.now();
     const { headers, payload } = webhookRequest(body, secret, options.version);
     try {
       // A redirect is not followed: the body (and its signature) go to the configured URL only.
-      const res = await fetch(url, { method: 'POST', headers, body: payload, redirect: 'manual', signal: AbortSignal.timeout(config.timeout) });
+      const res = await fetch(url, { method: 'POST', headers, body: payload, redirect: 'manual', signal: options.signal ? AbortSignal.any([AbortSignal.timeout(config.timeout), options.signal]) : AbortSignal.timeout(config.timeout) });
       await res.arrayBuffer().catch(() => undefined);
       const ok = res.status >= 200 && res.status < 300;
       const error = ok ? undefined : `HTTP ${res.status}${res.status >= 300 && res.status < 400 ? ' (redirects are not followed)' : ''}`;
@@ -130,7 +152,7 @@ async function sendWebhook(url: string, body: NotifyBody, options: NotifyOptions
       return { ok, retry: res.status >= 500 || res.status === 408 || res.status === 429, error };
     } catch (e) {
       const timedOut = e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError');
-      const error = timedOut ? `no answer within ${config.timeout} ms` : describe(e).split('\n')[0];
+      const error = options.signal?.aborted ? 'cut short: the run was stopped' : timedOut ? `no answer within ${config.timeout} ms` : describe(e).split('\n')[0];
       options.log?.({ target: 'webhook', attempt, ok: false, error, ms: Date.now() - start });
       return { ok: false, retry: true, error };
     }
@@ -141,11 +163,12 @@ async function sendWebhook(url: string, body: NotifyBody, options: NotifyOptions
 async function runCommand(argv: readonly string[], body: NotifyBody, options: NotifyOptions): Promise<NotifyResult> {
   const { config } = options;
   const payload = JSON.stringify(body);
-  const r = await withRetries(config.attempts, options.backoffMs ?? 1000, async (attempt) => {
+  const r = await withRetries(config.attempts, options.backoffMs ?? 1000, options.signal, async (attempt) => {
     const start = Date.now();
     const result = await execa(argv[0]!, argv.slice(1), {
       input: payload,
       timeout: config.timeout,
+      ...(options.signal ? { cancelSignal: options.signal } : {}),
       reject: false,
       // Killed with its children's pipes closed: a command that hangs cannot hold loopbox.
       forceKillAfterDelay: 2000,

@@ -141,9 +141,9 @@ export function parseGhInclude(stdout: string): ApiResponse | undefined {
 }
 
 /** The transport in use: `gh api`, with gh's own authentication. */
-export function ghTransport(host: string, timeoutMs = 60_000): GitHubTransport {
+export function ghTransport(host: string, timeoutMs = 60_000, signal?: AbortSignal): GitHubTransport {
   return async (request) => {
-    const result = await execa('gh', ghApiArgs(request, host), { input: request.body ? JSON.stringify(request.body) : '', reject: false, timeout: timeoutMs, env: { GH_PROMPT_DISABLED: '1', GH_NO_UPDATE_NOTIFIER: '1' } });
+    const result = await execa('gh', ghApiArgs(request, host), { input: request.body ? JSON.stringify(request.body) : '', reject: false, timeout: timeoutMs, ...(signal ? { cancelSignal: signal } : {}), env: { GH_PROMPT_DISABLED: '1', GH_NO_UPDATE_NOTIFIER: '1' } });
     if ((result.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') throw new PullRequestError('The GitHub CLI (gh) is not installed, so loopbox cannot open a pull request.', 'no-gh', GH_INSTALL_HINT);
     const parsed = parseGhInclude(typeof result.stdout === 'string' ? result.stdout : '');
     if (parsed) return parsed;

@@ -18,7 +18,7 @@ import { writeJsonAtomic } from '../runs/registry.js';
 export class PushError extends LoopboxError {
   constructor(
     message: string,
-    readonly kind: 'unreachable' | 'rejected' | 'auth' | 'refused' | 'config' | 'failed',
+    readonly kind: 'unreachable' | 'rejected' | 'auth' | 'refused' | 'config' | 'failed' | 'cancelled',
     hint: string,
     cause?: unknown,
   ) {
@@ -38,6 +38,8 @@ export interface PushRequest {
   localBranch: string;
   config: PushConfig;
   stateEnv?: NodeJS.ProcessEnv | undefined;
+  /** The run's stop (Ctrl+C): kills a running ls-remote or push. */
+  signal?: AbortSignal | undefined;
 }
 
 export type PushOutcome =
@@ -119,6 +121,9 @@ export async function userCredentialConfig(repo: string, home = homedir(), xdgCo
 function pushFailure(error: unknown, url: string, branch: string, what: string): PushError {
   const stderr = error instanceof GitError ? error.failure.stderrTail : describe(error);
   const first = `${what} ${url} failed`;
+  if (error instanceof GitError && error.failure.cancelled) {
+    return new PushError(`${what} ${url} was cancelled (the run was stopped)`, 'cancelled', `Nothing was pushed by this attempt; push the local branch later with \`git push\`.`, error);
+  }
   if (error instanceof GitError && error.failure.signal) {
     return new PushError(`${first}: timed out or was killed\n${stderr}`, 'unreachable', 'Check that the remote answers (git ls-remote <url>) or raise loop.push.timeout.', error);
   }
@@ -141,11 +146,11 @@ interface RemoteView {
   tip: string | null;
 }
 
-async function lsRemote(repo: string, url: string, branch: string, helpers: string[], timeoutMs: number): Promise<RemoteView> {
+async function lsRemote(repo: string, url: string, branch: string, helpers: string[], timeoutMs: number, signal?: AbortSignal): Promise<RemoteView> {
   let out: string;
   try {
     // `--end-of-options`: a URL may not be read as an option, whatever it starts with.
-    out = await git(['ls-remote', '--symref', '--end-of-options', url, 'HEAD', `refs/heads/${branch}`], { cwd: repo, transport: { credentialConfig: helpers }, timeoutMs });
+    out = await git(['ls-remote', '--symref', '--end-of-options', url, 'HEAD', `refs/heads/${branch}`], { cwd: repo, transport: { credentialConfig: helpers }, timeoutMs, signal });
   } catch (error) {
     throw pushFailure(error, url, branch, 'git ls-remote');
   }
@@ -161,7 +166,7 @@ async function lsRemote(repo: string, url: string, branch: string, helpers: stri
 }
 
 /** The remote's URL: a URL as given, or the push URL of the named remote in the user's repo. */
-async function remoteUrl(repo: string, remote: string): Promise<string> {
+export async function remoteUrl(repo: string, remote: string): Promise<string> {
   if (isUrl(remote)) return remote;
   const { stdout, exitCode } = await gitStatus(['remote', 'get-url', '--push', remote], { cwd: repo, okExitCodes: [2, 128] });
   if (exitCode !== 0 || !stdout.trim()) {
@@ -200,7 +205,7 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
 
   const url = await remoteUrl(repo, config.remote);
   const helpers = await userCredentialConfig(repo);
-  const view = await lsRemote(repo, url, branch, helpers, config.timeout);
+  const view = await lsRemote(repo, url, branch, helpers, config.timeout, req.signal);
   const localHead = (await gitStatus(['symbolic-ref', '-q', '--short', 'HEAD'], { cwd: repo, okExitCodes: [1] })).stdout.trim() || null;
   const bases = [...new Set([view.head, localHead].filter((b): b is string => b !== null))];
   if (bases.includes(branch)) {
@@ -229,7 +234,7 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
     }
   }
   try {
-    await git([...args, '--', url, `${commit}:refs/heads/${branch}`], { cwd: repo, transport: { credentialConfig: helpers }, timeoutMs: config.timeout });
+    await git([...args, '--', url, `${commit}:refs/heads/${branch}`], { cwd: repo, transport: { credentialConfig: helpers }, timeoutMs: config.timeout, signal: req.signal });
   } catch (error) {
     throw pushFailure(error, url, branch, 'git push to');
   }

@@ -148,7 +148,7 @@ const short = (sha: string | null): string => (sha ? sha.slice(0, 12) : '-');
 export function deliveredText(d: DeliveryRecord | null): string {
   if (!d) return 'not delivered';
   const parts: string[] = [];
-  if (d.push) parts.push(d.push.status === 'pushed' || d.push.status === 'up-to-date' ? `pushed ${d.push.branch ?? ''} (${d.push.remote ?? ''})` : d.push.status === 'failed' ? 'push FAILED' : `push skipped: ${d.push.reason ?? ''}`);
+  if (d.push) parts.push(d.push.status === 'pushed' || d.push.status === 'up-to-date' ? `pushed ${d.push.branch ?? ''} (${d.push.remote ?? ''})` : d.push.status === 'failed' ? 'push FAILED' : `push ${d.push.status === 'cancelled' ? 'cancelled' : 'skipped'}: ${d.push.reason ?? ''}`);
   if (d.pullRequest) parts.push(d.pullRequest.url ? `PR ${d.pullRequest.url}` : `PR ${d.pullRequest.status}${d.pullRequest.reason ? `: ${d.pullRequest.reason}` : ''}`);
   return parts.join('; ') || 'not delivered';
 }

@@ -16,6 +16,8 @@ export interface GitFailure {
   exitCode: number | undefined;
   signal: string | undefined;
   stderrTail: string;
+  /** Killed by GitOptions.signal, not failed on its own. */
+  cancelled?: boolean;
 }
 
 /** A git command that failed: which one, where, its exit code and the end of its stderr. */
@@ -43,6 +45,8 @@ export interface GitOptions {
   /** Hint attached to the GitError when the command fails. */
   hint?: string;
   timeoutMs?: number;
+  /** Kills git when it fires (a Ctrl+C during delivery); the GitError then says "cancelled". */
+  signal?: AbortSignal | undefined;
   /**
    * Only `git push`/`ls-remote` of deliver/push.ts: lets git reach a remote over file, git, ssh,
    * http and https (never ext:: or fd::, which run programs), with these credential settings
@@ -182,6 +186,7 @@ async function runGit<E extends 'utf8' | 'buffer'>(
     stripFinalNewline: false,
     reject: false,
     timeout: options.timeoutMs ?? 120_000,
+    ...(options.signal ? { cancelSignal: options.signal } : {}),
     maxBuffer: 1024 * 1024 * 1024,
   });
   const exitCode = result.exitCode;
@@ -189,13 +194,14 @@ async function runGit<E extends 'utf8' | 'buffer'>(
   if (!ok) {
     const stderr = typeof result.stderr === 'string' ? result.stderr : Buffer.from(result.stderr).toString('utf8');
     throw new GitError(
-      result.timedOut ? `git ${args[0] ?? ''} timed out` : `git ${args[0] ?? ''} failed`,
+      result.timedOut ? `git ${args[0] ?? ''} timed out` : result.isCanceled ? `git ${args[0] ?? ''} was cancelled` : `git ${args[0] ?? ''} failed`,
       {
         args,
         cwd: options.cwd,
         exitCode,
         signal: result.signal ?? undefined,
         stderrTail: stderr.trimEnd().split('\n').slice(-20).join('\n'),
+        ...(result.isCanceled ? { cancelled: true } : {}),
       },
       { hint: options.hint, cause: result.cause },
     );

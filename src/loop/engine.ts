@@ -3,8 +3,12 @@
 // did can be verified. The loop waits for the engine (bounded by loop.engineWait), cleans up
 // what the dead iteration left, records it as void (not counted against the brakes) and goes on.
 import { DockerUnavailableError, LoopboxError, describe } from '../common/errors.js';
+import type { CollectResult } from '../sandbox/sandbox.js';
+import { type EscalationState, workerModel } from './escalation.js';
 import type { LoopContext } from './iteration.js';
 import type { IterationRecord } from './state.js';
+
+type ModelUsage = CollectResult['model'];
 
 /** Socket-level failures: the engine hung up, or is not listening (yet). */
 const GONE_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ENOENT', 'EPIPE', 'ECONNABORTED', 'ETIMEDOUT']);
@@ -57,10 +61,12 @@ export async function waitForEngine(docker: Pingable, timeoutMs: number, signal:
 }
 
 /**
- * The record of an iteration the engine's loss voided: no verification, no commit, no tokens
- * counted, the tree of the last counted iteration (so the brakes see no change), and why.
+ * The record of an iteration the engine's loss voided: no verification, no commit, the tree of
+ * the last counted iteration (so the brakes see no change), and why. Its tokens are the ones the
+ * gateway recorded for it (`model`, read from the sentry's audit files after the engine came
+ * back), or 0 when none could be read.
  */
-export function voidRecord(iteration: number, startedAt: Date, tree: string, error: unknown, waitedMs: number): IterationRecord {
+export function voidRecord(iteration: number, startedAt: Date, tree: string, error: unknown, waitedMs: number, model?: IterationRecord['model'] & { tokens: number }): IterationRecord {
   return {
     iteration,
     startedAt: startedAt.toISOString(),
@@ -75,7 +81,8 @@ export function voidRecord(iteration: number, startedAt: Date, tree: string, err
     evidence: null,
     commit: null,
     verified: false,
-    tokens: 0,
+    tokens: model?.tokens ?? 0,
+    ...(model ? { model: { promptTokens: model.promptTokens, cachedTokens: model.cachedTokens, completionTokens: model.completionTokens, requests: model.requests, denied: model.denied, ...(model.name !== undefined ? { name: model.name } : {}), ...(model.escalated !== undefined ? { escalated: model.escalated } : {}) } } : {}),
     audit: { allowedPackets: 0, allowedBytes: 0, blockedPackets: 0, dnsBlocked: 0, dnsAnswered: 0, lostRecords: 0, records: 0 },
     modelDown: false,
     void: `the Docker engine went away (${describe(error).split('\n')[0] ?? 'error'}); it answered again after ${Math.round(waitedMs / 1000)} s`,
@@ -88,7 +95,7 @@ export function voidRecord(iteration: number, startedAt: Date, tree: string, err
  * of the run), and return the void record. Undefined when the error is not the engine's loss,
  * so the caller rethrows it. Throws when the engine does not come back in time.
  */
-export async function voidAfterEngineLoss(ctx: LoopContext, error: unknown, iteration: number, startedAt: Date, tree: string, notify: (message: string) => void): Promise<IterationRecord | undefined> {
+export async function voidAfterEngineLoss(ctx: LoopContext, error: unknown, iteration: number, startedAt: Date, tree: string, notify: (message: string) => void, escalation?: EscalationState): Promise<IterationRecord | undefined> {
   if (!isEngineLoss(error) && (await engineAnswers(ctx.backend))) return undefined;
   const waitMs = ctx.config.loop.engineWait;
   const first = describe(error).split('\n')[0] ?? 'error';
@@ -104,9 +111,50 @@ export async function voidAfterEngineLoss(ctx: LoopContext, error: unknown, iter
   const waited = Date.now() - t0;
   ctx.log.warn({ iteration, waitedMs: waited }, 'docker engine back: the iteration is void');
   notify(`the Docker engine answers again after ${Math.round(waited / 1000)} s: iteration ${iteration} is void (not counted against the brakes); cleaning up and going on`);
+  // The gateway wrote each finished model request to the sentry's audit folder on the host, so
+  // the void iteration's tokens can still be read: they count (and the token budget sees them).
+  const usage = await voidUsage(ctx, iteration);
+  const model = usage ? { ...usage, ...workerModel(ctx.config, escalation) } : undefined;
   // The sentry died with the engine: what it logged is read now (audit), its container goes,
   // and the next iteration starts a new one. Then whatever else of the run is left.
   await ctx.sentries.stop().catch((e: unknown) => ctx.log.warn({ error: describe(e) }, 'stopping the dead sentry failed'));
   await ctx.backend.removeRun(ctx.runId).catch((e: unknown) => ctx.log.warn({ error: describe(e) }, 'removing the void iteration\'s containers failed'));
-  return voidRecord(iteration, startedAt, tree, error, waited);
+  return voidRecord(iteration, startedAt, tree, error, waited, model);
+}
+
+function addUsage(a: ModelUsage, b: ModelUsage): ModelUsage {
+  return {
+    ...a,
+    requests: a.requests + b.requests,
+    denied: a.denied + b.denied,
+    promptTokens: a.promptTokens + b.promptTokens,
+    cachedTokens: a.cachedTokens + b.cachedTokens,
+    completionTokens: a.completionTokens + b.completionTokens,
+    tokens: a.tokens + b.tokens,
+    budgetExceeded: a.budgetExceeded || b.budgetExceeded,
+  };
+}
+
+/**
+ * The model usage the gateway recorded for the void iteration: a collection the iteration had
+ * already made (the engine went away after its agent), plus what the dead sentry's files hold
+ * since (read from the host; the container need not run). A request in flight when the engine
+ * died was never written by the gateway: it cannot be counted. Undefined when nothing could be read.
+ */
+async function voidUsage(ctx: LoopContext, iteration: number): Promise<ModelUsage | undefined> {
+  const parts: ModelUsage[] = [];
+  const earlier = ctx.sentries.lastCollect;
+  if (earlier?.iteration === iteration) {
+    const r = await earlier.result.catch(() => undefined);
+    if (r) parts.push(r.model);
+  }
+  const sentry = ctx.sentries.current;
+  if (sentry) {
+    try {
+      parts.push((await ctx.backend.collectAudit(sentry, { runId: ctx.runId, task: ctx.task.name, iteration })).model);
+    } catch (e) {
+      ctx.log.warn({ iteration, error: describe(e) }, "the void iteration's model usage could not be read");
+    }
+  }
+  return parts.length ? parts.reduce(addUsage) : undefined;
 }

@@ -40,6 +40,16 @@ export function workerModel(config: Config, escalation: EscalationState | undefi
 }
 
 /**
+ * Does this iteration's agent take one of the local model server's slots (the runner's
+ * agentSlots)? Not when escalated: its sentry's gateway sends every model request to
+ * model.escalate's endpoint and none to the local server, so holding a local slot would only
+ * keep a loop that does need the local model waiting.
+ */
+export function usesLocalModelSlot(config: Config, escalation: EscalationState | undefined): boolean {
+  return !workerModel(config, escalation).escalated;
+}
+
+/**
  * The escalation state after an iteration. `stalled`: the brakes would end the loop as stalled
  * now; an escalation that has not happened yet takes the place of that end (the caller goes on).
  */

@@ -28,7 +28,7 @@ import { type Baseline, account as accountTests, accountingRecord } from '../ver
 import type { VerifyOptions, VerifyResult } from '../verify/verify.js';
 import { LOOP_MOUNT, NOTES_MOUNT, agentInvocation } from './agents.js';
 import { CappedLog } from './capped-log.js';
-import { type EscalationState, workerModel } from './escalation.js';
+import { type EscalationState, usesLocalModelSlot, workerModel } from './escalation.js';
 import { DiskWatch } from './disk-watch.js';
 import { type Accounting, commitMessage } from './feedback.js';
 import { reviewRecord, type IterationRecord, type LoopState } from './state.js';
@@ -77,6 +77,8 @@ export interface LoopContext {
 export class SentryKeeper {
   private sentry: SandboxHandle | undefined;
   private escalated = false;
+  /** The last iteration's audit collection: a void iteration (engine loss) still counts its tokens. */
+  lastCollect: { iteration: number; result: Promise<CollectResult> } | undefined;
   constructor(
     private readonly auditRoot: string,
     private count: number,
@@ -101,6 +103,11 @@ export class SentryKeeper {
       logger: ctx.log,
       stateEnv: ctx.stateEnv,
     });
+    return this.sentry;
+  }
+
+  /** The sentry in use, if any (the engine-loss path reads a dead one's audit files through it). */
+  get current(): SandboxHandle | undefined {
     return this.sentry;
   }
 
@@ -151,7 +158,8 @@ export interface AgentStep {
 export async function agent(ctx: LoopContext, state: LoopState, iteration: number, invocation: ReturnType<typeof agentInvocation>): Promise<AgentStep | undefined> {
   const model = ctx.supervisor ? await ctx.supervisor.ensureUp() : undefined;
   const sentry = await ctx.sentries.get(ctx, model?.ip, state.tokens, state.escalation);
-  const releaseSlot = ctx.agentSlots ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
+  // An escalated agent's model requests go to model.escalate's endpoint: no local slot is taken.
+  const releaseSlot = ctx.agentSlots && usesLocalModelSlot(ctx.config, state.escalation) ? await ctx.agentSlots.acquire(ctx.signal).catch(() => undefined) : () => undefined;
   if (!releaseSlot) return undefined;
   const identity: SandboxIdentity = { runId: ctx.runId, task: ctx.task.name, iteration };
   const agentLog = new CappedLog(path.join(ctx.dir, 'sandboxes', `i${iteration}.agent.log`), ctx.config.agent.maxOutput);
@@ -198,6 +206,7 @@ export async function agent(ctx: LoopContext, state: LoopState, iteration: numbe
     // collect while the host snapshots and verifies.
     const collecting = ctx.backend.collectAudit(sentry, identity);
     collecting.catch(() => undefined); // awaited by the caller; never an unhandled rejection meanwhile
+    ctx.sentries.lastCollect = { iteration, result: collecting };
     return { run, outputDropped: agentLog.dropped, stoppedFor, collecting };
   } finally {
     watch?.stop();

@@ -388,10 +388,13 @@ async function iterate(session: Session, ctx: LoopContext, start: LoopState): Pr
     } catch (error) {
       // The engine restarted under the iteration: void, not counted, and the loop goes on.
       const notify = (message: string): void => options.onEvent?.({ type: 'notice', runId, task: task.name, message });
-      const voided = await voidAfterEngineLoss(ctx, error, iteration, iterationStarted, state.trees.at(-1) ?? state.baseTree, notify);
+      const voided = await voidAfterEngineLoss(ctx, error, iteration, iterationStarted, state.trees.at(-1) ?? state.baseTree, notify, state.escalation);
       if (!voided) throw error;
       await appendIteration(dir, voided);
-      state = { ...state, iteration, elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started) };
+      // Its tokens were spent all the same (engine.ts reads them from the gateway's records).
+      const voidEscalation: EscalationState | undefined = voided.model?.escalated && state.escalation ? { ...state.escalation, tokens: state.escalation.tokens + voided.tokens } : state.escalation;
+      state = { ...state, iteration, tokens: state.tokens + voided.tokens, ...(voidEscalation ? { escalation: voidEscalation } : {}), elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started) };
+      if (config.loop.tokenBudget !== undefined && state.tokens >= config.loop.tokenBudget) decision = { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget} used (${state.tokens}, with the void iteration ${iteration}'s ${voided.tokens})` };
       options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: voided });
       if (signal.aborted) decision = { state: 'aborted', reason: describe(signal.reason ?? 'stopped') };
       if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };

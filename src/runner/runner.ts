@@ -56,7 +56,7 @@ export class LoopRunner implements LoopStarter {
   /** Tasks between the busy check and `active` (enqueue awaits): two triggers at once start one loop. */
   private readonly pending = new Set<string>();
   /** Scheduled loops of the current night: one notification when the last of them ends. */
-  private readonly night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config: this.options.config, version: packageVersion(), stateEnv: this.options.stateEnv }));
+  private readonly night = new NightBatch((runs) => sendNotification('schedule-night', runs, { config: this.options.config, version: packageVersion(), stateEnv: this.options.stateEnv, signal: this.options.signal }));
   /** Loops past the pool (the rest of `active` waits for it). */
   private readonly running = new Set<string>();
 
@@ -156,7 +156,7 @@ export class LoopRunner implements LoopStarter {
     try {
       if (deliveryConfigured(config)) {
         const onNotice = (message: string): void => this.options.onEvent?.({ type: 'notice', runId: summary.runId, task: summary.task, message });
-        const delivery = await deliverRun(summary, { repo: this.options.repo, config, version: packageVersion(), stateEnv: this.options.stateEnv, notify: !scheduled, onNotice });
+        const delivery = await deliverRun(summary, { repo: this.options.repo, config, version: packageVersion(), stateEnv: this.options.stateEnv, notify: !scheduled, onNotice, signal: this.options.signal });
         if (scheduled && config.notify) facts = await runFacts(summary, delivery).catch(() => null);
       }
     } finally {

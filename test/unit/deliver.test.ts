@@ -3,7 +3,7 @@
 // are logged and recorded, nothing throws, and the run's state and branch stay as they were.
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -101,6 +101,64 @@ describe('deliverRun', () => {
     expect(await sh(repo, 'rev-parse', 'loopbox/t')).toBe(branchBefore);
     // The notification said the push failed and that a human is needed.
     expect((await readDelivery(summary.runDir))?.push?.status).toBe('failed');
+  });
+});
+
+describe('deliverRun and the run\'s stop (Ctrl+C)', () => {
+  it('a stop while the webhook hangs cuts the attempt and the retries short; delivery.json says cancelled; the push and the run are kept', async () => {
+    const { repo, bare, env, summary } = await world();
+    const stop = new AbortController();
+    let requests = 0;
+    // A receiver on loopback that reads the request and never answers.
+    const url = await receiver(() => {
+      requests += 1;
+      stop.abort(new Error('SIGINT'));
+    });
+    const config = configSchema.parse({ loop: { push: 'origin' }, notify: { webhook: url, timeout: '20s', attempts: 3 } });
+    const stateBefore = await readFile(path.join(summary.runDir, 'state.json'), 'utf8');
+    const started = Date.now();
+    const record = await deliverRun(summary, { repo, config, version: '0.1.0', stateEnv: env, signal: stop.signal });
+    // Without the signal: 3 attempts of 20 s plus backoff. With it: well under the CLI's 30 s cap.
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(requests).toBe(1);
+    expect(record.push).toMatchObject({ status: 'pushed' });
+    expect(await sh(bare, 'rev-parse', 'loopbox/t')).toBe(summary.verifiedCommit);
+    expect(record.notify?.results).toEqual([{ target: 'webhook', ok: false, attempts: 1, cancelled: true, error: expect.stringMatching(/^cancelled: the run was stopped/) as unknown }]);
+    expect(record.cancelled).toEqual({ reason: 'the run was stopped (SIGINT)', steps: ['notify'] });
+    expect(await readDelivery(summary.runDir)).toEqual(record);
+    expect(await readFile(path.join(summary.runDir, 'state.json'), 'utf8')).toBe(stateBefore);
+  });
+
+  it('a stop while git push hangs on the remote kills git; the later steps are not started', async () => {
+    const { repo, env, summary } = await world();
+    // A git:// "server" on loopback that accepts and never says a word: ls-remote would wait for its timeout.
+    const sockets: net.Socket[] = [];
+    const silent = net.createServer((socket) => sockets.push(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    });
+    await sh(repo, 'remote', 'set-url', 'origin', `git://127.0.0.1:${(silent.address() as AddressInfo).port}/r.git`);
+    let requests = 0;
+    const url = await receiver((res) => {
+      requests += 1;
+      res.end();
+    });
+    const config = configSchema.parse({ loop: { push: { remote: 'origin', timeout: '60s' } }, notify: { webhook: url } });
+    const stop = new AbortController();
+    const timer = setInterval(() => {
+      if (sockets.length) stop.abort(new Error('SIGINT'));
+    }, 50);
+    const started = Date.now();
+    const record = await deliverRun(summary, { repo, config, version: '0.1.0', stateEnv: env, signal: stop.signal }).finally(() => clearInterval(timer));
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(record.push).toMatchObject({ status: 'cancelled', remote: 'origin', reason: 'the run was stopped (SIGINT)' });
+    expect(record.push?.error).toMatch(/was cancelled/);
+    expect(record.notify?.results).toEqual([{ target: 'webhook', ok: false, attempts: 0, cancelled: true, error: 'cancelled: the run was stopped' }]);
+    expect(requests).toBe(0);
+    expect(record.cancelled?.steps).toEqual(['push', 'notify']);
+    expect((await readDelivery(summary.runDir))?.cancelled?.steps).toEqual(['push', 'notify']);
   });
 });
 

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ContainerBackend, SandboxHandle } from '../../src/backend/backend.js';
+import { Semaphore } from '../../src/common/semaphore.js';
 import { parseConfig } from '../../src/config/load.js';
 import { NO_MODEL_USAGE } from '../../src/egress/gateway-records.js';
 import { START_CURSOR } from '../../src/egress/ingest.js';
@@ -155,6 +156,69 @@ describe('runLoop on an in-memory backend', () => {
     expect(summary.endState).toBe('stalled');
     expect(summary.lastCommit).toBeNull();
     expect(backend.verified.length).toBeGreaterThan(1);
+  });
+
+  it('takes a local model slot for a local iteration and none for an escalated one', async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const slots = new Semaphore(1);
+    const seen: Array<{ iteration: number; inUse: number }> = [];
+    const backend = new MemoryBackend(repo, async (wt, n) => {
+      seen.push({ iteration: n, inUse: slots.inUse });
+      await writeFile(path.join(wt, 'answer.txt'), n === 1 ? '40\n' : '42\n');
+    });
+    const escalated: boolean[] = [];
+    const start = backend.startSentry.bind(backend);
+    backend.startSentry = (options) => {
+      escalated.push(options.escalate !== undefined);
+      return start(options);
+    };
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ model: { escalate: { endpoint: 'http://escalate.invalid:8080/v1', model: 'big', after: 1 } } }), stateEnv, backend, agentSlots: slots });
+    expect(summary.endState).toBe('done');
+    // Iteration 1 ran on the local model and held its slot; iteration 2 was escalated and held none.
+    expect(escalated).toEqual([false, true]);
+    expect(seen).toEqual([{ iteration: 1, inUse: 1 }, { iteration: 2, inUse: 0 }]);
+    expect(slots.inUse).toBe(0);
+  });
+
+  /** A backend whose engine "goes away" during iteration 1's agent, after the gateway recorded 7 tokens for it. */
+  function engineLostOnce(repo: string): MemoryBackend {
+    const backend = new MemoryBackend(repo, async (wt, n) => {
+      if (n === 1) throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
+      await writeFile(path.join(wt, 'answer.txt'), '42\n');
+    });
+    const collect = backend.collectAudit.bind(backend);
+    // Through the interface: the in-memory backend's own collectAudit takes no arguments.
+    const seen: ContainerBackend = backend;
+    seen.collectAudit = async (...args: Parameters<ContainerBackend['collectAudit']>) => {
+      const r = await collect();
+      const iteration = args[1].iteration;
+      return { ...r, model: { ...r.model, requests: 1, promptTokens: iteration === 1 ? 5 : 8, completionTokens: 2, tokens: iteration === 1 ? 7 : 10 } };
+    };
+    return backend;
+  }
+
+  it("counts a void iteration's tokens (engine loss) from the gateway's records read after the engine came back", async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const backend = engineLostOnce(repo);
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ loop: { maxIterations: 4, engineWait: '5s' } }), stateEnv, backend });
+    expect(summary.endState).toBe('done');
+    expect(summary.tokens).toBe(17);
+    const iterations = (await readFile(path.join(summary.runDir, 'iterations.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { void?: string; tokens: number; model?: { requests: number; promptTokens: number } });
+    expect(iterations[0]).toMatchObject({ tokens: 7, model: { requests: 1, promptTokens: 5 } });
+    expect(iterations[0]!.void).toMatch(/Docker engine went away/);
+    expect(iterations[1]!.tokens).toBe(10);
+  });
+
+  it("the token budget sees a void iteration's tokens: the loop ends instead of starting another agent", async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const backend = engineLostOnce(repo);
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ loop: { maxIterations: 4, engineWait: '5s', tokenBudget: 6 } }), stateEnv, backend });
+    expect(summary.endState).toBe('timed-out-budget');
+    expect(summary.reason).toMatch(/token budget of 6 used \(7, with the void iteration 1's 7\)/);
+    expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toEqual(['runAgent 1']);
   });
 
   it('refuses to start when the backend finds no model server, before anything runs', async () => {
