@@ -20,7 +20,13 @@ const remote = z
   .refine((r) => !r.startsWith('-'), 'expected a remote name or URL, not an option')
   .refine((r) => !/^(ext|fd)::/i.test(r), 'ext:: and fd:: remotes run programs; loopbox refuses them')
   // eslint-disable-next-line no-control-regex -- refusing control characters is the point
-  .refine((r) => !/[\u0000-\u001f\u007f]/.test(r), 'expected one line without control characters');
+  .refine((r) => !/[\u0000-\u001f\u007f]/.test(r), 'expected one line without control characters')
+  // The remote is recorded (config.json, delivery.json) and sent (notify body): a token in it
+  // would go wherever those go. An ssh:// user name alone is no credential.
+  .refine((r) => {
+    const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)@/.exec(r);
+    return !m || (m[1]!.toLowerCase() === 'ssh' && !m[2]!.includes(':'));
+  }, 'expected a URL without credentials: use your ssh agent or a git credential helper (docs/configuration.md)');
 
 export const pushSchema = z.strictObject({
   /** A remote of the repository (`origin`) or a URL (file://, ssh://, https://, git://). */

@@ -331,4 +331,38 @@ describe('push over http:// to `git http-backend` behind Basic auth, with the us
       await srv.close();
     }
   });
+
+  it('attack: a token in the remote URL (origin = http://user:token@…) never reaches the outcome, an error or the ledger', async () => {
+    const { repo, bare, state, first } = await setup();
+    const srv = await httpGit(path.dirname(bare), 'loopbox-user', 'tok3n-s3cret');
+    try {
+      const home = await tempDir('home');
+      const withCreds = (pw: string): string => `${srv.url.replace('http://', `http://loopbox-user:${pw}@`)}/remote.git`;
+      await sh(repo, 'remote', 'set-url', 'origin', withCreds('tok3n-s3cret'));
+      await withHome(home, async () => {
+        const out = await pushRun(request(repo, state, { verifiedCommit: first }));
+        expect(out).toMatchObject({ status: 'pushed', url: `${srv.url}/remote.git` });
+        expect(JSON.stringify(out)).not.toContain('tok3n-s3cret');
+        // The same remote with a wrong token: the error (delivery.json, notify body, digest) names the URL without it.
+        await sh(repo, 'remote', 'set-url', 'origin', withCreds('wr0ng-s3cret'));
+        const error = await pushError(pushRun(request(repo, state, { verifiedCommit: first, push: { branch: 'loopbox/other' } })));
+        expect(error.kind).toBe('auth');
+        expect(error.message).toContain(`${srv.url}/remote.git`);
+        expect(`${error.message}\n${error.hint ?? ''}`).not.toContain('wr0ng-s3cret');
+      });
+      expect(await remoteTip(bare, 'loopbox/fix')).toBe(first);
+      expect(await readFile(path.join(state, 'pushes.json'), 'utf8')).not.toContain('tok3n-s3cret');
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('attack: a URL with credentials as loop.push.remote (or --push) is refused by the config, like notify.webhook', () => {
+    for (const remote of ['https://x-access-token:ghp_secret@github.com/o/r.git', 'https://ghp_secret@github.com/o/r.git', 'ssh://git:pw@example.invalid/r.git']) {
+      const parsed = pushSchema.safeParse({ remote });
+      expect(parsed.success, remote).toBe(false);
+      expect(JSON.stringify(parsed.error?.issues)).toMatch(/credential/);
+    }
+    for (const remote of ['ssh://git@example.invalid/o/r.git', 'git@example.invalid:o/r.git', 'https://example.invalid/o/r.git', 'origin']) expect(pushSchema.safeParse({ remote }).success, remote).toBe(true);
+  });
 });
