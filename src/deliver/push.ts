@@ -66,6 +66,23 @@ export function redactUrl(url: string): string {
   return `${m[1]}${keep}${url.slice(m[0].length)}`;
 }
 
+/**
+ * CI config a forge runs on a push of any branch, often with the repository's secrets: a
+ * workflow the agent wrote would run outside every sandbox. A commit that adds or changes one
+ * is not pushed (the user reviews it and pushes by hand).
+ */
+const CI_PATHS = ['.github/workflows', '.github/actions', '.gitea/workflows', '.forgejo/workflows', '.gitlab-ci.yml', '.gitlab', '.circleci', '.travis.yml', 'Jenkinsfile', 'azure-pipelines.yml', '.azure-pipelines', 'bitbucket-pipelines.yml', '.buildkite', '.drone.yml', '.woodpecker.yml', '.woodpecker'];
+
+/** CI files `commit` changes since it forked from the repository's HEAD (all of them without a common commit). */
+async function ciChanges(repo: string, commit: string): Promise<string[]> {
+  const { stdout, exitCode } = await gitStatus(['merge-base', '--end-of-options', commit, 'HEAD'], { cwd: repo, okExitCodes: [1, 128] });
+  const out =
+    exitCode === 0 && stdout.trim()
+      ? await git(['diff', '--name-only', '-z', '--no-renames', '--no-ext-diff', '--no-textconv', stdout.trim(), commit, '--', ...CI_PATHS], { cwd: repo })
+      : await git(['ls-tree', '-r', '--name-only', '-z', commit, '--', ...CI_PATHS], { cwd: repo });
+  return out.split('\0').filter(Boolean);
+}
+
 /** The push ledger: which remote branches loopbox created, and the commit it last pushed there. */
 interface LedgerEntry {
   url: string;
@@ -210,6 +227,15 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
   // The ref name is checked by git itself, so `{task}` cannot make it a path or an option.
   const { exitCode: refOk } = await gitStatus(['check-ref-format', `refs/heads/${branch}`], { cwd: repo, okExitCodes: [1] });
   if (refOk !== 0) throw new PushError(`${JSON.stringify(branch)} is not a valid branch name.`, 'config', 'Set loop.push.branch to a name like "loopbox/{task}".');
+
+  const ci = await ciChanges(repo, commit);
+  if (ci.length) {
+    throw new PushError(
+      `Refusing to push ${commit.slice(0, 12)}: it changes CI config (${ci.slice(0, 5).join(', ')}${ci.length > 5 ? ', …' : ''}), which the remote's CI would run with the repository's secrets.`,
+      'refused',
+      `Review the change on the local branch ${req.localBranch} and push it by hand if it is what you want; loopbox never pushes agent-written CI config.`,
+    );
+  }
 
   const url = await remoteUrl(repo, config.remote);
   const helpers = await userCredentialConfig(repo);

