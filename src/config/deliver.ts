@@ -2,6 +2,7 @@
 // (deliver the verified branch where people work) and `notify:` (tell someone the loop ended).
 // All of it runs on the host, after the sandbox is gone; nothing here reaches a container.
 import { z } from 'zod';
+import { ConfigError } from '../common/errors.js';
 import { parseDuration } from './units.js';
 
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
@@ -51,7 +52,15 @@ export const pushOption = z.preprocess((value) => (value === true ? {} : value =
 
 /** `loopbox run --push [remote]`: the config's push settings with this remote (or the configured/default one). */
 export function withPushRemote(push: PushConfig | undefined, remoteName: string | true): PushConfig {
-  return pushSchema.parse({ ...(push ?? {}), ...(remoteName === true ? {} : { remote: remoteName }) });
+  const parsed = pushSchema.safeParse({ ...(push ?? {}), ...(remoteName === true ? {} : { remote: remoteName }) });
+  if (!parsed.success) {
+    throw new ConfigError(
+      '--push: the remote is refused.',
+      parsed.error.issues.map((i) => `${['loop', 'push', ...i.path].join('.')}: ${i.message}`),
+      { hint: 'Give a remote name of the repository (origin) or a URL without credentials: ssh://, https://, git:// or file://.' },
+    );
+  }
+  return parsed.data;
 }
 
 const argv = z.array(z.string()).min(1, 'expected a non-empty argv list like ["notify-send", "loopbox"]');

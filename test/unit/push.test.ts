@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pushSchema } from '../../src/config/deliver.js';
+import { ConfigError } from '../../src/common/errors.js';
+import { pushSchema, withPushRemote } from '../../src/config/deliver.js';
 import { PushError, pushRun, type PushRequest, userCredentialConfig } from '../../src/deliver/push.js';
 
 const dirs: string[] = [];
@@ -390,5 +391,17 @@ describe('push over http:// to `git http-backend` behind Basic auth, with the us
       expect(JSON.stringify(parsed.error?.issues)).toMatch(/credential/);
     }
     for (const remote of ['ssh://git@example.invalid/o/r.git', 'git@example.invalid:o/r.git', 'https://example.invalid/o/r.git', 'origin']) expect(pushSchema.safeParse({ remote }).success, remote).toBe(true);
+    // `run --push URL`: a clear config error (exit code 2) that names the key, not a raw validation dump.
+    const error = (() => {
+      try {
+        withPushRemote(undefined, 'https://x-access-token:ghp_secret@github.com/o/r.git');
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).message).toMatch(/loop\.push\.remote: expected a URL without credentials/);
+    expect((error as ConfigError).exitCode).toBe(2);
   });
 });
