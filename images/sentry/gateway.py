@@ -160,6 +160,14 @@ async def serve_one(reader, writer):
     except asyncio.IncompleteReadError:
         return  # connection closed before a request: nothing to record
     lines = head.decode("latin-1").split("\r\n")
+    # A lone CR or LF (or NUL) is refused, not passed on: an upstream may take a lone LF as a line
+    # end (RFC 9112 2.2) and read a header, or a second request carrying the key added below,
+    # that this gateway never saw.
+    if any(c in line for line in lines for c in "\r\n\0"):
+        entry["method"], entry["path"] = escape(lines[0][:64]), ""
+        writer.write(simple_response(400, "Bad Request", "a lone CR or LF in the request head"))
+        finish(400, "malformed")
+        return
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         entry["method"], entry["path"] = escape(lines[0][:64]), ""

@@ -49,7 +49,9 @@ export function printLoopEvent(e: LoopEvent): void {
       err(`[${e.task}] iteration ${e.iteration}: the model server died; pausing (not counted against the agent)`);
       break;
     case 'notice':
-      err(`[${e.task}] ${e.message}`);
+      // Notices carry text from remotes (a PR URL GitHub answered, gh's stderr): one line, no escapes.
+      // eslint-disable-next-line no-control-regex -- finding control characters is the point
+      err(`[${e.task}] ${e.message.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')}`);
       break;
   }
 }

@@ -2,6 +2,7 @@
 // (deliver the verified branch where people work) and `notify:` (tell someone the loop ended).
 // All of it runs on the host, after the sandbox is gone; nothing here reaches a container.
 import { z } from 'zod';
+import { ConfigError } from '../common/errors.js';
 import { parseDuration } from './units.js';
 
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
@@ -20,7 +21,13 @@ const remote = z
   .refine((r) => !r.startsWith('-'), 'expected a remote name or URL, not an option')
   .refine((r) => !/^(ext|fd)::/i.test(r), 'ext:: and fd:: remotes run programs; loopbox refuses them')
   // eslint-disable-next-line no-control-regex -- refusing control characters is the point
-  .refine((r) => !/[\u0000-\u001f\u007f]/.test(r), 'expected one line without control characters');
+  .refine((r) => !/[\u0000-\u001f\u007f]/.test(r), 'expected one line without control characters')
+  // The remote is recorded (config.json, delivery.json) and sent (notify body): a token in it
+  // would go wherever those go. An ssh:// user name alone is no credential.
+  .refine((r) => {
+    const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)@/.exec(r);
+    return !m || (m[1]!.toLowerCase() === 'ssh' && !m[2]!.includes(':'));
+  }, 'expected a URL without credentials: use your ssh agent or a git credential helper (docs/configuration.md)');
 
 export const pushSchema = z.strictObject({
   /** A remote of the repository (`origin`) or a URL (file://, ssh://, https://, git://). */
@@ -45,7 +52,15 @@ export const pushOption = z.preprocess((value) => (value === true ? {} : value =
 
 /** `loopbox run --push [remote]`: the config's push settings with this remote (or the configured/default one). */
 export function withPushRemote(push: PushConfig | undefined, remoteName: string | true): PushConfig {
-  return pushSchema.parse({ ...(push ?? {}), ...(remoteName === true ? {} : { remote: remoteName }) });
+  const parsed = pushSchema.safeParse({ ...(push ?? {}), ...(remoteName === true ? {} : { remote: remoteName }) });
+  if (!parsed.success) {
+    throw new ConfigError(
+      '--push: the remote is refused.',
+      parsed.error.issues.map((i) => `${['loop', 'push', ...i.path].join('.')}: ${i.message}`),
+      { hint: 'Give a remote name of the repository (origin) or a URL without credentials: ssh://, https://, git:// or file://.' },
+    );
+  }
+  return parsed.data;
 }
 
 const argv = z.array(z.string()).min(1, 'expected a non-empty argv list like ["notify-send", "loopbox"]');

@@ -66,7 +66,8 @@ export interface PullRequestFacts {
   report: string | null;
 }
 
-const code = (s: string): string => `\`${s.replace(/`/g, "'").replace(/\n/g, ' ')}\``;
+// A lone CR is a markdown line ending too: it would end the code span (and the table row).
+const code = (s: string): string => `\`${s.replace(/`/g, "'").replace(/[\r\n]/g, ' ')}\``;
 
 export function pullRequestTitle(f: PullRequestFacts): string {
   return `loopbox: ${f.task.replace(/[\r\n]/g, ' ')}${f.endState === 'done' ? '' : ` (${f.endState}, unverified)`}`;

@@ -56,6 +56,35 @@ function isUrl(remote: string): boolean {
   return remote.includes('://') || remote.startsWith('/') || remote.startsWith('./') || remote.startsWith('../') || /^[^/:]+@[^/:]+:/.test(remote);
 }
 
+/**
+ * A remote URL as it may be shown and recorded (delivery.json, notify body, digest, logs, the
+ * ledger): without a password or token in its userinfo. An ssh:// user name stays; any other
+ * userinfo goes (a GitHub token may be the user name alone). git itself gets the URL as it is.
+ */
+export function redactUrl(url: string): string {
+  const m = /^([A-Za-z][A-Za-z0-9+.-]*:\/\/)([^/?#]*)@/.exec(url);
+  if (!m) return url;
+  const keep = /^ssh:/i.test(m[1]!) && !m[2]!.includes(':') ? `${m[2]}@` : '';
+  return `${m[1]}${keep}${url.slice(m[0].length)}`;
+}
+
+/**
+ * CI config a forge runs on a push of any branch, often with the repository's secrets: a
+ * workflow the agent wrote would run outside every sandbox. A commit that adds or changes one
+ * is not pushed (the user reviews it and pushes by hand).
+ */
+const CI_PATHS = ['.github/workflows', '.github/actions', '.gitea/workflows', '.forgejo/workflows', '.gitlab-ci.yml', '.gitlab', '.circleci', '.travis.yml', 'Jenkinsfile', 'azure-pipelines.yml', '.azure-pipelines', 'bitbucket-pipelines.yml', '.buildkite', '.drone.yml', '.woodpecker.yml', '.woodpecker'];
+
+/** CI files `commit` changes since it forked from the repository's HEAD (all of them without a common commit). */
+async function ciChanges(repo: string, commit: string): Promise<string[]> {
+  const { stdout, exitCode } = await gitStatus(['merge-base', '--end-of-options', commit, 'HEAD'], { cwd: repo, okExitCodes: [1, 128] });
+  const out =
+    exitCode === 0 && stdout.trim()
+      ? await git(['diff', '--name-only', '-z', '--no-renames', '--no-ext-diff', '--no-textconv', stdout.trim(), commit, '--', ...CI_PATHS], { cwd: repo })
+      : await git(['ls-tree', '-r', '--name-only', '-z', commit, '--', ...CI_PATHS], { cwd: repo });
+  return out.split('\0').filter(Boolean);
+}
+
 /** The push ledger: which remote branches loopbox created, and the commit it last pushed there. */
 interface LedgerEntry {
   url: string;
@@ -118,7 +147,8 @@ export async function userCredentialConfig(repo: string, home = homedir(), xdgCo
 }
 
 /** Classifies a failed `git push` / `ls-remote` into a PushError that says what to do. */
-function pushFailure(error: unknown, url: string, branch: string, what: string): PushError {
+function pushFailure(error: unknown, rawUrl: string, branch: string, what: string): PushError {
+  const url = redactUrl(rawUrl);
   const stderr = error instanceof GitError ? error.failure.stderrTail : describe(error);
   const first = `${what} ${url} failed`;
   if (error instanceof GitError && error.failure.cancelled) {
@@ -203,6 +233,15 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
   const { exitCode: refOk } = await gitStatus(['check-ref-format', `refs/heads/${branch}`], { cwd: repo, okExitCodes: [1] });
   if (refOk !== 0) throw new PushError(`${JSON.stringify(branch)} is not a valid branch name.`, 'config', 'Set loop.push.branch to a name like "loopbox/{task}".');
 
+  const ci = await ciChanges(repo, commit);
+  if (ci.length) {
+    throw new PushError(
+      `Refusing to push ${commit.slice(0, 12)}: it changes CI config (${ci.slice(0, 5).join(', ')}${ci.length > 5 ? ', …' : ''}), which the remote's CI would run with the repository's secrets.`,
+      'refused',
+      `Review the change on the local branch ${req.localBranch} and push it by hand if it is what you want; loopbox never pushes agent-written CI config.`,
+    );
+  }
+
   const url = await remoteUrl(repo, config.remote);
   const helpers = await userCredentialConfig(repo);
   const view = await lsRemote(repo, url, branch, helpers, config.timeout, req.signal);
@@ -211,11 +250,13 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
   if (bases.includes(branch)) {
     throw new PushError(`Refusing to push to ${branch}: it is the base branch (${bases.join(', ')}).`, 'refused', 'loopbox pushes only its own branches and never to the base branch; set loop.push.branch to a name like "loopbox/{task}".');
   }
-  const outcome = { remote: config.remote, url, branch, commit, verified, base: view.head ?? localHead };
+  // What is shown and recorded never carries the remote's credentials (`url` goes to git only).
+  const shown = redactUrl(url);
+  const outcome = { remote: config.remote, url: shown, branch, commit, verified, base: view.head ?? localHead };
   if (view.tip === commit) return { status: 'up-to-date', ...outcome, created: false };
 
   const ledger = await readLedger(req.stateEnv);
-  const ours = ledger.find((e) => e.url === url && e.branch === branch);
+  const ours = ledger.find((e) => e.url === shown && e.branch === branch);
   const args = ['push', '--no-verify', '--no-follow-tags', '--recurse-submodules=no', '--no-signed'];
   if (view.tip !== null) {
     // A fast-forward needs no force. `--is-ancestor` exits 1 for "no" and 128 when the remote's
@@ -224,7 +265,7 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
     if (exitCode !== 0) {
       if (ours?.commit !== view.tip) {
         throw new PushError(
-          `Refusing to overwrite ${branch} on ${url}: it points to ${view.tip.slice(0, 12)}, which ${commit.slice(0, 12)} does not contain, and loopbox did not push that commit there${ours ? ` (it last pushed ${ours.commit.slice(0, 12)})` : ' (the branch was not created by loopbox)'}.`,
+          `Refusing to overwrite ${branch} on ${shown}: it points to ${view.tip.slice(0, 12)}, which ${commit.slice(0, 12)} does not contain, and loopbox did not push that commit there${ours ? ` (it last pushed ${ours.commit.slice(0, 12)})` : ' (the branch was not created by loopbox)'}.`,
           'refused',
           `loopbox never force-pushes a branch it did not create. Delete or rename the remote branch, or set loop.push.branch to another name; the run's work is on the local branch ${req.localBranch}.`,
         );
@@ -238,6 +279,6 @@ export async function pushRun(req: PushRequest): Promise<PushOutcome> {
   } catch (error) {
     throw pushFailure(error, url, branch, 'git push to');
   }
-  await recordPush({ url, branch, commit, runId: req.runId }, req.stateEnv);
+  await recordPush({ url: shown, branch, commit, runId: req.runId }, req.stateEnv);
   return { status: 'pushed', ...outcome, created: view.tip === null };
 }

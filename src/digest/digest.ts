@@ -165,5 +165,8 @@ export function renderDigestText(d: Digest): string {
     lines.push(`   delivered: ${deliveredText(r.delivery)}`);
     lines.push(`   blocked: ${r.blocked}${r.topBlocked.length ? ` (${r.topBlocked.map((b) => `${b.name} ×${b.count}`).join(', ')})` : ''}; audit chain: ${r.audit.status}`);
   }
-  return `${lines.join('\n')}\n`;
+  // Reasons, review verdicts, error texts and URLs came from agents, reviewers and remotes: no
+  // control character (a terminal escape, a line break that fakes a run) reaches the terminal.
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point
+  return `${lines.map((l) => l.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')).join('\n')}\n`;
 }

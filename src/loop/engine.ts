@@ -19,9 +19,13 @@ export function isEngineLoss(error: unknown): boolean {
   for (let e: unknown = error; e !== undefined && e !== null && !seen.has(e); e = (e as { cause?: unknown }).cause) {
     seen.add(e);
     if (e instanceof DockerUnavailableError) return true;
+    // A file error (it names a `path`: the worktree or a report gone) is not the engine's: a void
+    // iteration skips every brake, so an error that recurs must not pass for an engine loss.
     const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && GONE_CODES.has(code)) return true;
-    if (e instanceof Error && /socket hang up|connect ENOENT .*docker\.sock|connect ECONNREFUSED .*docker\.sock/i.test(e.message)) return true;
+    if (typeof code === 'string' && GONE_CODES.has(code) && typeof (e as { path?: unknown }).path !== 'string') return true;
+    // Node's own socket messages start so; text that merely quotes them (a git error naming a
+    // file the agent made) does not count.
+    if (e instanceof Error && /^(socket hang up|connect ENOENT \S*docker\.sock|connect ECONNREFUSED \S*docker\.sock)/i.test(e.message)) return true;
   }
   return false;
 }

@@ -107,6 +107,22 @@ describe('digest', () => {
     expect(d.runs[0]!.runId).toBe('r-broken');
   });
 
+  it('attack: terminal escapes and line breaks in what a reviewer, a remote or GitHub said do not reach the text digest raw', async () => {
+    // The reviewer reads the agent's diff (prompt injection); a hostile GitHub answers the PR's html_url.
+    const evil = '\u001b]0;pwned\u0007\u001b[2J\u009b31m\nFAKE  DONE  (run r-fake, manual)';
+    const review = { verdict: 'reject' as const, reasons: [`looks fine ${evil}`], gaming: false, model: 'rev', attempts: 1, malformed: null, inputTokens: 1, outputTokens: 1, cost: null, bytesSent: 1, bytesReceived: 1, diffBytes: 1, diffCutBytes: 0 };
+    await writeRun('r-esc', {
+      task: 'esc', endState: 'stalled', reason: 'no change to the worktree in the last 3 iteration(s)', startedH: 2, endedH: 1,
+      iterations: [iteration(1, { verified: true, review })],
+      delivery: { at: hoursAgo(1), push: { status: 'pushed', remote: 'origin', branch: 'loopbox/esc-wip', commit: 'a'.repeat(40) }, pullRequest: { status: 'opened', url: `https://github.com/o/r/pull/1${evil}`, number: 1 }, notify: null },
+    });
+    const text = renderDigestText(await gatherDigest({ since: new Date(Date.now() - 12 * 3_600_000), version: '0.1.0', env }));
+    expect(text).toContain('looks fine');
+    // eslint-disable-next-line no-control-regex -- finding control characters is the point
+    expect(text).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/);
+    expect(text.split('\n').filter((l) => l.startsWith('FAKE'))).toEqual([]);
+  });
+
   it('the HTML escapes what agents wrote and loads nothing; an empty night says so', async () => {
     await writeRun('r-x', { task: 'x', endState: 'error', reason: '<img src=x onerror=alert(1)>', startedH: 1, endedH: 1 });
     const html = renderDigestHtml(await gatherDigest({ since: new Date(Date.now() - 3_600_000 * 2), version: '0.1.0', env }));

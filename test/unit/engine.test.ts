@@ -1,6 +1,6 @@
 // The Docker engine going away mid-iteration (issue 20 item 2): which errors mean that, the
 // bounded wait, the void record; and the config a resumed run goes with.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -27,6 +27,21 @@ describe('engine loss', () => {
     const a = new Error('a') as Error & { cause?: unknown };
     a.cause = a;
     expect(isEngineLoss(a)).toBe(false);
+  });
+
+  it('attack: a file error (ENOENT) or a message that merely contains "socket hang up" is not an engine loss (a void iteration skips every brake)', async () => {
+    // A void iteration is not counted and the brakes are not asked: an error that recurs each
+    // iteration and passed for an engine loss would loop for ever. A missing file (the worktree
+    // or a report gone) is a file error, and a git error quoting a file the agent named is text.
+    const missing = await readFile(path.join(tmpdir(), 'lbx-engine-no-such-dir', 'x')).catch((e: unknown) => e);
+    expect((missing as { code?: string }).code).toBe('ENOENT');
+    expect(isEngineLoss(missing)).toBe(false);
+    expect(isEngineLoss(new LoopboxError('snapshot of the worktree failed', { cause: missing }))).toBe(false);
+    expect(isEngineLoss(new LoopboxError("git update-index failed\n  stderr:\n    error: unable to index file 'socket hang up'"))).toBe(false);
+    expect(isEngineLoss(new Error("restore failed: connect ENOENT /tmp/agent/docker.sock' (a file name)"))).toBe(false);
+    // The engine's own socket errors still are.
+    expect(isEngineLoss(Object.assign(new Error('connect ENOENT /var/run/docker.sock'), { code: 'ENOENT', syscall: 'connect', address: '/var/run/docker.sock' }))).toBe(true);
+    expect(isEngineLoss(new Error('socket hang up'))).toBe(true);
   });
 
   it('waits until the engine answers, and no longer than the bound', async () => {

