@@ -2,6 +2,7 @@
 // unknown keys are errors, so a typo never silently falls back to a default.
 import { z } from 'zod';
 import { scheduleSchema, serveSchema } from './triggers.js';
+import { clusterSchema } from './cluster.js';
 import { REPORT_PRESETS, REPORT_PRESET_NAMES, type ReportPresetName } from '../verify/presets.js';
 import { REPORT_FORMATS } from '../verify/report.js';
 import { parseDuration, parseSize } from './units.js';
@@ -174,6 +175,8 @@ export const configSchema = z
     serve: serveSchema,
     /** An optional reviewer model that must approve verified work before `done`. */
     review: reviewSchema,
+    /** `loopbox run --swarm`: each task as a Docker Swarm job (docs/scaling.md). */
+    cluster: clusterSchema,
   })
   .prefault({});
 
