@@ -7,7 +7,7 @@
 const LAYERS = [
   ['cli'], //                      commander wiring; imports only the library (src/index.ts)
   ['index.ts'], //                 the public library
-  ['demo', 'report', 'doctor.ts'], // commands built on the loop: the demo, the HTML report, doctor
+  ['demo', 'report', 'doctor.ts', 'cluster'], // built on the loop: the demo, the HTML report, doctor, loops as Swarm jobs
   ['runner'], //                   the loop runner (pool, slots), status, stop; implements LoopStarter
   ['triggers'], //                 cron and webhooks; they start loops through LoopStarter only
   ['loop'], //                     the loop: iterations, brakes, state, agents, task files

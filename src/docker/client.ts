@@ -211,6 +211,14 @@ export class DockerClient {
     return swarm.serviceLogs(this.api, serviceId, tail);
   }
 
+  createSecret(name: string, data: string, labels: Record<string, string>): Promise<string> {
+    return swarm.createSecret(this.api, name, data, labels);
+  }
+
+  removeSecret(idOrName: string): Promise<void> {
+    return swarm.removeSecret(this.api, idOrName);
+  }
+
   // Images
 
   listImages(labelFilter: string[]): Promise<ImageSummary[]> {

@@ -179,3 +179,22 @@ function demux(buf: Buffer): string {
   }
   return i === 0 ? buf.toString('utf8') : parts.join('');
 }
+
+/** A Swarm secret (kept encrypted in the managers' log, mounted only into the services named). */
+export async function createSecret(api: Docker, name: string, data: string, labels: Record<string, string>): Promise<string> {
+  try {
+    const res = (await api.createSecret({ Name: name, Labels: labels, Data: Buffer.from(data).toString('base64') })) as { id?: string; ID?: string };
+    return String(res.id ?? res.ID);
+  } catch (error) {
+    throw wrapApiError(error, `creating swarm secret ${name}`);
+  }
+}
+
+export async function removeSecret(api: Docker, idOrName: string): Promise<void> {
+  try {
+    await api.getSecret(idOrName).remove();
+  } catch (error) {
+    if (isGone(error)) return;
+    throw wrapApiError(error, `removing swarm secret ${idOrName}`);
+  }
+}
