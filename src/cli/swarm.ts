@@ -53,14 +53,15 @@ export function registerSwarm(program: Command, ctx: CliContext, result: Program
     });
   swarm
     .command('stop')
-    .description('remove loops\' swarm jobs: each runner gets SIGTERM, winds down like Ctrl+C and pushes what it has')
+    .description('stop loops running as swarm jobs: each runner winds down like Ctrl+C and pushes what it has (--force: remove the job at once)')
     .argument('[run]', 'run id')
     .option('--task <name>', 'every swarm loop on this task')
     .option('--all', 'every swarm loop')
-    .action(async (run: string | undefined, opts: { task?: string; all?: boolean }) => {
+    .option('--force', 'remove the jobs and their containers now, without waiting for the runner')
+    .action(async (run: string | undefined, opts: { task?: string; all?: boolean; force?: boolean }) => {
       if (!run && !opts.task && !opts.all) throw new ConfigError('Say which swarm loops to stop: a run id, --task NAME, or --all.');
-      const stopped = await stopSwarmLoops(ctx.docker, { runId: run, task: opts.task, all: opts.all });
-      for (const id of stopped) out(`removed the swarm job of ${id}`);
+      const stopped = await stopSwarmLoops(ctx.docker, { runId: run, task: opts.task, all: opts.all }, opts.force ?? false);
+      for (const s of stopped) out(s.how === 'asked' ? `asked to stop: ${s.runId}` : `removed the swarm job of ${s.runId}`);
       if (!stopped.length) out('no such swarm loop');
     });
   const model = swarm.command('model').description('llama-server on every labelled node (a global service of keepers)');

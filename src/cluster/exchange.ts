@@ -14,6 +14,11 @@ export function runRef(runId: string): string {
   return `refs/loopbox/runs/${runId}`;
 }
 
+/** The ref the host pushes to ask a runner to stop (Swarm does not signal a removed job's container). */
+export function stopRef(runId: string): string {
+  return `refs/loopbox/stop/${runId}`;
+}
+
 export function taskBranch(task: string): string {
   return `loopbox/${task}`;
 }
@@ -150,4 +155,14 @@ export async function unpackRun(repo: string, runId: string, dir: string): Promi
   const archive = execa('git', ['archive', '--format=tar', runRef(runId)], { cwd: repo, encoding: 'buffer' });
   const tar = execa('tar', ['-x', '--no-same-owner', '-C', dir], { input: (await archive).stdout });
   await tar;
+}
+
+/** Asks the runner of `runId` to stop: a ref it polls for on the git URL. */
+export async function requestStop(repo: string, url: string, runId: string, commit: string): Promise<void> {
+  await git(['push', '--quiet', '--force', url, `${commit}:${stopRef(runId)}`], repo, 30_000);
+}
+
+/** Whether the host asked this run to stop (the runner polls this). */
+export async function stopRequested(url: string, runId: string): Promise<boolean> {
+  return (await git(['ls-remote', url, stopRef(runId)], undefined, 20_000)).trim().length > 0;
 }

@@ -14,7 +14,7 @@ import type { DockerClient } from '../docker/client.js';
 import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { writeReport } from '../report/report.js';
 import { packageVersion } from '../common/version.js';
-import { git, runRef, taskBranch } from './exchange.js';
+import { git, runRef, stopRequested, taskBranch } from './exchange.js';
 import { AUDIT_KEY_SECRET_FILE } from './spec.js';
 
 export interface JobSpec {
@@ -90,13 +90,26 @@ export async function runJob(docker: DockerClient, spec: JobSpec, options: { sig
     await copyFile(secret, keyFile);
     await chmod(keyFile, 0o600);
   }
+  // `loopbox swarm stop` (or Ctrl+C on the host) pushes a stop ref: Swarm itself does not
+  // signal the container of a removed job, so the runner looks for it, like a local loop's stop file.
+  const stop = new AbortController();
+  const poll = setInterval(() => {
+    void stopRequested(spec.gitUrl, spec.runId).then(
+      (yes) => {
+        if (yes) stop.abort(new Error('stop requested by the host'));
+      },
+      () => undefined,
+    );
+  }, 3_000);
   let summary: LoopSummary | undefined;
   let error: string | undefined;
   try {
     const config = parseConfig(spec.configYaml.trim() ? parseYaml(spec.configYaml) : {}, 'the job\'s loopbox.yaml');
-    summary = await runLoop(docker, { repo, taskFile: path.join(repo, spec.taskPath), config, runId: spec.runId, trigger: 'swarm', signal: options.signal, onEvent: options.onEvent });
+    summary = await runLoop(docker, { repo, taskFile: path.join(repo, spec.taskPath), config, runId: spec.runId, trigger: 'swarm', signal: AbortSignal.any([stop.signal, ...(options.signal ? [options.signal] : [])]), onEvent: options.onEvent });
   } catch (e) {
     error = describe(e);
+  } finally {
+    clearInterval(poll);
   }
   const dir = runDir(spec.runId, env);
   await mkdir(dir, { recursive: true });

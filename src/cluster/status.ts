@@ -1,6 +1,8 @@
 // `loopbox status` / `stop` / `gc` for loops running as Swarm jobs: found by their labels.
 import type { DockerClient } from '../docker/client.js';
 import { LABELS } from '../docker/labels.js';
+import { requestStop } from './exchange.js';
+import { readRecord } from './record.js';
 
 export interface SwarmLoopRow {
   runId: string;
@@ -37,12 +39,27 @@ export async function swarmLoops(docker: DockerClient): Promise<SwarmLoopRow[]> 
   return rows;
 }
 
-/** Removes the jobs of the given run (or task, or all): the runner gets SIGTERM and winds down. */
-export async function stopSwarmLoops(docker: DockerClient, target: { runId?: string | undefined; task?: string | undefined; all?: boolean | undefined }): Promise<string[]> {
+/**
+ * Stops the jobs of the given run (or task, or all). With the host's record of the run (this
+ * state directory submitted it), the runner is asked through its git URL and winds down like
+ * Ctrl+C, pushing its work; the host that watches it fetches that. Without one, or with
+ * `force`, the job is removed at once (its container too: Swarm leaves a removed job's running).
+ */
+export async function stopSwarmLoops(docker: DockerClient, target: { runId?: string | undefined; task?: string | undefined; all?: boolean | undefined }, force = false, env: NodeJS.ProcessEnv = process.env): Promise<Array<{ runId: string; how: 'asked' | 'removed' }>> {
   const rows = await swarmLoops(docker);
   const chosen = rows.filter((r) => target.all || (target.runId && r.runId === target.runId) || (target.task && r.task === target.task));
-  for (const r of chosen) await removeJob(docker, r.service, r.runId);
-  return chosen.map((r) => r.runId);
+  const done: Array<{ runId: string; how: 'asked' | 'removed' }> = [];
+  for (const r of chosen) {
+    const record = force ? undefined : await readRecord(r.runId, env);
+    if (record?.gitUrl && record.repo && record.baseCommit) {
+      await requestStop(record.repo, record.gitUrl, r.runId, record.baseCommit);
+      done.push({ runId: r.runId, how: 'asked' });
+    } else {
+      await removeJob(docker, r.service, r.runId, 5_000);
+      done.push({ runId: r.runId, how: 'removed' });
+    }
+  }
+  return done;
 }
 
 /**

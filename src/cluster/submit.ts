@@ -14,8 +14,11 @@ import { LABELS, resourceLabels } from '../docker/labels.js';
 import { type AuditKey, newAuditKey, parseVerifierKey } from '../audit/chain.js';
 import type { LoopSummary } from '../loop/loop.js';
 import { loadTask } from '../loop/task.js';
-import { type Exchange, checkReachable, fetchResults, git, seedRemote, serveRepo, unpackRun } from './exchange.js';
+import { type Exchange, requestStop, checkReachable, fetchResults, git, seedRemote, serveRepo, unpackRun } from './exchange.js';
 import { JOB_RESULT_FILE } from './job.js';
+import { type SwarmRecord, readRecord, saveRecord } from './record.js';
+
+export { type SwarmRecord, SWARM_RECORD, readRecord } from './record.js';
 import { type Preflight, preflight } from './preflight.js';
 import { removeJob } from './status.js';
 import { type JobPlan, k8sJobManifest, runnerServiceSpec, serviceName } from './spec.js';
@@ -33,22 +36,7 @@ export interface SwarmRunOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** The host's note of a loop it submitted: `<run dir>/swarm.json`. */
-export interface SwarmRecord {
-  runId: string;
-  task: string;
-  service: string;
-  serviceId: string;
-  submittedAt: string;
-  node?: string | undefined;
-  state: string;
-  endedAt?: string | undefined;
-  reason?: string | undefined;
-  /** The verifier key of the run's audit signing key (the host made the key; the runner got it as a secret). */
-  verifierKey?: string | undefined;
-}
 
-export const SWARM_RECORD = 'swarm.json';
 
 interface Planned {
   file: string;
@@ -150,7 +138,7 @@ export async function runOnSwarm(docker: DockerClient, options: SwarmRunOptions)
         plan.auditKeySecret = { id: secretId, name: secretName };
         const spec = runnerServiceSpec(plan, env);
         const serviceId = await docker.createService(spec);
-        const record: SwarmRecord = { runId: plan.runId, task: plan.task, service: serviceName(plan), serviceId, submittedAt: new Date().toISOString(), state: 'submitted', verifierKey: key.vkey };
+        const record: SwarmRecord = { runId: plan.runId, task: plan.task, service: serviceName(plan), serviceId, submittedAt: new Date().toISOString(), state: 'submitted', verifierKey: key.vkey, gitUrl: exchange.url, repo: path.resolve(options.repo), baseCommit: base };
         await saveRecord(record, env);
         watched.push({ plan, record });
         say(`[${plan.task}] submitted as swarm job ${record.service} (run ${plan.runId})`);
@@ -170,21 +158,6 @@ export async function runOnSwarm(docker: DockerClient, options: SwarmRunOptions)
   }
 }
 
-async function saveRecord(record: SwarmRecord, env: NodeJS.ProcessEnv): Promise<void> {
-  const { mkdir } = await import('node:fs/promises');
-  const dir = runDir(record.runId, env);
-  await mkdir(dir, { recursive: true });
-  await writeFile(path.join(dir, SWARM_RECORD), `${JSON.stringify(record, null, 2)}\n`);
-}
-
-export async function readRecord(runId: string, env: NodeJS.ProcessEnv = process.env): Promise<SwarmRecord | undefined> {
-  try {
-    return JSON.parse(await readFile(path.join(runDir(runId, env), SWARM_RECORD), 'utf8')) as SwarmRecord;
-  } catch {
-    return undefined;
-  }
-}
-
 const FINAL = new Set(['complete', 'failed', 'rejected', 'shutdown', 'orphaned', 'remove']);
 
 async function watchJob(docker: DockerClient, plan: JobPlan, record: SwarmRecord, options: SwarmRunOptions, url: string, pre: Preflight): Promise<LoopSummary> {
@@ -197,13 +170,13 @@ async function watchJob(docker: DockerClient, plan: JobPlan, record: SwarmRecord
   let lastState = '';
   const hostnames = new Map(pre.nodes.map((n) => [n.id, n.hostname]));
   let stopped = false;
+  let stopAsked = false;
   for (;;) {
-    if (options.signal?.aborted) {
-      // Like Ctrl+C on a local loop: the runner gets SIGTERM, winds down and pushes what it has.
-      say('stopping: removing the job (the runner winds down and pushes its work)');
-      await removeJob(docker, record.serviceId, plan.runId, 25_000);
-      stopped = true;
-      break;
+    if (options.signal?.aborted && !stopAsked) {
+      // Like Ctrl+C on a local loop: the runner sees the stop ref, winds down and pushes.
+      stopAsked = true;
+      say('stopping: asking the runner to wind down and push its work');
+      await requestStop(options.repo, url, plan.runId, plan.baseCommit).catch((e: unknown) => say(`could not ask it: ${describe(e)}`));
     }
     const tasks = await docker.listTasks(record.serviceId).catch(() => [] as SwarmTask[]);
     if (!tasks.length && !(await docker.listServices([`${LABELS.runId}=${plan.runId}`, `${LABELS.role}=runner`])).length) {

@@ -37,7 +37,7 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
     if (!runId) continue;
     // A swarm task's container (a loop's runner, a model keeper) belongs to its service: the
     // swarm would see it fail. The services are judged below.
-    if (resource.kind === 'container' && SWARM_ROLES.has(resource.labels[LABELS.role] ?? '')) {
+    if (!options.all && resource.kind === 'container' && SWARM_ROLES.has(resource.labels[LABELS.role] ?? '')) {
       result.kept.push(resource);
       continue;
     }

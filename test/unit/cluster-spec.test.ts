@@ -5,6 +5,12 @@ import { Job } from 'kubernetes-models/batch/v1/Job';
 import { describe, expect, it } from 'vitest';
 import { DOCKER_SOCKET, type JobPlan, PLACEMENT, SLOT_RESOURCE, k8sJobManifest, runnerServiceSpec, serviceName } from '../../src/cluster/spec.js';
 import { parseConfig } from '../../src/config/load.js';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { renderK8s } from '../../src/cluster/submit.js';
+import { createExampleRepo } from '../../src/demo/example-repo.js';
 
 interface PodSpec {
   nodeSelector: Record<string, string>;
@@ -61,6 +67,25 @@ describe('the Kubernetes Job of a loop (loopbox run --render k8s)', () => {
       { name: 'work', hostPath: { path: plan.workDir, type: 'Directory' } },
     ]);
     expect(pod.containers[0]!.resources).toEqual({ limits: { [`loopbox.dev/${SLOT_RESOURCE}`]: '1' } });
+  });
+});
+
+describe('loopbox run --render k8s on a repository', () => {
+  it('renders one valid Job per task, for the committed HEAD, and refuses a task file that is not committed', async () => {
+    const repo = await mkdtemp(path.join(tmpdir(), 'lbx-render-'));
+    try {
+      await createExampleRepo(repo);
+      const head = (await execa('git', ['rev-parse', 'HEAD'], { cwd: repo })).stdout;
+      const files = [path.join(repo, 'tasks', 'fix-add.md')];
+      const docs = await renderK8s({ repo, files, config: parseConfig({}), configYaml: '', imageRef: 'loopbox/runner:0.1.0', gitUrl: 'git://10.0.0.5/r.git' });
+      expect(docs).toHaveLength(1);
+      expect(() => new Job(docs[0] as never).validate()).not.toThrow();
+      expect(JSON.stringify(docs[0])).toContain(head);
+      await writeFile(path.join(repo, 'tasks', 'new.md'), '# New\n\n## Goal\nx\n');
+      await expect(renderK8s({ repo, files: [path.join(repo, 'tasks', 'new.md')], config: parseConfig({}), configYaml: '', imageRef: 'x', gitUrl: 'y', allowDirty: true })).rejects.toThrow(/tasks\/new\.md is not committed at HEAD/);
+    } finally {
+      await rm(repo, { recursive: true, force: true });
+    }
   });
 });
 
