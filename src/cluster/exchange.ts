@@ -145,7 +145,19 @@ export async function fetchResults(repo: string, url: string, runId: string, tas
   if (has(runRef(runId))) specs.push(`+${runRef(runId)}:${runRef(runId)}`);
   // A branch checked out in a task worktree of an earlier local run is updated too; a branch
   // that moved elsewhere (not a fast-forward) is refused, never overwritten.
-  if (specs.length) await git(['fetch', '--quiet', '--update-head-ok', url, ...specs], repo, 120_000);
+  if (specs.length) {
+    try {
+      await git(['fetch', '--update-head-ok', url, ...specs], repo, 120_000);
+    } catch (error) {
+      if (/rejected|non-fast-forward/.test(describe(error))) {
+        throw new LoopboxError(`The job's ${branch} is not a fast-forward of this repository's ${branch}: not taken (the branch here is unchanged).`, {
+          cause: error,
+          hint: `Look at it with: git fetch ${url} refs/heads/${branch}:refs/remotes/swarm/${branch}`,
+        });
+      }
+      throw error;
+    }
+  }
   return { branch: has(`refs/heads/${branch}`), artifacts: has(runRef(runId)) };
 }
 

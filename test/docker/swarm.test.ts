@@ -203,6 +203,14 @@ describe('loops as Docker Swarm jobs (real single-node swarm, runner image, git 
       return agents[0];
     }, 180_000);
     const runId = row.labels[LABELS.runId]!;
+    // The node's engine socket is in the runner only, never in the agent it started; the job
+    // runs the runner pinned by image id (a worker never asks a registry for it).
+    const agentMounts = (await docker.inspect(row.id)).Mounts.map((m) => m.Source);
+    expect(agentMounts.some((m) => m.includes('docker.sock'))).toBe(false);
+    const runner = (await docker.listContainers([`${LABELS.role}=runner`, `${LABELS.runId}=${runId}`]))[0]!;
+    expect((await docker.inspect(runner.id)).Mounts.map((m) => m.Destination)).toContain('/var/run/docker.sock');
+    const image = (await execa('docker', ['service', 'inspect', '--format', '{{.Spec.TaskTemplate.ContainerSpec.Image}}', (await docker.listServices([`${LABELS.runId}=${runId}`]))[0]!.id])).stdout;
+    expect(image).toMatch(/^sha256:[0-9a-f]{64}$/);
     const stop = await cli(['swarm', 'stop', '--task', 'held']);
     expect(stop.exitCode, stop.all).toBe(0);
     expect(stop.stdout).toContain(`asked to stop: ${runId}`);
