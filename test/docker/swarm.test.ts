@@ -138,6 +138,11 @@ describe('loops as Docker Swarm jobs (real single-node swarm, runner image, git 
         return /swarm loops: 2/.test(st.stdout) && (st.stdout.match(/\bs[12]\s+\S+\s+running/g) ?? []).length === 2 ? st.stdout : undefined;
       }, 180_000);
       expect(seen).toMatch(/RUN\s+TASK\s+NODE\s+STATE/);
+      // gc from the same state directory meanwhile: a running job and its runner container are
+      // the swarm's, not a dead run's leftovers (the host has no run.json for them yet).
+      const gc = await cli(['gc']);
+      expect(gc.exitCode, gc.all).toBe(0);
+      expect(gc.stdout).not.toMatch(/runner|service|loopbox-\d{8}-\d{6}-[0-9a-f]{6}-s[12]/);
       const done = await running;
       const res = { exitCode: done.exitCode, stdout: String(done.stdout), stderr: String(done.stderr), all: String(done.all) };
       expect(res.exitCode, res.all).toBe(0);
