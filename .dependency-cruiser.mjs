@@ -7,7 +7,7 @@
 const LAYERS = [
   ['cli'], //                      commander wiring; imports only the library (src/index.ts)
   ['index.ts'], //                 the public library
-  ['demo', 'report', 'digest', 'doctor.ts'], // commands built on the loop: the demo, the HTML report, the morning digest, doctor
+  ['demo', 'report', 'digest', 'doctor.ts', 'cluster'], // built on the loop: the demo, the HTML report, the morning digest, doctor, loops as Swarm jobs
   ['runner'], //                   the loop runner (pool, slots), status, stop; implements LoopStarter
   ['deliver'], //                  after a loop: push, pull request, notify (host side)
   ['triggers'], //                 cron and webhooks; they start loops through LoopStarter only

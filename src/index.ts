@@ -86,3 +86,15 @@ export type { GcOptions, GcResult } from './runs/gc.js';
 export { createRun, finishRun, readRun, listRuns, isRunAlive } from './runs/registry.js';
 export { doctor } from './doctor.js';
 export { runDemo } from './demo/demo.js';
+
+// Loops as Docker Swarm jobs (docs/scaling.md).
+export { runOnSwarm, renderK8s, readRecord, SWARM_RECORD, swarmVerifierKey } from './cluster/submit.js';
+export type { SwarmRunOptions, SwarmRecord } from './cluster/submit.js';
+export { runJob, readJobEnv } from './cluster/job.js';
+export { preflight as swarmPreflight, checkSwarm, labelledNodes } from './cluster/preflight.js';
+export { k8sJobManifest, runnerServiceSpec, NODE_LABEL, NODE_LABEL_VALUE, PLACEMENT, SLOT_RESOURCE } from './cluster/spec.js';
+export type { JobPlan } from './cluster/spec.js';
+export { swarmLoops, stopSwarmLoops } from './cluster/status.js';
+export type { SwarmLoopRow } from './cluster/status.js';
+export { swarmModelUp, swarmModelDown } from './cluster/model.js';
+export { keepModel, KEEPER_SERVICE } from './cluster/model.js';

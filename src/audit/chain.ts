@@ -118,6 +118,15 @@ export async function loadAuditKey(env: NodeJS.ProcessEnv = process.env, create 
   return keyFrom(name, createPublicKey(privateKey), privateKey);
 }
 
+/**
+ * A fresh signing key in the key file's format, and its verifier key: a swarm run's own key,
+ * handed to the runner as a Swarm secret while the host keeps the verifier key.
+ */
+export function newAuditKey(name: string): { pem: string; vkey: string } {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return { pem: `# ${name}\n${privateKey.export({ format: 'pem', type: 'pkcs8' }).toString()}`, vkey: keyFrom(name, publicKey).vkey };
+}
+
 /** A verifier key from `--key FILE`: the vkey line `loopbox audit key` prints, or a PEM public key. */
 export function parseVerifierKey(text: string): AuditKey {
   const trimmed = text.trim();

@@ -1,7 +1,7 @@
 // `loopbox audit key` and `loopbox audit verify`: the tamper-evident side of the audit log.
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { type ChainVerification, ConfigError, formatVerification, listRuns, loadAuditKey, parseVerifierKey, runDir, verifyAuditChain } from '../index.js';
+import { type ChainVerification, ConfigError, swarmVerifierKey, formatVerification, listRuns, loadAuditKey, parseVerifierKey, runDir, verifyAuditChain } from '../index.js';
 import { existsSync } from 'node:fs';
 import { out } from './context.js';
 import type { ProgramResult } from './options.js';
@@ -32,7 +32,9 @@ export function registerAuditChain(audit: Command, result: ProgramResult): void 
       const runIds = opts.run ? [opts.run] : (await listRuns()).map((r) => r.runId);
       const results: ChainVerification[] = [];
       for (const id of runIds) {
-        const v = await verifyAuditChain(runDir(id), key ? { key } : {});
+        // A swarm run was signed with its own key; the host kept the verifier key in swarm.json.
+        const own = key ?? (await swarmVerifierKey(id));
+        const v = await verifyAuditChain(runDir(id), own ? { key: own } : {});
         results.push(v);
         out(opts.json ? JSON.stringify(v) : formatVerification(v));
       }

@@ -8,6 +8,7 @@ import { type ProgramResult, collect, duration, example, nonNegativeInt } from '
 import { printLoopEvent, summaryTable } from './print.js';
 import { registerRun, registerStatusAndStop } from './run.js';
 import { registerTriggers } from './triggers.js';
+import { registerSwarm } from './swarm.js';
 import { registerAudit } from './audit-query.js';
 import { registerReport, reportPaths } from './report.js';
 import { registerDigest } from './digest.js';
@@ -177,6 +178,7 @@ export function buildProgram(ctx: CliContext, result: ProgramResult): Command {
   registerRun(program, ctx, result, configFile);
   registerStatusAndStop(program, ctx, result);
   registerTriggers(program, ctx, configFile);
+  registerSwarm(program, ctx, result, configFile);
 
   program
     .command('demo')

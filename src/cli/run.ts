@@ -6,6 +6,7 @@ import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, positiveInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
 import { reportPaths } from './report.js';
+import { runSwarmCommand, swarmStatusLines } from './swarm.js';
 
 export function registerRun(program: Command, ctx: CliContext, result: ProgramResult, configFile: () => string | undefined): void {
   program
@@ -19,6 +20,8 @@ export function registerRun(program: Command, ctx: CliContext, result: ProgramRe
     .option('--allow-dirty', 'start even if the repository has uncommitted changes (they are not part of the task branch)')
     .option('--json', 'print one JSON event per line on stdout')
     .option('--push [remote]', 'after each loop, push the verified commit to loopbox/<task> on this remote (default: loop.push.remote, else origin)')
+    .option('--swarm', 'run each task as a Docker Swarm job on the nodes labelled loopbox.model=ready (as cluster.mode: swarm; docs/scaling.md)')
+    .option('--render <kind>', 'print what --swarm would run as manifests instead (k8s: a Kubernetes Job per task); starts nothing')
     .addHelpText(
       'after',
       `
@@ -28,10 +31,17 @@ Example:
   loopbox run tasks/fix-login.md --max-iterations 8
 `,
     )
-    .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean; push?: string | true }) => {
-      const config = opts.resume ? await resumeConfig(opts.resume, configFile(), opts.repo) : (await loadConfig({ file: configFile(), dir: opts.repo })).config;
+    .action(async (tasks: string[], opts: { repo: string; resume?: string; maxIterations?: number; concurrency?: number; allowDirty?: boolean; json?: boolean; push?: string | true; swarm?: boolean; render?: string }) => {
+      if (opts.resume && (opts.swarm || opts.render !== undefined)) {
+        throw new ConfigError('--resume continues a local run; it cannot be combined with --swarm or --render.', [], { hint: 'Resume a swarm run\'s loop locally with `loopbox run --resume RUN`, or start it again with --swarm.' });
+      }
+      const loaded = opts.resume ? undefined : await loadConfig({ file: configFile(), dir: opts.repo });
+      const config = loaded ? loaded.config : await resumeConfig(opts.resume ?? '', configFile(), opts.repo);
       if (opts.maxIterations) config.loop.maxIterations = opts.maxIterations;
       if (opts.push) config.loop.push = withPushRemote(config.loop.push, opts.push);
+      if (loaded && (opts.swarm || opts.render !== undefined || config.cluster.mode === 'swarm')) {
+        return runSwarmCommand(ctx, result, { tasks, repo: opts.repo, configFile: loaded.file, config, render: opts.render, allowDirty: opts.allowDirty, json: opts.json });
+      }
       await reapDeadRuns(ctx.docker);
       const onEvent = (e: LoopEvent): void => (opts.json ? out(JSON.stringify(e)) : printLoopEvent(e));
       let summaries: LoopSummary[];
@@ -91,6 +101,7 @@ export function registerStatusAndStop(program: Command, ctx: CliContext, result:
       if (opts.json) return out(JSON.stringify({ loops, model }, null, 2));
       const slots = model.running && 'slots' in model && model.slots ? `${model.slots.busy}/${model.slots.total} slots busy` : 'slots unknown';
       out(`model server: ${model.running ? `running, ${slots}` : 'not running'}`);
+      for (const line of await swarmStatusLines(ctx)) out(line);
       if (!loops.length) return out('no loops running or queued');
       out(
         formatTable(

@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { scheduleSchema, serveSchema } from './triggers.js';
 import { notifySchema, pushOption } from './deliver.js';
+import { clusterSchema } from './cluster.js';
 import { REPORT_PRESETS, REPORT_PRESET_NAMES, type ReportPresetName } from '../verify/presets.js';
 import { REPORT_FORMATS } from '../verify/report.js';
 import { parseDuration, parseSize } from './units.js';
@@ -213,6 +214,8 @@ export const configSchema = z
     review: reviewSchema,
     /** Tell a webhook or a command when loops end (docs/notify.md). */
     notify: notifySchema,
+    /** `loopbox run --swarm`: each task as a Docker Swarm job (docs/scaling.md). */
+    cluster: clusterSchema,
   })
   .prefault({});
 

@@ -11,12 +11,14 @@ import * as images from './images.js';
 import { LABELS } from './labels.js';
 import * as networks from './networks.js';
 import * as streams from './streams.js';
+import * as swarm from './swarm.js';
 import type { BuildOptions, ContainerSpec, ContainerSummary, EngineInfo, ExecResult, ImageSummary, ManagedResource, NetworkSpec, WaitResult } from './types.js';
 
 export type { Bind, BuildOptions, ContainerSpec, ContainerSummary, EngineInfo, ExecResult, ImageSummary, ManagedResource, NetworkSpec, WaitResult } from './types.js';
 export { BuildFailure } from './images.js';
 export { DockerApiError, isGone } from './errors.js';
 export { demuxBuffer } from './streams.js';
+export type { ServiceSummary, SwarmNode, SwarmState, SwarmTask } from './swarm.js';
 
 export class DockerClient {
   private readonly api: Docker;
@@ -173,6 +175,48 @@ export class DockerClient {
 
   removeVolume(name: string): Promise<void> {
     return networks.removeVolume(this.api, name);
+  }
+
+  // Swarm mode (src/cluster): the engine's scheduler for loops on several machines.
+
+  swarmState(): Promise<swarm.SwarmState> {
+    return swarm.swarmState(this.api);
+  }
+
+  listNodes(): Promise<swarm.SwarmNode[]> {
+    return swarm.listNodes(this.api);
+  }
+
+  updateNodeLabels(nodeId: string, change: (labels: Record<string, string>) => Record<string, string>): Promise<void> {
+    return swarm.updateNodeLabels(this.api, nodeId, change);
+  }
+
+  createService(spec: Record<string, unknown>): Promise<string> {
+    return swarm.createService(this.api, spec);
+  }
+
+  listServices(labels: string[]): Promise<swarm.ServiceSummary[]> {
+    return swarm.listServices(this.api, labels);
+  }
+
+  removeService(idOrName: string): Promise<void> {
+    return swarm.removeService(this.api, idOrName);
+  }
+
+  listTasks(serviceId: string): Promise<swarm.SwarmTask[]> {
+    return swarm.listTasks(this.api, serviceId);
+  }
+
+  serviceLogs(serviceId: string, tail?: number): Promise<string> {
+    return swarm.serviceLogs(this.api, serviceId, tail);
+  }
+
+  createSecret(name: string, data: string, labels: Record<string, string>): Promise<string> {
+    return swarm.createSecret(this.api, name, data, labels);
+  }
+
+  removeSecret(idOrName: string): Promise<void> {
+    return swarm.removeSecret(this.api, idOrName);
   }
 
   // Images

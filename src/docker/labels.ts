@@ -16,7 +16,7 @@ export const LABELS = {
   stateDir: 'loopbox.state-dir',
 } as const;
 
-export type Role = 'sentry' | 'agent' | 'verify' | 'model' | 'network' | 'decoy' | 'test';
+export type Role = 'sentry' | 'agent' | 'verify' | 'model' | 'network' | 'decoy' | 'test' | 'runner' | 'model-keeper';
 
 /** Run id of resources shared by all runs (the model network, the model server). */
 export const SHARED_RUN_ID = 'shared';

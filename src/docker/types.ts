@@ -60,7 +60,7 @@ export interface NetworkSpec {
 }
 
 export interface ManagedResource {
-  kind: 'container' | 'network' | 'volume';
+  kind: 'container' | 'network' | 'volume' | 'service';
   id: string;
   name: string;
   labels: Labels;

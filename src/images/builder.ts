@@ -13,6 +13,7 @@ import { expandHome, packageRoot } from '../common/paths.js';
 import { BuildFailure, type DockerClient } from '../docker/client.js';
 import { LABELS } from '../docker/labels.js';
 import { ensureBaseImage } from './base.js';
+import { addRunnerContext } from './runner-context.js';
 import { type BuildableImage, IMAGE_BASES, IMAGE_NAMES, type ImageName, type Toolchain, imageRef, toolchainImage } from './catalog.js';
 
 export interface BuildImagesOptions {
@@ -75,16 +76,19 @@ async function buildOne(docker: DockerClient, name: BuildableImage, ca: string, 
   const imageLabels = { [LABELS.image]: name };
   // The CA is left out on purpose (issue 12): it only lets the fetch stage through a proxy, so a
   // build with another CA, or none, makes the same final image and must not force a rebuild.
-  const hash = await inputsHash(dir, { baseId, buildArgs, imageLabels });
-  const existing = await docker.findImage(ref);
-  if (!options.force && existing?.labels[LABELS.inputsHash] === hash) {
-    say(`unchanged (${hash.slice(0, 12)})`);
-    return { name, ref, status: 'unchanged', seconds: (Date.now() - started) / 1000 };
-  }
-  say(`building ${ref}`);
   const context = await mkdtemp(path.join(tmpdir(), `loopbox-build-${name}-`));
   try {
     await cp(dir, context, { recursive: true, filter: (src) => !isBuildCache(src) });
+    // The runner carries loopbox itself (dist, production node_modules, this Node): its inputs
+    // are the assembled context, so a rebuilt dist rebuilds it.
+    if (name === 'runner') await addRunnerContext(context);
+    const hash = await inputsHash(name === 'runner' ? context : dir, { baseId, buildArgs, imageLabels });
+    const existing = await docker.findImage(ref);
+    if (!options.force && existing?.labels[LABELS.inputsHash] === hash) {
+      say(`unchanged (${hash.slice(0, 12)})`);
+      return { name, ref, status: 'unchanged', seconds: (Date.now() - started) / 1000 };
+    }
+    say(`building ${ref}`);
     // The CA goes only into the build context; the Dockerfiles use it in a fetch stage and
     // leave it out of the final image.
     await writeFile(path.join(context, EXTRA_CA_FILE), ca);
@@ -96,15 +100,16 @@ async function buildOne(docker: DockerClient, name: BuildableImage, ca: string, 
         if (/^Step \d+\/\d+/.test(line) || /^Successfully/.test(line)) say(line);
       },
     });
+    const seconds = (Date.now() - started) / 1000;
+    say(`built in ${seconds.toFixed(1)} s`);
+    return { name, ref, status: 'built', seconds };
   } catch (error) {
+    if (error instanceof ImageBuildError) throw error;
     const tail = error instanceof BuildFailure ? error.logTail : '';
     throw new ImageBuildError(ref, describe(error), tail, { cause: error, hint: hintFor(describe(error) + tail) });
   } finally {
     await rm(context, { recursive: true, force: true });
   }
-  const seconds = (Date.now() - started) / 1000;
-  say(`built in ${seconds.toFixed(1)} s`);
-  return { name, ref, status: 'built', seconds };
 }
 
 function isCoreImage(name: BuildableImage): name is ImageName {

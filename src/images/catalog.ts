@@ -1,7 +1,7 @@
 import { packageVersion } from '../common/version.js';
 
 /** The images loopbox builds from `images/<name>/Dockerfile`. */
-export const IMAGE_NAMES = ['sentry', 'agent', 'llama-cpu'] as const;
+export const IMAGE_NAMES = ['sentry', 'agent', 'llama-cpu', 'runner'] as const;
 export type ImageName = (typeof IMAGE_NAMES)[number];
 
 /**
@@ -24,6 +24,8 @@ export const IMAGE_BASES: Record<ImageName, { base: string; suite: string }> = {
   sentry: { base: 'debian:bookworm-slim', suite: 'bookworm' },
   agent: { base: 'debian:bookworm-slim', suite: 'bookworm' },
   'llama-cpu': { base: 'debian:sid-slim', suite: 'sid' },
+  // The Node binary copied in is this machine's: bookworm's glibc matches the Debian it is built on.
+  runner: { base: 'debian:bookworm-slim', suite: 'bookworm' },
 };
 
 /**

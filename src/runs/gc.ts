@@ -35,6 +35,12 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
     // Every resource loopbox creates carries a run id; without one it is not ours (e.g. a
     // user's container started from a loopbox image).
     if (!runId) continue;
+    // A swarm task's container (a loop's runner, a model keeper) belongs to its service: the
+    // swarm would see it fail. The services are judged below.
+    if (!options.all && resource.kind === 'container' && SWARM_ROLES.has(resource.labels[LABELS.role] ?? '')) {
+      result.kept.push(resource);
+      continue;
+    }
     // Another state directory's resource (another user, another checkout): its runs are not
     // in our registry, so we cannot tell whether they are alive. Only `--all` takes them.
     const owner = resource.labels[LABELS.stateDir];
@@ -50,8 +56,9 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
     }
     (remove ? doomed : result.kept).push(resource);
   }
-  // Containers first: a network cannot go while a container is attached to it.
-  const order = { container: 0, volume: 1, network: 2 } as const;
+  doomed.push(...(await finishedSwarmJobs(docker, options, result)));
+  // Services and containers first: a network cannot go while a container is attached to it.
+  const order = { service: 0, container: 1, volume: 2, network: 3 } as const;
   doomed.sort((a, b) => order[a.kind] - order[b.kind]);
   for (const resource of doomed) {
     if (options.dryRun) {
@@ -59,7 +66,8 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
       continue;
     }
     try {
-      if (resource.kind === 'container') await docker.remove(resource.id);
+      if (resource.kind === 'service') await docker.removeService(resource.id);
+      else if (resource.kind === 'container') await docker.remove(resource.id);
       else if (resource.kind === 'network') await docker.removeNetwork(resource.id);
       else await docker.removeVolume(resource.name);
       result.removed.push(resource);
@@ -78,4 +86,33 @@ export async function gc(docker: DockerClient, options: GcOptions = {}): Promise
 export async function reapDeadRunContainers(docker: DockerClient): Promise<number> {
   const result = await gc(docker, {}).catch(() => undefined);
   return result?.removed.filter((r) => r.kind === 'container').length ?? 0;
+}
+
+const SWARM_ROLES = new Set(['runner', 'model-keeper']);
+const FINISHED = new Set(['complete', 'failed', 'rejected', 'shutdown', 'orphaned']);
+
+/**
+ * Loops submitted as Swarm jobs (`loopbox run --swarm`), found by label: a job whose task has
+ * ended goes (its results were pushed to the git URL); a running one stays unless `all`. The
+ * model keepers go only with `all`. Nothing on an engine that is not a swarm manager.
+ */
+async function finishedSwarmJobs(docker: DockerClient, options: GcOptions, result: GcResult): Promise<ManagedResource[]> {
+  const swarm = await docker.swarmState().catch(() => undefined);
+  if (!swarm || swarm.state !== 'active' || !swarm.isManager) return [];
+  const doomed: ManagedResource[] = [];
+  for (const s of await docker.listServices([`${LABELS.managed}=true`])) {
+    const resource: ManagedResource = { kind: 'service', id: s.id, name: s.name, labels: s.labels };
+    const owner = s.labels[LABELS.stateDir];
+    if (!options.all && owner !== undefined && owner !== stateDirLabel(options.env)) {
+      result.kept.push(resource);
+      continue;
+    }
+    let remove = Boolean(options.all);
+    if (!remove && s.labels[LABELS.role] === 'runner') {
+      const last = (await docker.listTasks(s.id)).sort((a, b) => a.updatedAt.localeCompare(b.updatedAt)).at(-1);
+      remove = last !== undefined && FINISHED.has(last.state);
+    }
+    (remove ? doomed : result.kept).push(resource);
+  }
+  return doomed;
 }
