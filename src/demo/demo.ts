@@ -10,6 +10,7 @@ import { stateDir } from '../common/paths.js';
 import { parseConfig } from '../config/load.js';
 import type { DockerClient } from '../docker/client.js';
 import { buildImages } from '../images/builder.js';
+import { LOCAL_IMAGE_NAMES } from '../images/catalog.js';
 import { type LoopEvent, type LoopSummary, runLoop } from '../loop/loop.js';
 import { ensureFixtureModel } from '../model/fixture.js';
 import { findModelServer } from '../model/network.js';
@@ -40,7 +41,8 @@ export interface DemoResult {
 export async function runDemo(docker: DockerClient, options: DemoOptions): Promise<DemoResult> {
   const say = options.say;
   say('demo 1/5: building images (cached when unchanged)');
-  await buildImages(docker, { caCerts: options.caCerts ?? [], mirror: options.mirror, onLine: (l) => say(`  ${l}`) });
+  // The demo's loops run here: the Swarm runner image (a minute to build) is not needed.
+  await buildImages(docker, { only: LOCAL_IMAGE_NAMES, caCerts: options.caCerts ?? [], mirror: options.mirror, onLine: (l) => say(`  ${l}`) });
   say('demo 2/5: model');
   const gguf = options.gguf ?? (await ensureFixtureModel(docker));
   const hadModel = Boolean(await findModelServer(docker));

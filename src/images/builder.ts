@@ -17,7 +17,7 @@ import { addRunnerContext } from './runner-context.js';
 import { type BuildableImage, IMAGE_BASES, IMAGE_NAMES, type ImageName, type Toolchain, imageRef, toolchainImage } from './catalog.js';
 
 export interface BuildImagesOptions {
-  only?: ImageName[];
+  only?: readonly ImageName[];
   /** Also build `loopbox/verify-<toolchain>` for each (on top of the agent image, built first). */
   toolchains?: Toolchain[];
   /** `images.caCerts` and `--ca-cert` files; NODE_EXTRA_CA_CERTS from `env` is added (see caCertFiles). */

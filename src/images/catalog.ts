@@ -3,6 +3,8 @@ import { packageVersion } from '../common/version.js';
 /** The images loopbox builds from `images/<name>/Dockerfile`. */
 export const IMAGE_NAMES = ['sentry', 'agent', 'llama-cpu', 'runner'] as const;
 export type ImageName = (typeof IMAGE_NAMES)[number];
+/** What a loop on this machine needs; the runner image only serves `loopbox run --swarm`. */
+export const LOCAL_IMAGE_NAMES: readonly ImageName[] = ['sentry', 'agent', 'llama-cpu'];
 
 /**
  * Toolchains `loopbox images build --toolchain` adds to the agent image, each as
