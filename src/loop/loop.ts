@@ -378,6 +378,9 @@ async function iterate(session: Session, ctx: LoopContext, start: LoopState): Pr
   let lastEvidence = lastRecord?.verify?.accounting ?? null;
   let blocked = 0;
   let decision: { state: EndState; reason: string } | undefined;
+  // Void iterations (engine loss) add no tree, so the iteration cap never sees them: an engine
+  // that goes away in every iteration would loop for ever without this count.
+  let voidInARow = 0;
   while (!decision) {
     const iteration: number = state.iteration + 1;
     options.onEvent?.({ type: 'iteration-start', runId, task: task.name, iteration });
@@ -395,6 +398,9 @@ async function iterate(session: Session, ctx: LoopContext, start: LoopState): Pr
       const voidEscalation: EscalationState | undefined = voided.model?.escalated && state.escalation ? { ...state.escalation, tokens: state.escalation.tokens + voided.tokens } : state.escalation;
       state = { ...state, iteration, tokens: state.tokens + voided.tokens, ...(voidEscalation ? { escalation: voidEscalation } : {}), elapsedMs: (previous?.elapsedMs ?? 0) + (Date.now() - started) };
       if (config.loop.tokenBudget !== undefined && state.tokens >= config.loop.tokenBudget) decision = { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget} used (${state.tokens}, with the void iteration ${iteration}'s ${voided.tokens})` };
+      voidInARow += 1;
+      if (!decision && config.loop.budget !== undefined && state.elapsedMs >= config.loop.budget) decision = { state: 'timed-out-budget', reason: `wall-clock budget of ${Math.round(config.loop.budget / 1000)} s used (the last iteration void: the Docker engine went away)` };
+      if (!decision && voidInARow >= config.loop.maxIterations) decision = { state: 'capped', reason: `${voidInARow} void iterations in a row (the Docker engine went away in each): the iteration cap of ${config.loop.maxIterations} applies to them too` };
       options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: voided });
       if (signal.aborted) decision = { state: 'aborted', reason: describe(signal.reason ?? 'stopped') };
       if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };
@@ -407,6 +413,7 @@ async function iterate(session: Session, ctx: LoopContext, start: LoopState): Pr
       await saveState(dir, state);
       break;
     }
+    voidInARow = 0;
     const { record: iterRecord, modelDown } = outcome;
     if (modelDown) options.onEvent?.({ type: 'model-down', runId, task: task.name, iteration });
     if (outcome.commit) lastCommit = outcome.commit;

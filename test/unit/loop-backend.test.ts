@@ -221,6 +221,16 @@ describe('runLoop on an in-memory backend', () => {
     expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toEqual(['runAgent 1']);
   });
 
+  it('an engine lost in every iteration does not loop for ever: void iterations in a row end the loop capped', async () => {
+    const repo = await gitdir();
+    const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
+    const backend = new MemoryBackend(repo, () => Promise.reject(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' })));
+    const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ loop: { maxIterations: 3, engineWait: '5s' } }), stateEnv, backend });
+    expect(summary.endState).toBe('capped');
+    expect(summary.reason).toMatch(/3 void iterations in a row/);
+    expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toHaveLength(3);
+  });
+
   it('refuses to start when the backend finds no model server, before anything runs', async () => {
     const repo = await gitdir();
     const stateEnv = { LOOPBOX_STATE_DIR: await tempDir('state') };
