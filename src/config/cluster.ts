@@ -1,16 +1,7 @@
 // `cluster:` in loopbox.yaml: loops as Docker Swarm jobs (`loopbox run --swarm`), see docs/scaling.md.
 import path from 'node:path';
 import { z } from 'zod';
-import { parseDuration } from './units.js';
-
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = parseDuration(value);
-  if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'expected a duration like "90s", "20m" or "1h30m"' });
-    return z.NEVER;
-  }
-  return ms;
-});
+import { duration } from './unit-schemas.js';
 
 export const clusterSchema = z
   .strictObject({

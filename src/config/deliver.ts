@@ -3,16 +3,9 @@
 // All of it runs on the host, after the sandbox is gone; nothing here reaches a container.
 import { z } from 'zod';
 import { ConfigError } from '../common/errors.js';
-import { parseDuration } from './units.js';
+import { duration as anyDuration } from './unit-schemas.js';
 
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = parseDuration(value);
-  if (ms === undefined || ms < 1) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration like "10s" or "2m", got ${JSON.stringify(value)}` });
-    return z.NEVER;
-  }
-  return ms;
-});
+const duration = anyDuration.refine((ms) => ms >= 1, 'expected a duration of at least 1 ms, like "10s" or "2m"');
 
 /** A remote name as git allows it, or a URL of a transport loopbox allows (no ext::, no fd::). */
 const remote = z

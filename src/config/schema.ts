@@ -6,25 +6,7 @@ import { notifySchema, pushOption } from './deliver.js';
 import { clusterSchema } from './cluster.js';
 import { REPORT_PRESETS, REPORT_PRESET_NAMES, type ReportPresetName } from '../verify/presets.js';
 import { REPORT_FORMATS } from '../verify/report.js';
-import { parseDuration, parseSize } from './units.js';
-
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = parseDuration(value);
-  if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'expected a duration like "90s", "20m" or "1h30m"' });
-    return z.NEVER;
-  }
-  return ms;
-});
-
-const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const bytes = parseSize(value);
-  if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'expected a size like "512m" or "4g"' });
-    return z.NEVER;
-  }
-  return bytes;
-});
+import { duration, size } from './unit-schemas.js';
 
 /** `host:port` or `ip:port` the sandbox may reach besides the model. */
 const endpoint = z.string().regex(/^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected "host:port"');
