@@ -42,7 +42,8 @@ export { streamAudit } from './audit/stream.js';
 export type { AuditLine, StreamOptions } from './audit/stream.js';
 export { OCSF_VERSION, toOcsf } from './audit/ocsf.js';
 export type { OcsfContext } from './audit/ocsf.js';
-export { writeReport } from './report/report.js';
+export { writeReport, writeReports } from './report/report.js';
+export type { WrittenReport } from './report/report.js';
 export { gatherReport } from './report/data.js';
 export type { ReportData, ChainResult } from './report/data.js';
 

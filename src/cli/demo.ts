@@ -1,11 +1,10 @@
 // `loopbox demo`: the whole product on this machine, then where to look. Wiring only; the demo is
 // in src/demo.
 import type { Command } from 'commander';
-import { loadConfig, runDemo } from '../index.js';
+import { loadConfig, packageVersion, runDemo, writeReports } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, collect, example } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
-import { reportPaths } from './report.js';
 
 export function registerDemo(program: Command, ctx: CliContext, result: ProgramResult, configFile: () => string | undefined): void {
   program
@@ -38,7 +37,7 @@ export function registerDemo(program: Command, ctx: CliContext, result: ProgramR
       if (second) lines.push(`  blocked egress:   loopbox audit --run ${second.runId}`, `  OpenCode run:     ${second.runDir}`);
       err(lines.join('\n'));
       if (second) err(`\nBlocked egress of ${second.task}:\n${res.auditTable}`);
-      for (const r of await reportPaths(res.summaries.map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
+      for (const r of await writeReports(res.summaries.map((x) => x.runId), { version: packageVersion() })) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       // With a reviewer, `done` depends on its verdict (the fixture model's noise never approves).
       const firstOk = first?.endState === 'done' || (opts.reviewEndpoint !== undefined && first !== undefined && first.endState !== 'error');
       result.exitCode = firstOk && second && second.endState !== 'error' ? 0 : 1;

@@ -14,16 +14,3 @@ export function registerReport(program: Command): void {
       out(await writeReport(run, { out: opts.output, version: packageVersion() }));
     });
 }
-
-/** For `loopbox run` and `demo`: the report of each finished run, or why there is none. */
-export async function reportPaths(runIds: string[]): Promise<Array<{ runId: string; file?: string; error?: string }>> {
-  const res = [];
-  for (const runId of runIds) {
-    try {
-      res.push({ runId, file: await writeReport(runId, { version: packageVersion() }) });
-    } catch (error) {
-      res.push({ runId, error: error instanceof Error ? error.message.split('\n')[0] : String(error) });
-    }
-  }
-  return res;
-}

@@ -1,11 +1,10 @@
 // `loopbox run`: one loop per task file; progress on stderr, events as JSON lines with --json.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { checkDeliveryConfig, checkRepoAndModel, type Config, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, reapDeadRunContainers, recordedConfig, resolveTaskFiles, runDir, runLoop, stopLoops } from '../index.js';
+import { checkDeliveryConfig, checkRepoAndModel, type Config, ConfigError, deliverRun, packageVersion, withPushRemote, formatTable, loadConfig, loadTask, type LoopEvent, LoopRunner, loopStatus, type LoopSummary, modelStatus, reapDeadRunContainers, recordedConfig, resolveTaskFiles, runDir, runLoop, stopLoops, writeReports } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { type ProgramResult, positiveInt } from './options.js';
 import { printLoopEvent, summaryTable } from './print.js';
-import { reportPaths } from './report.js';
 import { runSwarmCommand, swarmStatusLines } from './swarm.js';
 
 export function registerRun(program: Command, ctx: CliContext, result: ProgramResult, configFile: () => string | undefined): void {
@@ -63,7 +62,7 @@ Example:
       }
       for (const s of summaries) if (s.endState === 'error' && !opts.json) err(`[${s.task}] error: ${s.reason}`);
       if (!opts.json) err(`\n${summaryTable(summaries)}`);
-      for (const r of await reportPaths(summaries.filter((x) => x.iterations > 0).map((x) => x.runId))) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
+      for (const r of await writeReports(summaries.filter((x) => x.iterations > 0).map((x) => x.runId), { version: packageVersion() })) err(r.file ? `report: ${r.file}` : `report of ${r.runId}: not written (${r.error})`);
       result.exitCode = summaries.reduce((code, s) => Math.max(code, s.exitCode), 0);
     });
 }

@@ -18,3 +18,27 @@ export async function writeReport(runId: string, options: WriteReportOptions): P
   await writeFileAtomic(file, renderReport(data), 0o644);
   return file;
 }
+
+/** One run's report.html, or why it could not be written (the first line of the error). */
+export interface WrittenReport {
+  runId: string;
+  file?: string;
+  error?: string;
+}
+
+/**
+ * What `loopbox run` and `loopbox demo` do after their loops end: each run's report.html in its
+ * run directory. One run's failure (no state.json, a disk error) does not stop the others; it is
+ * returned in place of the file, so a caller can say why that report is missing.
+ */
+export async function writeReports(runIds: string[], options: ReportOptions): Promise<WrittenReport[]> {
+  const res: WrittenReport[] = [];
+  for (const runId of runIds) {
+    try {
+      res.push({ runId, file: await writeReport(runId, options) });
+    } catch (error) {
+      res.push({ runId, error: error instanceof Error ? error.message.split('\n')[0] : String(error) });
+    }
+  }
+  return res;
+}

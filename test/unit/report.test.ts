@@ -1,7 +1,7 @@
 // The run report from a run directory and a real git repository: the numbers it shows, the
 // grouping of blocked egress, the gateway's usage, and that everything the agent chose is
 // escaped and nothing outside the file is referenced.
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -10,6 +10,7 @@ import type { AuditRecord } from '../../src/audit/record.js';
 import type { IterationRecord, LoopState } from '../../src/loop/state.js';
 import { type ReportData, gatherReport } from '../../src/report/data.js';
 import { renderReport } from '../../src/report/html.js';
+import { writeReports } from '../../src/report/report.js';
 
 const HOSTILE = '"><script>document.title="pwned"</script><img src=x onerror=alert(1)>';
 /** The same without '/', so that it can be a file name. */
@@ -145,5 +146,16 @@ describe('run report', () => {
     expect(html).toContain('data-testid="iterations">2<');
     expect(html).toContain('data-testid="blocked">10<');
     expect(html).toContain('data-testid="end-state">done<');
+  });
+
+  it('writeReports: each run\'s report.html in its run directory; a run without one says why, and the others are still written', async () => {
+    await mkdir(path.join(env.LOOPBOX_STATE_DIR!, 'runs', 'sandbox-only'), { recursive: true });
+    const res = await writeReports(['sandbox-only', 'r1', 'gone'], { version: '0.1.0', env });
+    expect(res.map((r) => r.runId)).toEqual(['sandbox-only', 'r1', 'gone']);
+    expect(res[0]).toEqual({ runId: 'sandbox-only', error: 'Run sandbox-only has no state.json: it is not a loop run.' });
+    expect(res[1]?.file).toBe(path.join(env.LOOPBOX_STATE_DIR!, 'runs', 'r1', 'report.html'));
+    expect(await readFile(res[1]!.file!, 'utf8')).toContain('data-testid="end-state">done<');
+    expect(res[2]?.file).toBeUndefined();
+    expect(res[2]?.error).toMatch(/^No run gone under /);
   });
 });
