@@ -26,6 +26,8 @@ export type { ContainerBackend, SandboxHandle } from './backend/backend.js';
 export { DockerBackend } from './backend/docker.js';
 export { runSandbox, Sentry, runAgent, sandboxAuditDir } from './sandbox/sandbox.js';
 export type { SandboxOptions, SandboxResult, SentryOptions, AgentOptions, AgentRun } from './sandbox/sandbox.js';
+export { runStandaloneSandbox } from './sandbox/standalone.js';
+export type { StandaloneSandboxOptions } from './sandbox/standalone.js';
 export { agentSpec, sentrySpec } from './sandbox/specs.js';
 export { ingestSandboxAudit } from './egress/ingest.js';
 

@@ -2,7 +2,7 @@
 // iteration runs. Wiring only; the sandbox is in src/sandbox.
 import path from 'node:path';
 import { type Command, Option } from 'commander';
-import { ConfigError, createRun, finishRun, isSafeName, loadConfig, LoopboxError, newRunId, runDir, runSandbox, sandboxAuditDir } from '../index.js';
+import { ConfigError, isSafeName, loadConfig, LoopboxError, newRunId, runStandaloneSandbox } from '../index.js';
 import { type CliContext, err } from './context.js';
 import { type ProgramResult, collect, duration, example, nonNegativeInt } from './options.js';
 
@@ -31,41 +31,35 @@ export function registerSandbox(program: Command, ctx: CliContext, result: Progr
       const { config } = await loadConfig({ file: configFile() });
       const binds = opts.mount.map(parseMount);
       const env = Object.fromEntries(opts.env.map(parseEnv));
-      const record = await createRun({ runId, kind: 'sandbox', task: opts.task });
-      err(`loopbox: run ${runId}`);
-      try {
-        const res = await runSandbox(ctx.docker, {
-          runId,
-          task: opts.task,
-          iteration: opts.iteration,
-          cmd,
-          entrypoint: opts.entrypoint === undefined ? undefined : [opts.entrypoint],
-          env,
-          image: opts.image ?? config.sandbox.image,
-          auditDir: sandboxAuditDir(runDir(runId), opts.iteration),
-          binds,
-          workingDir: opts.workdir,
-          limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
-          allow: config.sandbox.allow,
-          attachNetworks: opts.attachNetwork,
-          noFirewall: !opts.firewall,
-          gateway: { maxBodyBytes: config.model.maxRequestBody, maxTokens: config.model.maxTokens },
-          timeoutMs: opts.timeout,
-          signal: ctx.signal,
-          stdout: process.stdout,
-          stderr: process.stderr,
-        });
-        const blocked = res.records.reduce((n, r) => n + r.count, 0);
-        err(
-          `loopbox: run ${runId} exit ${res.exitCode}${res.timedOut ? ' (timed out)' : ''}; ${blocked} blocked attempt(s) in the audit log` +
-            `${res.traffic.lostRecords ? `, ${res.traffic.lostRecords} LOST` : ''}${res.modelReachable ? '' : '; no model server running'}` +
-            `${res.model.requests ? `; ${res.model.requests} model request(s), ${res.model.tokens} tokens (${res.model.cachedTokens} cached prompt tokens apart)` : ''}`,
-        );
-        if (res.aborted) throw new LoopboxError('Stopped by signal');
-        result.exitCode = res.timedOut ? 124 : res.exitCode;
-      } finally {
-        await finishRun(record);
-      }
+      const res = await runStandaloneSandbox(ctx.docker, {
+        runId,
+        task: opts.task,
+        iteration: opts.iteration,
+        cmd,
+        entrypoint: opts.entrypoint === undefined ? undefined : [opts.entrypoint],
+        env,
+        image: opts.image ?? config.sandbox.image,
+        binds,
+        workingDir: opts.workdir,
+        limits: { memoryBytes: config.sandbox.memory, cpus: config.sandbox.cpus, pids: config.sandbox.pids },
+        allow: config.sandbox.allow,
+        attachNetworks: opts.attachNetwork,
+        noFirewall: !opts.firewall,
+        gateway: { maxBodyBytes: config.model.maxRequestBody, maxTokens: config.model.maxTokens },
+        timeoutMs: opts.timeout,
+        signal: ctx.signal,
+        stdout: process.stdout,
+        stderr: process.stderr,
+        onStart: () => err(`loopbox: run ${runId}`),
+      });
+      const blocked = res.records.reduce((n, r) => n + r.count, 0);
+      err(
+        `loopbox: run ${runId} exit ${res.exitCode}${res.timedOut ? ' (timed out)' : ''}; ${blocked} blocked attempt(s) in the audit log` +
+          `${res.traffic.lostRecords ? `, ${res.traffic.lostRecords} LOST` : ''}${res.modelReachable ? '' : '; no model server running'}` +
+          `${res.model.requests ? `; ${res.model.requests} model request(s), ${res.model.tokens} tokens (${res.model.cachedTokens} cached prompt tokens apart)` : ''}`,
+      );
+      if (res.aborted) throw new LoopboxError('Stopped by signal');
+      result.exitCode = res.timedOut ? 124 : res.exitCode;
     });
 }
 
