@@ -400,7 +400,7 @@ async function iterate(session: Session, ctx: LoopContext, start: LoopState): Pr
       if (config.loop.tokenBudget !== undefined && state.tokens >= config.loop.tokenBudget) decision = { state: 'timed-out-budget', reason: `token budget of ${config.loop.tokenBudget} used (${state.tokens}, with the void iteration ${iteration}'s ${voided.tokens})` };
       voidInARow += 1;
       if (!decision && config.loop.budget !== undefined && state.elapsedMs >= config.loop.budget) decision = { state: 'timed-out-budget', reason: `wall-clock budget of ${Math.round(config.loop.budget / 1000)} s used (the last iteration void: the Docker engine went away)` };
-      if (!decision && voidInARow >= config.loop.maxIterations) decision = { state: 'capped', reason: `${voidInARow} void iterations in a row (the Docker engine went away in each): the iteration cap of ${config.loop.maxIterations} applies to them too` };
+      if (!decision && voidInARow > config.loop.maxIterations) decision = { state: 'capped', reason: `${voidInARow} void iterations in a row (the Docker engine went away in each): more than the iteration cap of ${config.loop.maxIterations}` };
       options.onEvent?.({ type: 'iteration-end', runId, task: task.name, record: voided });
       if (signal.aborted) decision = { state: 'aborted', reason: describe(signal.reason ?? 'stopped') };
       if (decision) state = { ...state, endState: decision.state, endReason: decision.reason };

@@ -227,8 +227,8 @@ describe('runLoop on an in-memory backend', () => {
     const backend = new MemoryBackend(repo, () => Promise.reject(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' })));
     const summary = await runLoop({ repo, taskFile: path.join(repo, 'tasks', 'fix.md'), config: config({ loop: { maxIterations: 3, engineWait: '5s' } }), stateEnv, backend });
     expect(summary.endState).toBe('capped');
-    expect(summary.reason).toMatch(/3 void iterations in a row/);
-    expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toHaveLength(3);
+    expect(summary.reason).toMatch(/4 void iterations in a row/);
+    expect(backend.calls.filter((c) => c.startsWith('runAgent'))).toHaveLength(4);
   });
 
   it('refuses to start when the backend finds no model server, before anything runs', async () => {
