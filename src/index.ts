@@ -101,3 +101,4 @@ export { swarmLoops, stopSwarmLoops } from './cluster/status.js';
 export type { SwarmLoopRow } from './cluster/status.js';
 export { swarmModelUp, swarmModelDown } from './cluster/model.js';
 export { keepModel, KEEPER_SERVICE } from './cluster/model.js';
+export { printable } from './common/text.js';

@@ -10,6 +10,7 @@ import { runDir } from '../common/paths.js';
 import { AUDIT_FORMAT, CHECKPOINTS_FILE, type AuditKey, checkpointOrigin, lineHash, loadAuditKey, parseCheckpoint, signCheckpoint } from './chain.js';
 import { AUDIT_FILE, type AuditQuery, type AuditRecord, type StoredAuditRecord } from './record.js';
 import { streamAudit } from './stream.js';
+import { printable } from '../common/text.js';
 
 export { AUDIT_FILE };
 
@@ -269,8 +270,7 @@ export function auditRow(record: AuditRecord): string[] {
     typeof r.count === 'number' && r.count > 1 ? `${r.verdict ?? '-'} x${r.count}` : (r.verdict ?? '-'),
     r.rule ?? '-',
   ];
-  // eslint-disable-next-line no-control-regex -- finding control characters is the point
-  return cells.map((c) => String(c).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?'));
+  return cells.map((c) => printable(String(c)));
 }
 
 /** A readable table for the terminal. */

@@ -1,5 +1,5 @@
 // How the CLI shows a loop on the terminal: one line per event on stderr, and the summary table.
-import { formatTable, type LoopEvent, type LoopSummary } from '../index.js';
+import { formatTable, type LoopEvent, type LoopSummary, printable } from '../index.js';
 import { err } from './context.js';
 
 export function printLoopEvent(e: LoopEvent): void {
@@ -33,8 +33,7 @@ export function printLoopEvent(e: LoopEvent): void {
       );
       if (r.review) {
         // The reasons come from outside: no control characters reach the terminal.
-        // eslint-disable-next-line no-control-regex -- finding control characters is the point
-        const why = r.review.reasons[0] ? `: ${r.review.reasons[0].replace(/\s+/g, ' ').replace(/[\u0000-\u001f\u007f-\u009f]/g, '?').slice(0, 160)}` : '';
+        const why = r.review.reasons[0] ? `: ${printable(r.review.reasons[0].replace(/\s+/g, ' ')).slice(0, 160)}` : '';
         err(`[${e.task}] iteration ${r.iteration}: review ${r.review.verdict === 'approve' ? 'APPROVED' : 'REJECTED'} by ${r.review.model}${r.review.gaming ? ' (gaming)' : ''}${why}`);
       }
       break;
@@ -50,8 +49,7 @@ export function printLoopEvent(e: LoopEvent): void {
       break;
     case 'notice':
       // Notices carry text from remotes (a PR URL GitHub answered, gh's stderr): one line, no escapes.
-      // eslint-disable-next-line no-control-regex -- finding control characters is the point
-      err(`[${e.task}] ${e.message.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')}`);
+      err(`[${e.task}] ${printable(e.message)}`);
       break;
   }
 }

@@ -8,6 +8,7 @@ import { runDir } from '../common/paths.js';
 import { type DeliveryRecord, needsHuman, readDelivery } from '../deliver/deliver.js';
 import { gatherReport, type ChainResult } from '../report/data.js';
 import { listRuns, type RunRecord } from '../runs/registry.js';
+import { printable } from '../common/text.js';
 
 export interface DigestRun {
   runId: string;
@@ -167,6 +168,5 @@ export function renderDigestText(d: Digest): string {
   }
   // Reasons, review verdicts, error texts and URLs came from agents, reviewers and remotes: no
   // control character (a terminal escape, a line break that fakes a run) reaches the terminal.
-  // eslint-disable-next-line no-control-regex -- finding control characters is the point
-  return `${lines.map((l) => l.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')).join('\n')}\n`;
+  return `${lines.map(printable).join('\n')}\n`;
 }
