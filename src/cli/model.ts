@@ -1,9 +1,29 @@
 // `loopbox model up|pull|down|status|logs`: the managed llama-server on the internal model network.
 // Wiring only; the server is in src/model.
 import type { Command } from 'commander';
-import { ConfigError, ensureFixtureModel, loadConfig, MODEL_CONTAINER, modelDown, modelStatus, modelUp, pullModel, swarmModelUp } from '../index.js';
+import { type Config, ConfigError, ensureFixtureModel, loadConfig, MODEL_CONTAINER, modelDown, modelStatus, modelUp, pullModel, swarmModelUp } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import { example } from './options.js';
+
+export interface ModelSource {
+  gguf?: string;
+  fixture?: boolean;
+}
+
+/** The config and the GGUF a `model up` names (--fixture, --gguf, else model.gguf). */
+async function modelSource(ctx: CliContext, opts: ModelSource, configFile: () => string | undefined): Promise<{ config: Config; gguf: string }> {
+  const { config } = await loadConfig({ file: configFile() });
+  const gguf = opts.fixture ? await ensureFixtureModel(ctx.docker) : (opts.gguf ?? config.model.gguf);
+  if (!gguf) throw new ConfigError('No model file given.', [], { hint: 'Pass --gguf FILE, set model.gguf in loopbox.yaml, or use --fixture.' });
+  return { config, gguf };
+}
+
+/** `model up --swarm` and `swarm model up`: the model keepers on every labelled node. */
+export async function modelUpOnSwarm(ctx: CliContext, opts: ModelSource, configFile: () => string | undefined): Promise<void> {
+  const { config, gguf } = await modelSource(ctx, opts, configFile);
+  const up = await swarmModelUp(ctx.docker, { gguf, ctxSize: config.model.ctxSize, parallel: config.model.parallel, gpuLayers: config.model.gpuLayers, gpus: config.model.gpus, image: config.model.image, startTimeoutMs: config.model.startTimeout, runnerImage: config.cluster.image });
+  out(`model keepers on ${up.nodes.join(', ')} (service ${up.serviceId.slice(0, 12)})`);
+}
 
 export function registerModel(program: Command, ctx: CliContext, configFile: () => string | undefined): void {
   const model = program.command('model').description('the managed llama-server on the internal model network');
@@ -14,15 +34,9 @@ export function registerModel(program: Command, ctx: CliContext, configFile: () 
     .option('--fixture', 'use the generated tiny fixture model (tests, demo)')
     .option('--swarm', 'on every Swarm node labelled loopbox.model=ready instead (as `loopbox swarm model up`; docs/scaling.md)')
     .addHelpText('after', example('loopbox model up --gguf ~/models/qwen3-coder-30b-q4_k_m.gguf'))
-    .action(async (opts: { gguf?: string; fixture?: boolean; swarm?: boolean }) => {
-      const { config } = await loadConfig({ file: configFile() });
-      const gguf = opts.fixture ? await ensureFixtureModel(ctx.docker) : (opts.gguf ?? config.model.gguf);
-      if (!gguf) throw new ConfigError('No model file given.', [], { hint: 'Pass --gguf FILE, set model.gguf in loopbox.yaml, or use --fixture.' });
-      if (opts.swarm) {
-        const up = await swarmModelUp(ctx.docker, { gguf, ctxSize: config.model.ctxSize, parallel: config.model.parallel, gpuLayers: config.model.gpuLayers, gpus: config.model.gpus, image: config.model.image, startTimeoutMs: config.model.startTimeout, runnerImage: config.cluster.image });
-        out(`model keepers on ${up.nodes.join(', ')} (service ${up.serviceId.slice(0, 12)})`);
-        return;
-      }
+    .action(async (opts: ModelSource & { swarm?: boolean }) => {
+      if (opts.swarm) return modelUpOnSwarm(ctx, opts, configFile);
+      const { config, gguf } = await modelSource(ctx, opts, configFile);
       const up = await modelUp(ctx.docker, {
         gguf,
         ctxSize: config.model.ctxSize,

@@ -4,9 +4,10 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
-import { type Config, ConfigError, ensureFixtureModel, loadConfig, formatTable, imageRef, keepModel, loadTask, type LoopEvent, type LoopSummary, readJobEnv, renderK8s, resolveTaskFiles, runJob, runOnSwarm, stopSwarmLoops, swarmLoops, swarmModelDown, swarmModelUp } from '../index.js';
+import { type Config, ConfigError, formatTable, imageRef, keepModel, loadTask, type LoopEvent, type LoopSummary, readJobEnv, renderK8s, resolveTaskFiles, runJob, runOnSwarm, stopSwarmLoops, swarmLoops, swarmModelDown } from '../index.js';
 import { type CliContext, err, out } from './context.js';
 import type { ProgramResult } from './options.js';
+import { type ModelSource, modelUpOnSwarm } from './model.js';
 import { printLoopEvent, summaryTable } from './print.js';
 
 export interface SwarmRunArgs {
@@ -70,13 +71,7 @@ export function registerSwarm(program: Command, ctx: CliContext, result: Program
     .description('run the model server on every node labelled loopbox.model=ready (the GGUF must be at the same path on each)')
     .option('--gguf <file>', 'GGUF model file (default: model.gguf from the config)')
     .option('--fixture', 'use the generated tiny fixture model (tests, demo)')
-    .action(async (opts: { gguf?: string; fixture?: boolean }) => {
-      const { config } = await loadConfig({ file: configFile() });
-      const gguf = opts.fixture ? await ensureFixtureModel(ctx.docker) : (opts.gguf ?? config.model.gguf);
-      if (!gguf) throw new ConfigError('No model file given.', [], { hint: 'Pass --gguf FILE, set model.gguf in loopbox.yaml, or use --fixture.' });
-      const up = await swarmModelUp(ctx.docker, { gguf, ctxSize: config.model.ctxSize, parallel: config.model.parallel, gpuLayers: config.model.gpuLayers, gpus: config.model.gpus, image: config.model.image, startTimeoutMs: config.model.startTimeout, runnerImage: config.cluster.image });
-      out(`model keepers on ${up.nodes.join(', ')} (service ${up.serviceId.slice(0, 12)})`);
-    });
+    .action((opts: ModelSource) => modelUpOnSwarm(ctx, opts, configFile));
   model
     .command('down')
     .description('remove the model keepers; each stops the model server it started')
