@@ -34,7 +34,9 @@ const it = process.env.LOOPBOX_ITERATION;
 const res = await fetch(process.env.LOOPBOX_MODEL_URL + '/chat/completions', {
   method: 'POST',
   headers: { 'content-type': 'application/json' },
-  body: JSON.stringify({ model: 'local', messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 }),
+  // A prompt no earlier request sent (the nonce first): llama-server's prompt cache would
+  // otherwise serve an identical one, and the escalation budget counts uncached prompt tokens.
+  body: JSON.stringify({ model: 'local', messages: [{ role: 'user', content: Math.random().toString(36).slice(2) + ' hi' }], max_tokens: 8 }),
 }).catch((e) => ({ status: 'error ' + e.cause?.code }));
 out('ITER ' + it + ' MODEL ' + res.status);
 // A change each iteration, so that each one is committed (with its trailers).
